@@ -1,0 +1,269 @@
+"""From raw labelled text to padded batches: download, parse, balance, split, tokenize, batch.
+
+The default dataset is the SMS Spam Collection (UCI). Any other labelled text works too:
+  - one file, TSV (label<TAB>text, split on the first TAB, no quote processing) or .csv
+    (label,text with CSV quoting; further columns are joined to the text with a space);
+    the file is split 70/10/20 into train/validation/test with a seed;
+  - a folder with train.*, validation.* (or val.*) and test.* files in those formats.
+A first line reading exactly "label<sep>text" is taken as a header and skipped; blank lines
+are ignored. Anything else malformed stops with the file and line number.
+Labels are strings, numbered in sorted order (numerically when every label is an integer).
+
+This file imports neither model.py nor load_gpt2.py: it hands token ids and lengths onward.
+"""
+import csv
+import http.client
+import io
+import os
+import random
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+# Everything this project downloads (GPT-2 weights, the SMS data) goes here.
+CACHE_DIR = Path(os.environ.get("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier")
+SMS_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
+
+
+class InputError(Exception):
+    """A problem the user can fix (no network, a bad file, a wrong flag). The scripts print
+    its message as one sentence and exit with status 1 instead of a traceback."""
+
+
+@contextmanager
+def atomic_write(dest, suffix=".tmp"):
+    """Yield a temporary path beside dest; it becomes dest only if the block completes, so an
+    interrupted run never leaves a half-written file that looks finished."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + suffix)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download(url, dest):
+    """Fetch url into dest (via dest.part), printing progress to stderr."""
+    dest = Path(dest)
+    try:
+        with atomic_write(dest, ".part") as part, \
+                urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0)
+            done, start, shown = 0, time.time(), 0.0
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                done += len(chunk)
+                if time.time() - shown > 0.5 or done == total:
+                    shown, mb = time.time(), done / 1e6
+                    pct = f" ({100 * done / total:.0f}%)" if total else ""
+                    print(f"\rdownloading {dest.name}: {mb:.1f}/{total / 1e6:.1f} MB{pct} "
+                          f"{mb / max(shown - start, 1e-9):.1f} MB/s", end="", file=sys.stderr)
+            print(file=sys.stderr)
+            if total and done != total:
+                raise http.client.IncompleteRead(b"", total - done)
+    except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, cut connections
+        reason = getattr(e, "reason", None) or e.__class__.__name__
+        raise InputError(f"could not download {url} ({reason}); check the network, or download "
+                         f"it another way and place it at {dest}") from None
+
+
+def sms_spam_file(cache_dir=CACHE_DIR):
+    """Path of SMSSpamCollection, downloaded and extracted from the UCI zip on first use."""
+    path = Path(cache_dir) / "sms_spam" / "SMSSpamCollection"
+    if not path.exists():
+        zip_path = path.with_name("sms_spam_collection.zip")
+        if not zip_path.exists():
+            download(SMS_URL, zip_path)
+        # Take the one member we need, by name: never extractall() on a downloaded archive.
+        try:
+            with zipfile.ZipFile(zip_path) as z:
+                if z.getinfo("SMSSpamCollection").file_size > 50_000_000:
+                    raise zipfile.BadZipFile("SMSSpamCollection is implausibly large")
+                content = z.read("SMSSpamCollection")  # also checks the CRC
+        except (zipfile.BadZipFile, KeyError, OSError) as e:
+            raise InputError(f"{zip_path} is not the SMS Spam Collection zip ({e}); "
+                             "delete it and run again") from None
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(content)
+    return path
+
+
+def read_examples(path, known_labels=None):
+    """Read a labelled file into a list of (label, text); see the module docstring.
+    known_labels: if given, a label outside it is an error (validation/test vs training)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise InputError(f"{path}, line {line}: bytes that are not UTF-8; re-save the file "
+                         "as UTF-8") from None
+    if path.suffix.lower() == ".csv":
+        reader = csv.reader(io.StringIO(content, newline=""))
+        rows = ((reader.line_num, row[:1] + [" ".join(row[1:])] if len(row) > 1 else row)
+                for row in reader)
+        sep = ","
+    else:
+        # split("\n"), not splitlines(): that would also break on \x0c, \x1c, \u2028 ... in texts
+        rows = ((n, line.rstrip("\r").split("\t", 1)) for n, line in
+                enumerate(content.split("\n"), 1))
+        sep = "<TAB>"
+    examples = []
+    try:
+        for n, fields in rows:
+            if not any(field.strip() for field in fields):
+                continue  # blank line
+            if len(fields) < 2:
+                raise InputError(f"{path}, line {n}: expected label{sep}text, found no separator")
+            label, text = fields[0].strip(), fields[1]
+            if n == 1 and (label.lower(), text.strip().lower()) == ("label", "text"):
+                continue  # header
+            if not label or not text.strip():
+                raise InputError(f"{path}, line {n}: empty {'text' if label else 'label'}")
+            if known_labels is not None and label not in known_labels:
+                raise InputError(f"{path}, line {n}: label {label!r} never appears in the "
+                                 "training data; add training examples for it")
+            examples.append((label, text))
+    except csv.Error as e:
+        raise InputError(f"{path}, line {reader.line_num}: malformed CSV ({e})") from None
+    if not examples:
+        raise InputError(f"{path} holds no examples")
+    return examples
+
+
+def label_names(examples):
+    """The labels in their id order: sorted, numerically when all are integers."""
+    labels = {label for label, _ in examples}
+    numeric = all(label.lstrip("-").isdigit() for label in labels)
+    return sorted(labels, key=int if numeric else str)
+
+
+def balance(examples, seed):
+    """Undersample every label to the count of the rarest one (747 + 747 for SMS spam)."""
+    by_label = {}
+    for ex in examples:
+        by_label.setdefault(ex[0], []).append(ex)
+    n = min(len(group) for group in by_label.values())
+    rng = random.Random(seed)  # Python's generator: the same sequence on every OS and version
+    return [ex for label in sorted(by_label) for ex in rng.sample(by_label[label], n)]
+
+
+def split(examples, seed, fractions=(0.7, 0.1)):
+    """Shuffle with a seed and cut into train/validation/test (70/10/20: 1,045/149/300)."""
+    examples = list(examples)
+    random.Random(seed).shuffle(examples)
+    n_train, n_val = (int(len(examples) * f) for f in fractions)
+    return {"train": examples[:n_train], "validation": examples[n_train:n_train + n_val],
+            "test": examples[n_train + n_val:]}
+
+
+def find_split_files(folder):
+    files = {}
+    for name, stems in (("train", ("train",)), ("validation", ("validation", "val")),
+                        ("test", ("test",))):
+        found = [p for p in sorted(folder.iterdir()) if p.stem.lower() in stems and p.is_file()]
+        if len(found) != 1:
+            raise InputError(f"{folder} needs exactly one {name} file (named {'/'.join(stems)}"
+                             f".tsv/.csv/.txt), found {len(found)}")
+        files[name] = found[0]
+    return files
+
+
+def load_dataset(data=None, seed=123, balance_classes=None):
+    """Return ({"train": [...], "validation": [...], "test": [...]}, label_names).
+
+    data: None for the SMS Spam Collection (downloaded once), a labelled file, or a folder.
+    balance_classes: undersample to the rarest label (a file before splitting, a folder's
+    train split only); by default only for the SMS Spam Collection (file SMSSpamCollection).
+    """
+    if data is not None and Path(data).is_dir():
+        files = find_split_files(Path(data))
+        splits = {"train": read_examples(files["train"])}
+        labels = label_names(splits["train"])
+        for name in ("validation", "test"):
+            splits[name] = read_examples(files[name], known_labels=set(labels))
+        if balance_classes:
+            splits["train"] = balance(splits["train"], seed)
+        return splits, labels
+    path = sms_spam_file() if data is None else Path(data)
+    if not path.is_file():
+        raise InputError(f"no data file at {path}; pass a labelled .tsv/.csv file or a folder "
+                         "with train/validation/test files")
+    examples = read_examples(path)
+    if balance_classes is None:  # the spam set, downloaded or given as a file, is balanced
+        balance_classes = path.name == "SMSSpamCollection"
+    splits = split(balance(examples, seed) if balance_classes else examples, seed)
+    labels = label_names(splits["train"])
+    missing = sorted(set(label_names(examples)) - set(labels))
+    if missing:
+        raise InputError(f"{path}: label {missing[0]!r} has too few examples for one to land in "
+                         "the training split; add examples or drop the label")
+    return splits, labels
+
+
+ONE_LINE = str.maketrans("\r\n", "  ")
+
+
+def write_splits(splits, folder):
+    """Write train/validation/test.tsv for a learner to open (or to pass back as --data).
+    A line break inside a text (possible in quoted CSV) is written as a space."""
+    for name, examples in splits.items():
+        lines = (f"{label}\t{text.translate(ONE_LINE)}\n" for label, text in examples)
+        with atomic_write(Path(folder) / f"{name}.tsv") as tmp:
+            tmp.write_text("".join(lines), encoding="utf-8", newline="\n")
+
+
+def encode(tokenizer, texts, max_length):
+    """Token ids of each text, truncated to max_length by keeping the start: the opening of a
+    message usually tells what it is about, and it matches the textbook recipe.
+    Special-token strings such as "<|endoftext|>" inside a text are ordinary text here:
+    encode_ordinary never turns them into control tokens (plain encode() would raise)."""
+    ids = tokenizer.encode_ordinary_batch(list(texts))
+    if any(len(t) == 0 for t in ids):
+        raise InputError("cannot classify an empty text")
+    return [t[:max_length] for t in ids]
+
+
+def epoch_order(n, batch_size, seed, rank=0, world_size=1):
+    """This process's example order for one training epoch, shuffled from the seed.
+
+    With world_size > 1 (torchrun), every global batch of batch_size * world_size examples is
+    cut into equal parts, one per rank, so N ranks see the same batches as one process with
+    N times the batch size. The last n % world_size examples are dropped (a different few each
+    epoch) so that every rank takes the same number of steps, as DDP requires.
+    """
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    order = order[:n - n % world_size]
+    step = batch_size * world_size
+    mine = []
+    for i in range(0, len(order), step):
+        batch = order[i:i + step]
+        share = len(batch) // world_size
+        mine += batch[rank * share:(rank + 1) * share]
+    return mine
+
+
+def make_batches(tokens, labels, order, batch_size, pad_id):
+    """Yield (ids, idx, lengths, targets) for the examples in order, batch_size at a time.
+
+    idx (B, T) is padded on the right only to the longest row of its own batch; lengths (B,)
+    tells where each row's last real token is. With causal attention no real token ever
+    sees the padding after it, so a row's result does not depend on its batch mates.
+    """
+    for i in range(0, len(order), batch_size):
+        ids = order[i:i + batch_size]
+        lengths = torch.tensor([len(tokens[j]) for j in ids])
+        idx = torch.full((len(ids), int(lengths.max())), pad_id, dtype=torch.long)  # (B, T)
+        for row, j in enumerate(ids):
+            idx[row, :len(tokens[j])] = torch.tensor(tokens[j])
+        yield ids, idx, lengths, torch.tensor([labels[j] for j in ids])

@@ -1,0 +1,140 @@
+"""Generate text with GPT-2, printing each piece as soon as it is produced.
+
+    python generate.py "Every effort moves you" --max-new-tokens 50 --temperature 0.8 --top-k 50
+
+The model reads the prompt once (prefill) and keeps every block's keys and values in a cache,
+so each new token costs one token's work instead of re-reading the whole text.
+"""
+import argparse
+import codecs
+import sys
+
+import torch
+
+from data import InputError
+from load_gpt2 import get_tokenizer, load_gpt2, pick_device
+from model import GPTModel, get_config
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """(B, V) logits for the next token -> (B, 1) chosen token ids."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)  # greedy
+    logits = logits.float() / temperature  # float32: exp() of fp16/bf16 logits overflows
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    # Subtracting the row max keeps exp() finite whatever the logits' size.
+    probs = torch.softmax(logits - logits.amax(dim=-1, keepdim=True), dim=-1)  # (B, V)
+    if top_p is not None and top_p < 1.0:
+        # Nucleus: keep the most likely tokens until their probability reaches top_p.
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ahead of each
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(before >= top_p, 0.0))
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # renormalises itself
+
+
+def check_settings(max_new_tokens, temperature, top_k, top_p):
+    if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1) \
+            or (top_p is not None and not 0 < top_p <= 1):
+        raise ValueError("need max_new_tokens >= 0, temperature >= 0 (0 = greedy), top_k >= 1 "
+                         f"and 0 < top_p <= 1; got {max_new_tokens}, {temperature}, {top_k}, {top_p}")
+
+
+@torch.inference_mode()
+def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
+           use_cache=True, generator=None):
+    """Yield the next (B, 1) token ids one step at a time; see generate()."""
+    check_settings(max_new_tokens, temperature, top_k, top_p)
+    ctx = model.cfg["context_length"]
+    cache, done = None, torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        if not use_cache:  # recompute the whole (windowed) prefix every step
+            h = model.hidden_states(idx[:, -ctx:])
+        elif cache is None or idx.size(1) > ctx:
+            # Prefill. Past the context length the window slides: GPT-2's positions are
+            # absolute, so cached keys cannot shift with it and the window is read afresh
+            # each step (as slow as no cache, but the same tokens).
+            cache = model.new_cache()
+            h = model.hidden_states(idx[:, -ctx:], cache)
+        else:
+            h = model.hidden_states(idx[:, -1:], cache)  # only the newest token: (B, 1, C)
+        logits = model.out_head(h[:, -1])  # (B, V); no logits needed for earlier positions
+        next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+        if eos_id is not None:  # rows that have ended keep emitting eos until all have
+            next_id = next_id.masked_fill(done, eos_id)
+            done |= next_id == eos_id
+        idx = torch.cat([idx, next_id], dim=1)
+        yield next_id
+        if done.all():
+            return
+
+
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
+             use_cache=True, generator=None):
+    """(B, T) prompt ids -> (B, T + n) ids, n <= max_new_tokens (fewer if every row hit eos_id).
+
+    temperature 0 is greedy; top_k keeps the k likeliest tokens (clamped to the vocabulary);
+    top_p in (0, 1] keeps the smallest set whose probability reaches p. Past context_length
+    only the most recent context_length tokens are read.
+    """
+    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
+                      use_cache, generator))
+    return torch.cat([idx, *new], dim=1)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prompt", nargs="?", default="Every effort moves you",
+                   help="text to continue (empty: start from <|endoftext|>)")
+    p.add_argument("--model", default="gpt2-small", help="size name (gpt2, gpt2-medium, 774M, ...) "
+                   "or a folder with model.safetensors")
+    p.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
+                   help="random: untrained weights of that size, no download (for trying offline)")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="how many tokens to add")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; higher = more random")
+    p.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--seed", type=int, default=None, help="fix the random choices")
+    p.add_argument("--ignore-eos", action="store_true", help="go on past <|endoftext|>")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    args = p.parse_args(argv)
+    top_k = args.top_k or None
+    try:
+        check_settings(args.max_new_tokens, args.temperature, top_k, args.top_p)
+    except ValueError as e:
+        p.error(str(e))
+
+    device = pick_device(args.device)
+    tokenizer = get_tokenizer()
+    if args.init == "random":
+        torch.manual_seed(0 if args.seed is None else args.seed)
+        model = GPTModel(get_config(args.model)).eval()
+    else:
+        model = load_gpt2(args.model)
+    model.to(device)
+    # In a prompt, "<|endoftext|>" is GPT-2's document separator, as in its training data.
+    ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [tokenizer.eot_token]
+    if max(ids) >= model.cfg["vocab_size"]:
+        raise InputError(f"the prompt has token ids beyond this model's vocabulary of "
+                         f"{model.cfg['vocab_size']}; it was not trained with GPT-2's tokenizer")
+    generator = torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
+    print(args.prompt, end="", flush=True)
+    # A character can span several tokens: decode bytes incrementally, never half a character.
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    eos_id = None if args.ignore_eos else tokenizer.eot_token
+    for token in stream(model, torch.tensor([ids], device=device), args.max_new_tokens,
+                        args.temperature, top_k, args.top_p, eos_id, generator=generator):
+        if token.item() == eos_id:
+            break
+        print(text.decode(tokenizer.decode_single_token_bytes(token.item())), end="", flush=True)
+    print(text.decode(b"", final=True))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)

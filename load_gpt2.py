@@ -1,0 +1,195 @@
+"""OpenAI's pretrained GPT-2 in model.GPTModel, with torch and numpy alone.
+
+The weights come from Hugging Face as model.safetensors (the Conv1D layout of OpenAI's
+TensorFlow code). We read that format by hand, map each tensor to its place in GPTModel,
+and check every name and shape on the way, so a damaged file is an error, never a wrong model.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+import torch
+
+from data import CACHE_DIR, InputError, download
+from model import BASE_CONFIG, GPT_CONFIGS, GPTModel, get_config, model_name
+
+URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.safetensors"
+REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
+         "gpt2-large (774M)": "gpt2-large", "gpt2-xl (1558M)": "gpt2-xl"}
+# safetensors dtype -> (numpy type to read the bytes as, torch type they hold). numpy has no
+# bfloat16, so those bytes are read as int16 and reinterpreted (same bits) by torch.
+DTYPES = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16),
+          "BF16": (np.int16, torch.bfloat16)}
+
+
+def pick_device(name=None):
+    """The device to run on: name if given, else CUDA, then Apple's MPS, else the CPU."""
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else \
+            "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        torch.empty(0, device=name)  # fails for unknown names and absent hardware
+    except (RuntimeError, AssertionError) as e:
+        raise InputError(f"device {name!r} is not usable here ({str(e).splitlines()[0]}); "
+                         "try cpu") from None
+    return name
+
+
+def get_tokenizer():
+    """GPT-2's byte-pair encoding, from tiktoken (downloaded once, then cached)."""
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # tiktoken reports a missing network in several ways
+        raise InputError(f"could not load the GPT-2 vocabulary ({e.__class__.__name__}): tiktoken "
+                         "downloads it on first use; connect once, or copy its cache files to a "
+                         "folder and set TIKTOKEN_CACHE_DIR to it") from None
+
+
+def read_safetensors(path):
+    """{name: tensor} from a .safetensors file: an 8-byte little-endian header length N, N bytes
+    of JSON ({name: {dtype, shape, data_offsets}}), then the raw little-endian data.
+    The tensors are views of a memory map, so even gpt2-xl is never read into RAM twice."""
+    def damaged(why):
+        return InputError(f"{path} is damaged or truncated ({why}); delete it and download "
+                          "it again")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > size - 8:
+            raise damaged(f"the header claims {n} bytes but the file has {size}")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise damaged("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise damaged("the header is not a JSON object")
+    header.pop("__metadata__", None)
+    data_size = size - 8 - n
+    # Copy-on-write map: writable views (torch wants those) that never touch the file.
+    data = np.memmap(path, np.uint8, mode="c", offset=8 + n) if data_size else np.empty(0, np.uint8)
+    tensors, ranges = {}, []
+    for name, info in header.items():
+        try:
+            np_type, torch_type = DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise damaged(f"tensor {name!r} has an unsupported dtype or a malformed entry; "
+                          f"supported dtypes: {', '.join(DTYPES)}") from None
+        nbytes = math.prod(shape) * np.dtype(np_type).itemsize
+        if not 0 <= begin <= end <= data_size or end - begin != nbytes or min(shape, default=0) < 0:
+            raise damaged(f"tensor {name!r} claims bytes {begin}..{end} of {data_size}")
+        array = data[begin:end].view(np_type).reshape(shape)
+        tensors[name] = torch.from_numpy(array).view(torch_type)
+        ranges.append((begin, end))
+    # The byte ranges must tile the data exactly: a gap or an overlap means a damaged file.
+    covered = 0
+    for begin, end in sorted(ranges):
+        if begin != covered:
+            raise damaged(f"bytes {min(begin, covered)}..{max(begin, covered)} are not one tensor's")
+        covered = end
+    if covered != data_size:
+        raise damaged(f"{data_size - covered} bytes at the end belong to no tensor")
+    return tensors
+
+
+def config_from_folder(folder, tensors):
+    """cfg for a local checkpoint: from Hugging Face's config.json when present, otherwise
+    from the tensor shapes (the head count then comes from the released size that matches)."""
+    config_file = folder / "config.json"
+    if config_file.exists():
+        try:
+            hf = json.loads(config_file.read_text(encoding="utf-8"))
+            return {**BASE_CONFIG, "vocab_size": hf["vocab_size"], "emb_dim": hf["n_embd"],
+                    "context_length": hf.get("n_positions", hf.get("n_ctx")),
+                    "n_layers": hf["n_layer"], "n_heads": hf["n_head"]}
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{config_file} is not a GPT-2 config.json ({e!r})") from None
+    names = {k.removeprefix("transformer."): v.shape for k, v in tensors.items()}
+    n_layers = len({k.split(".")[1] for k in names if k.startswith("h.")})
+    emb_dim = names["wte.weight"][1] if "wte.weight" in names else None
+    for name, sizes in GPT_CONFIGS.items():
+        if (sizes["emb_dim"], sizes["n_layers"]) == (emb_dim, n_layers):
+            return get_config(name)
+    raise InputError(f"{folder} has no config.json and its tensors match no released GPT-2 "
+                     "size; add Hugging Face's config.json beside model.safetensors")
+
+
+def gpt2_state_dict(tensors, cfg, path, dtype=torch.float32):
+    """Map Hugging Face GPT-2 tensor names onto GPTModel's state_dict, checking every shape."""
+    # Accept both key styles ("transformer.h.0..." and "h.0..."); drop the causal-mask buffers
+    # that older checkpoints store (attention builds its own mask).
+    left = {k.removeprefix("transformer."): v for k, v in tensors.items()
+            if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+
+    def take(key, *shape, transpose=False):
+        if key not in left:
+            raise InputError(f"{path}: tensor {key!r} is missing")
+        x = left.pop(key)
+        if tuple(x.shape) != shape:
+            raise InputError(f"{path}: tensor {key!r} has shape {tuple(x.shape)}, expected {shape}")
+        x = x.t() if transpose else x
+        return torch.empty(x.shape, dtype=dtype).copy_(x)  # our own contiguous copy
+
+    C, V = cfg["emb_dim"], cfg["vocab_size"]
+    sd = {"tok_emb.weight": take("wte.weight", V, C),
+          "pos_emb.weight": take("wpe.weight", cfg["context_length"], C)}
+    # The released checkpoint ties the output layer to wte; an untied one brings lm_head.
+    sd["out_head.weight"] = take("lm_head.weight", V, C) if "lm_head.weight" in left \
+        else sd["tok_emb.weight"].clone()
+    for b in range(cfg["n_layers"]):
+        h, ours = f"h.{b}.", f"trf_blocks.{b}."
+        # OpenAI's Conv1D stores weights as (in, out); nn.Linear wants (out, in), hence .t().
+        # c_attn holds query, key and value side by side: split it into the three projections.
+        qkv_w = take(h + "attn.c_attn.weight", C, 3 * C, transpose=True).chunk(3)  # 3 x (C, C)
+        qkv_b = take(h + "attn.c_attn.bias", 3 * C).chunk(3)
+        for i, W in enumerate(("W_query", "W_key", "W_value")):
+            sd[f"{ours}att.{W}.weight"] = qkv_w[i].contiguous()
+            sd[f"{ours}att.{W}.bias"] = qkv_b[i].contiguous()
+        sd[ours + "att.out_proj.weight"] = take(h + "attn.c_proj.weight", C, C, transpose=True)
+        sd[ours + "att.out_proj.bias"] = take(h + "attn.c_proj.bias", C)
+        sd[ours + "ff.layers.0.weight"] = take(h + "mlp.c_fc.weight", C, 4 * C, transpose=True)
+        sd[ours + "ff.layers.0.bias"] = take(h + "mlp.c_fc.bias", 4 * C)
+        sd[ours + "ff.layers.2.weight"] = take(h + "mlp.c_proj.weight", 4 * C, C, transpose=True)
+        sd[ours + "ff.layers.2.bias"] = take(h + "mlp.c_proj.bias", C)
+        for norm, ln in (("norm1", "ln_1"), ("norm2", "ln_2")):
+            sd[f"{ours}{norm}.scale"] = take(f"{h}{ln}.weight", C)
+            sd[f"{ours}{norm}.shift"] = take(f"{h}{ln}.bias", C)
+    sd["final_norm.scale"] = take("ln_f.weight", C)
+    sd["final_norm.shift"] = take("ln_f.bias", C)
+    if left:
+        raise InputError(f"{path}: unexpected tensor {sorted(left)[0]!r} (is this a GPT-2 "
+                         "checkpoint of the size asked for?)")
+    return sd
+
+
+def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, cache_dir=CACHE_DIR):
+    """A GPTModel in eval mode with OpenAI's weights; its cfg is model.cfg.
+
+    name_or_dir: a size name ("gpt2", "gpt2-medium", "774M", ...), downloaded once into
+    cache_dir/<repo>/model.safetensors and reused offline afterwards; or a folder holding
+    model.safetensors (and optionally Hugging Face's config.json).
+    """
+    folder = Path(name_or_dir)
+    if folder.is_dir():
+        path = folder / "model.safetensors"
+        if not path.is_file():
+            raise InputError(f"{folder} holds no model.safetensors")
+        tensors = read_safetensors(path)
+        cfg = config_from_folder(folder, tensors)
+    else:
+        try:
+            name = model_name(str(name_or_dir))
+        except ValueError as e:
+            raise InputError(f"{e}, or a folder with model.safetensors") from None
+        path = Path(cache_dir) / REPOS[name] / "model.safetensors"
+        if not path.exists():
+            download(URL.format(repo=REPOS[name]), path)
+        tensors = read_safetensors(path)
+        cfg = get_config(name)
+    with torch.device("meta"):  # no memory and no random init for weights about to be replaced
+        model = GPTModel(cfg)
+    model.load_state_dict(gpt2_state_dict(tensors, cfg, path, dtype), assign=True)
+    return model.eval()
