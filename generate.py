@@ -49,17 +49,19 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
     ctx = model.cfg["context_length"]
     cache, done = None, torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
-        if not use_cache:  # recompute the whole (windowed) prefix every step
-            h = model.hidden_states(idx[:, -ctx:])
-        elif cache is None or idx.size(1) > ctx:
-            # Prefill. Past the context length the window slides: GPT-2's positions are
-            # absolute, so cached keys cannot shift with it and the window is read afresh
-            # each step (as slow as no cache, but the same tokens).
-            cache = model.new_cache()
-            h = model.hidden_states(idx[:, -ctx:], cache)
+        if not use_cache:
+            # The textbook's plain loop: the whole model on the whole (windowed) text, every step.
+            logits = model(idx[:, -ctx:])[:, -1]  # (B, V)
         else:
-            h = model.hidden_states(idx[:, -1:], cache)  # only the newest token: (B, 1, C)
-        logits = model.out_head(h[:, -1])  # (B, V); no logits needed for earlier positions
+            if cache is None or idx.size(1) > ctx:
+                # Prefill. Past the context length the window slides: GPT-2's positions are
+                # absolute, so cached keys cannot shift with it and the window is read afresh
+                # each step (as slow as no cache, but the same tokens).
+                cache = model.new_cache()
+                h = model.hidden_states(idx[:, -ctx:], cache)
+            else:
+                h = model.hidden_states(idx[:, -1:], cache)  # only the newest token: (B, 1, C)
+            logits = model.out_head(h[:, -1])  # (B, V); earlier positions need no logits
         next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
         if eos_id is not None:  # rows that have ended keep emitting eos until all have
             next_id = next_id.masked_fill(done, eos_id)

@@ -52,10 +52,11 @@ class LayerNorm(nn.Module):
 class MultiHeadAttention(nn.Module):
     """Causal self-attention: each token mixes the values of itself and the tokens before it."""
 
-    def __init__(self, d_in, d_out, num_heads, dropout, qkv_bias=False):
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
         assert d_out % num_heads == 0, "emb_dim must be divisible by n_heads"
         self.num_heads, self.head_dim, self.dropout = num_heads, d_out // num_heads, dropout
+        self.context_length = context_length
         # Three separate projections, as in the text. GPT-2's checkpoint stores them fused
         # (c_attn); load_gpt2.py splits it.
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -63,24 +64,39 @@ class MultiHeadAttention(nn.Module):
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, last=None):
         B, T, C = x.shape
+        # With last (B,) given, only the token at position last[b] of row b asks a query (the
+        # classifier reads nothing else); every token still offers its key and value.
+        xq = x if last is None else x[torch.arange(B, device=x.device), last].unsqueeze(1)
+        q = self.W_query(xq).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
         # (B, T, C) -> (B, nh, T, hs): every head attends on its own slice of the channels
-        q, k, v = (W(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-                   for W in (self.W_query, self.W_key, self.W_value))
-        if cache is not None:  # a dict that keeps this block's keys and values between calls
-            if cache:
-                k = torch.cat([cache["k"], k], dim=2)  # (B, nh, S, hs), S = cached + T
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+        k, v = (W(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+                for W in (self.W_key, self.W_value))
+        if cache is not None:  # this block's keys and values of all tokens so far
+            if "k" not in cache:
+                # Room for the whole context at once: each step then writes one slot in place
+                # instead of copying the ever-longer cache into a new tensor (torch.cat).
+                cache["k"] = k.new_empty(B, self.num_heads, self.context_length, self.head_dim)
+                cache["v"] = torch.empty_like(cache["k"])
+            start, end = cache["len"], cache["len"] + T
+            cache["k"][:, :, start:end], cache["v"][:, :, start:end], cache["len"] = k, v, end
+            k, v = cache["k"][:, :, :end], cache["v"][:, :, :end]  # (B, nh, S, hs), S = cached + T
         S = k.size(2)
-        # Causal mask. With no earlier tokens it is the usual lower triangle (SDPA's fast path);
-        # with a cache, the T new queries see every cached key and the new keys up to their own.
-        mask = None if S == T else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+        # Causal mask. Without a cache (S == T) it is the usual lower triangle, which SDPA builds
+        # itself on its fast path; a single new token sees every key; T new tokens after a cache
+        # see all cached keys and the new ones up to their own; with last, each row's query sees
+        # its keys up to last.
+        if last is not None:
+            mask = (torch.arange(S, device=x.device) <= last[:, None])[:, None, None]  # (B, 1, 1, S)
+        elif T == 1 or T == S:
+            mask = None
+        else:
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)  # (T, S)
         # softmax(q k^T / sqrt(hs)) v, fused; scale defaults to 1/sqrt(head_dim) as in GPT-2
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T == S,
                                            dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C): heads side by side
+        y = y.transpose(1, 2).reshape(B, -1, C)  # (B, nh, Tq, hs) -> (B, Tq, C): heads side by side
         return self.out_proj(y)
 
 
@@ -106,15 +122,17 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.att = MultiHeadAttention(cfg["emb_dim"], cfg["emb_dim"], cfg["n_heads"],
-                                      cfg["drop_rate"], cfg["qkv_bias"])
+        self.att = MultiHeadAttention(cfg["emb_dim"], cfg["emb_dim"], cfg["context_length"],
+                                      cfg["drop_rate"], cfg["n_heads"], cfg["qkv_bias"])
         self.ff = FeedForward(cfg)
         self.norm1 = LayerNorm(cfg["emb_dim"])
         self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
-    def forward(self, x, cache=None):  # (B, T, C) -> (B, T, C)
-        x = x + self.drop_shortcut(self.att(self.norm1(x), cache))
+    def forward(self, x, cache=None, last=None):  # (B, T, C) -> (B, T, C), or (B, 1, C) with last
+        # last (B,): compute only the token at that position of each row (see attention)
+        shortcut = x if last is None else x[torch.arange(x.size(0), device=x.device), last].unsqueeze(1)
+        x = shortcut + self.drop_shortcut(self.att(self.norm1(x), cache, last))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
@@ -147,8 +165,8 @@ class GPTModel(nn.Module):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg["n_layers"]))
 
     def new_cache(self):
-        """An empty key/value cache: one dict per block, filled by the first call that gets it."""
-        return [{} for _ in self.trf_blocks]
+        """An empty key/value cache: one dict per block, filled by the calls that get it."""
+        return [{"len": 0} for _ in self.trf_blocks]
 
     def embed(self, idx, start=0):
         """(B, T) token ids at positions start.. -> (B, T, C) input of the first block."""
@@ -165,7 +183,7 @@ class GPTModel(nn.Module):
         With a cache from new_cache(), idx continues the tokens the cache has seen: their
         keys and values are reused and the new ones appended (one prefill, then a token a step).
         """
-        start = cache[0]["k"].size(2) if cache and cache[0] else 0
+        start = cache[0]["len"] if cache else 0
         x = self.embed(idx, start)
         for i, block in enumerate(self.trf_blocks):
             x = block(x, None if cache is None else cache[i])

@@ -1,0 +1,148 @@
+"""The measurements behind the README's speed numbers, each a side-by-side ratio in one run.
+
+    python bench.py train --data ../shared/data/SMSSpamCollection
+        train_classifier.py's default 5-epoch run (gpt2-small shape, --init random: timing does
+        not depend on the weight values) against the textbook recipe on the same data: every
+        text padded to 120 tokens, all 12 blocks run every step, class read at the last position.
+    python bench.py generate
+        200 new tokens with the KV cache against recomputing the whole prefix every step, and
+        against Hugging Face transformers' generate() when transformers is installed (it is never
+        a dependency of the project; pip install transformers to include it).
+"""
+import argparse
+import platform
+import tempfile
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import train_classifier
+from data import encode, load_dataset
+from generate import generate
+from load_gpt2 import get_tokenizer, load_gpt2
+from model import GPTModel, get_config
+
+
+def machine():
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def textbook_recipe(data, epochs=5, batch_size=8, max_length=120, seed=123):
+    """The textbook's chapter-6 training run (train_classifier_simple), reproduced with its
+    evaluation schedule: every 50 steps the loss on 5 train and 5 validation batches, after
+    each epoch the accuracy on 5 batches of each."""
+    tokenizer = get_tokenizer()
+    splits, labels = load_dataset(data, seed=seed)
+    pad = tokenizer.eot_token
+
+    def tensors(name):  # fixed-length padding: every text becomes max_length tokens
+        tokens = encode(tokenizer, [t for _, t in splits[name]], max_length)
+        idx = torch.tensor([t + [pad] * (max_length - len(t)) for t in tokens])
+        return idx, torch.tensor([labels.index(l) for l, _ in splits[name]])
+
+    train, val = tensors("train"), tensors("validation")
+    torch.manual_seed(seed)
+    model = GPTModel(get_config("gpt2-small"))
+    model.out_head = nn.Linear(768, len(labels))
+    model.requires_grad_(False)
+    for module in (model.out_head, model.final_norm, model.trf_blocks[-1]):
+        module.requires_grad_(True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5,
+                                  weight_decay=0.1)
+
+    def loader(split, shuffle):
+        order = torch.randperm(len(split[0])) if shuffle else torch.arange(len(split[0]))
+        stop = len(order) - len(order) % batch_size if shuffle else len(order)  # drop_last
+        for i in range(0, stop, batch_size):
+            yield split[0][order[i:i + batch_size]], split[1][order[i:i + batch_size]]
+
+    @torch.no_grad()
+    def evaluate(split, n=5):
+        model.eval()
+        losses, correct, total = [], 0, 0
+        for (x, y), _ in zip(loader(split, False), range(n)):
+            logits = model(x)[:, -1, :]  # the textbook reads the last position, padding or not
+            losses.append(F.cross_entropy(logits, y).item())
+            correct, total = correct + (logits.argmax(-1) == y).sum().item(), total + len(y)
+        model.train()
+        return sum(losses) / len(losses), correct / total
+
+    start, step = time.time(), 0
+    for _ in range(epochs):
+        model.train()
+        for x, y in loader(train, True):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x)[:, -1, :], y)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % 50 == 0:
+                evaluate(train), evaluate(val)
+        evaluate(train), evaluate(val)
+    return time.time() - start, step
+
+
+def bench_train(args):
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory() as out:
+        start = time.time()
+        train_classifier.main(["--init", "random", "--out", out]
+                              + (["--data", args.data] if args.data else []))
+        ours = time.time() - start
+    print(f"\nours (whole run: load, 5 epochs, full-split accuracies, save): {ours:.1f} s", flush=True)
+    recipe, steps = textbook_recipe(args.data)
+    print(f"textbook recipe (training loop only, {steps} steps): {recipe:.1f} s")
+    print(f"speed-up: {recipe / ours:.1f}x")
+
+
+def timed(fn, repeat=2):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.time()
+        out = fn()
+        times.append(time.time() - start)
+    return min(times), out
+
+
+def bench_generate(args):
+    print(f"machine: {machine()}")
+    n, prompt = args.new_tokens, torch.tensor([get_tokenizer().encode("Every effort moves you")])
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        GPT2LMHeadModel = None
+        print("transformers not installed: skipping that comparison")
+    torch.manual_seed(0)
+    if GPT2LMHeadModel:  # same random weights in both: save theirs, load into ours
+        hf = GPT2LMHeadModel(GPT2Config()).eval()
+        with tempfile.TemporaryDirectory() as folder:
+            hf.save_pretrained(folder, safe_serialization=True)
+            model = load_gpt2(folder)
+    else:
+        model = GPTModel(get_config("gpt2-small")).eval()
+    greedy = dict(max_new_tokens=n, temperature=0.0)
+    t_cache, ids = timed(lambda: generate(model, prompt, use_cache=True, **greedy))
+    t_plain, ids_plain = timed(lambda: generate(model, prompt, use_cache=False, **greedy), repeat=1)
+    print(f"{n} new tokens, greedy, gpt2-small shape")
+    print(f"  KV cache:   {n / t_cache:6.1f} tokens/s")
+    print(f"  no cache:   {n / t_plain:6.1f} tokens/s  -> cache is {t_plain / t_cache:.1f}x faster"
+          f"{'' if torch.equal(ids, ids_plain) else '  (TOKENS DIFFER)'}")
+    if GPT2LMHeadModel:
+        with torch.inference_mode():
+            t_hf, ids_hf = timed(lambda: hf.generate(
+                prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
+                do_sample=False, use_cache=True, pad_token_id=0))
+        print(f"  transformers generate (cache): {n / t_hf:6.1f} tokens/s -> ours is {t_hf / t_cache:.2f}x "
+              f"its speed; same tokens: {torch.equal(ids, ids_hf)}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["train", "generate"])
+    p.add_argument("--data", default=None, help="SMS file for 'train' (default: download it)")
+    p.add_argument("--new-tokens", type=int, default=200, help="tokens to generate for 'generate'")
+    args = p.parse_args()
+    bench_train(args) if args.what == "train" else bench_generate(args)
