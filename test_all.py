@@ -1,0 +1,690 @@
+"""All tests, offline, in about a minute on 2 CPU cores:  python test_all.py  (or pytest test_all.py).
+
+Every test builds what it needs in a temporary folder: tiny random checkpoints written in the real
+safetensors layout, small labelled files, zips. Tests that need GPT-2's real vocabulary (tiktoken
+"gpt2") skip with a reason when it cannot be loaded offline; set TIKTOKEN_CACHE_DIR to run them.
+"""
+import contextlib
+import functools
+import http.server
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import unittest
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+import generate as gen
+import load_gpt2
+import model as gpt
+import train_classifier as tc
+
+ROOT = Path(__file__).resolve().parent
+FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tiny"
+SMS = ROOT.parent / "shared" / "data" / "SMSSpamCollection"
+
+
+@functools.lru_cache(maxsize=None)
+def real_tokenizer():
+    try:
+        return load_gpt2.get_tokenizer()
+    except data.InputError as e:
+        return str(e)
+
+
+def tokenizer():
+    tok = real_tokenizer()
+    if isinstance(tok, str):
+        raise unittest.SkipTest(f"GPT-2 vocabulary not available offline: {tok}")
+    return tok
+
+
+def tmpdir(test):
+    folder = tempfile.TemporaryDirectory()
+    test.addCleanup(folder.cleanup)
+    return Path(folder.name)
+
+
+# ---------------------------------------------------------------- checkpoints in the real format
+def write_safetensors(path, arrays, dtype="F32", header_pad=0):
+    """Write {name: float array} as safetensors by hand (F32, F16 or BF16)."""
+    header, blobs, offset = {}, [], 0
+    for name, a in arrays.items():
+        a = np.asarray(a, dtype=np.float32)
+        raw = {"F32": lambda: a.tobytes(), "F16": lambda: a.astype(np.float16).tobytes(),
+               "BF16": lambda: (a.view(np.uint32) >> 16).astype(np.uint16).tobytes()}[dtype]()
+        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header).encode() + b" " * header_pad
+    Path(path).write_bytes(len(head).to_bytes(8, "little") + head + b"".join(blobs))
+
+
+def as_stored(a, dtype):
+    """The float64 values an array has after a round trip through dtype."""
+    a = np.asarray(a, dtype=np.float32)
+    if dtype == "F16":
+        return a.astype(np.float16).astype(np.float64)
+    if dtype == "BF16":
+        return ((a.view(np.uint32) >> 16) << 16).view(np.float32).astype(np.float64)
+    return a.astype(np.float64)
+
+
+def random_hf_arrays(V=64, T=16, C=32, L=2, seed=0):
+    """Random GPT-2 weights under Hugging Face's names and (Conv1D) layout."""
+    rng = np.random.default_rng(seed)
+    r = lambda *shape, s=0.3: (rng.standard_normal(shape) * s).astype(np.float32)
+    w = {"wte.weight": r(V, C), "wpe.weight": r(T, C), "ln_f.weight": 1 + r(C), "ln_f.bias": r(C)}
+    for i in range(L):
+        p = f"h.{i}."
+        w.update({p + "ln_1.weight": 1 + r(C), p + "ln_1.bias": r(C), p + "ln_2.weight": 1 + r(C),
+                  p + "ln_2.bias": r(C), p + "attn.c_attn.weight": r(C, 3 * C),
+                  p + "attn.c_attn.bias": r(3 * C), p + "attn.c_proj.weight": r(C, C),
+                  p + "attn.c_proj.bias": r(C), p + "mlp.c_fc.weight": r(C, 4 * C),
+                  p + "mlp.c_fc.bias": r(4 * C), p + "mlp.c_proj.weight": r(4 * C, C),
+                  p + "mlp.c_proj.bias": r(C)})
+    return w
+
+
+def numpy_gpt2(w, ids, n_head):
+    """GPT-2's forward pass straight from the checkpoint arrays, in float64 (picoGPT style):
+    an implementation independent of model.py to check load_gpt2.py against."""
+    def ln(x, g, b):
+        return g * (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) + b
+
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    T = len(ids)
+    x = w["wte.weight"][ids] + w["wpe.weight"][:T]
+    mask = np.triu(np.full((T, T), -1e10), 1)
+    for i in range(sum(k.endswith("ln_1.weight") for k in w)):
+        p = f"h.{i}."
+        qkv = ln(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"]) @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]
+        heads = [softmax(q @ k.T / np.sqrt(q.shape[-1]) + mask) @ v
+                 for q, k, v in zip(*(np.split(a, n_head, axis=-1) for a in np.split(qkv, 3, axis=-1)))]
+        x = x + np.hstack(heads) @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
+        h = gelu(ln(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"]) @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"])
+        x = x + h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
+    return ln(x, w["ln_f.weight"], w["ln_f.bias"]) @ w["wte.weight"].T
+
+
+def write_checkpoint(folder, arrays, n_head, dtype="F32", prefix="transformer.", extras=(),
+                     config=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    named = {prefix + k: v for k, v in arrays.items()}
+    C = arrays["wte.weight"].shape[1]
+    for name in extras:  # the causal-mask buffers old checkpoints carry, or a tied lm_head
+        named[name] = arrays["wte.weight"] if name == "lm_head.weight" else np.tril(np.ones((4, 4), np.float32))
+    write_safetensors(folder / "model.safetensors", named, dtype, header_pad=3)  # unaligned data
+    if config:
+        (folder / "config.json").write_text(json.dumps({
+            "vocab_size": arrays["wte.weight"].shape[0], "n_positions": arrays["wpe.weight"].shape[0],
+            "n_embd": C, "n_layer": sum(k.endswith("ln_1.weight") for k in arrays), "n_head": n_head}))
+    return folder
+
+
+def tiny_gpt2_folder(folder, V=50257, C=16, T=64, L=2, seed=0):
+    """A tiny checkpoint with GPT-2's full vocabulary, so real tokenized text fits it."""
+    return write_checkpoint(folder, random_hf_arrays(V=V, T=T, C=C, L=L, seed=seed), n_head=2)
+
+
+class TestModel(unittest.TestCase):
+    def test_parameter_counts_quoted_by_the_text(self):
+        with torch.device("meta"):
+            m = gpt.GPTModel(gpt.get_config("gpt2-small (124M)", qkv_bias=False))
+        total = sum(p.numel() for p in m.parameters())
+        self.assertEqual(total, 163_009_536)
+        self.assertEqual(total - m.out_head.weight.numel(), 124_412_160)
+
+    def test_named_configs_and_aliases(self):
+        sizes = {"gpt2": (768, 12, 12), "355M": (1024, 24, 16), "gpt2-large": (1280, 36, 20),
+                 "gpt2-xl (1558M)": (1600, 48, 25)}
+        for name, (C, L, H) in sizes.items():
+            cfg = gpt.get_config(name)
+            self.assertEqual((cfg["emb_dim"], cfg["n_layers"], cfg["n_heads"]), (C, L, H))
+            self.assertEqual((cfg["vocab_size"], cfg["context_length"]), (50257, 1024))
+        with self.assertRaises(ValueError) as e:
+            gpt.get_config("gpt3")
+        self.assertIn("gpt2-medium", str(e.exception))
+
+    def test_trainable_parameter_count_124M(self):
+        with torch.device("meta"):
+            model = tc.build_classifier(gpt.GPTModel(gpt.get_config("gpt2-small")), 2, "last-1")
+        self.assertEqual(sum(p.numel() for p in model.parameters() if p.requires_grad), 7_090_946)
+        with self.assertRaisesRegex(data.InputError, "last-N with 1 <= N <= 12"):
+            tc.build_classifier(gpt.GPTModel(gpt.get_config("gpt2-small")), 2, "last-13")
+
+    def test_textbook_snippets_work_verbatim(self):
+        with torch.device("meta"):
+            model = gpt.GPTModel(gpt.get_config("gpt2-small"))
+            for p in model.parameters():
+                p.requires_grad = False
+            model.out_head = torch.nn.Linear(768, 2)
+            for p in model.trf_blocks[-1].parameters():
+                p.requires_grad = True
+            for p in model.final_norm.parameters():
+                p.requires_grad = True
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.assertEqual(trainable, 7_087_872 + 1_536 + 1_538)
+        self.assertTrue(hasattr(model.trf_blocks[0].att, "W_query"))
+
+    def test_matches_transformers_fixture(self):
+        # Logits and greedy continuation computed by Hugging Face transformers (see
+        # tests/fixtures/make_gpt2_tiny.py); transformers is not needed to run this.
+        expected = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))
+        model = load_gpt2.load_gpt2(FIXTURE)
+        prompt = torch.tensor([expected["prompt"]])
+        with torch.no_grad():
+            logits = model(prompt)[0]
+        self.assertLessEqual((logits - torch.tensor(expected["logits"])).abs().max().item(), 1e-4)
+        for use_cache in (True, False):
+            out = gen.generate(model, prompt, 20, temperature=0.0, use_cache=use_cache)
+            self.assertEqual(out[0, prompt.size(1):].tolist(), expected["greedy"])
+
+    def test_gelu_is_the_tanh_approximation(self):
+        x = torch.linspace(-4, 4, 101)
+        ff = gpt.FeedForward(gpt.get_config("gpt2", emb_dim=4))
+        tanh_gelu = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+        self.assertLess((ff.layers[1](x) - tanh_gelu).abs().max().item(), 1e-6)
+        self.assertGreater((F.gelu(x) - tanh_gelu).abs().max().item(), 1e-4)  # erf GELU differs
+
+    def test_context_length_overflow_is_a_clear_error(self):
+        model = gpt.GPTModel(gpt.get_config("gpt2", emb_dim=8, n_heads=2, n_layers=1, context_length=8, vocab_size=10))
+        with self.assertRaisesRegex(ValueError, "context length of 8"):
+            model(torch.zeros(1, 9, dtype=torch.long))
+
+    def test_kv_cache_gives_the_same_logits_as_a_full_pass(self):
+        torch.manual_seed(0)
+        model = gpt.GPTModel(gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=32, vocab_size=50)).eval()
+        idx = torch.randint(0, 50, (2, 20))
+        with torch.no_grad():
+            full = model(idx)
+            cache = model.new_cache()
+            parts = [model(idx[:, :7], cache), model(idx[:, 7:12], cache)]
+            parts += [model(idx[:, t:t + 1], cache) for t in range(12, 20)]
+        self.assertLess((torch.cat(parts, dim=1) - full).abs().max().item(), 1e-5)
+
+    def test_block_computing_only_the_last_token_matches_the_full_block(self):
+        torch.manual_seed(0)
+        block = gpt.TransformerBlock(gpt.get_config("gpt2", emb_dim=32, n_heads=4, context_length=16)).eval()
+        x, last = torch.randn(3, 10, 32), torch.tensor([9, 4, 0])
+        with torch.no_grad():
+            full = block(x)[torch.arange(3), last]
+            only = block(x, last=last)[:, 0]
+        self.assertLess((full - only).abs().max().item(), 1e-5)
+
+
+class TestLoadGPT2(unittest.TestCase):
+    def test_checkpoint_variants_load_exactly(self):
+        arrays = random_hf_arrays()
+        ids = [3, 17, 42, 5, 63, 0, 9]
+        variants = [("F32", "transformer.", ()), ("F32", "", ("h.0.attn.bias", "h.1.attn.masked_bias")),
+                    ("F16", "", ("lm_head.weight",)), ("BF16", "transformer.", ("transformer.h.0.attn.bias",))]
+        for dtype, prefix, extras in variants:
+            with self.subTest(dtype=dtype, prefix=prefix, extras=extras):
+                folder = write_checkpoint(tmpdir(self) / "ckpt", arrays, 4, dtype, prefix, extras)
+                model = load_gpt2.load_gpt2(folder)
+                self.assertFalse(model.training)
+                self.assertEqual(model.tok_emb.weight.dtype, torch.float32)
+                stored = {k: as_stored(v, dtype) for k, v in arrays.items()}
+                expected = numpy_gpt2(stored, ids, n_head=4)
+                with torch.no_grad():
+                    logits = model(torch.tensor([ids]))[0].double().numpy()
+                self.assertLess(np.abs(logits - expected).max(), 1e-4)
+
+    def test_without_config_json_a_non_released_size_is_a_clear_error(self):
+        folder = write_checkpoint(tmpdir(self), random_hf_arrays(), 4, config=False)
+        with self.assertRaisesRegex(data.InputError, "no config.json and its tensors match no released"):
+            load_gpt2.load_gpt2(folder)
+
+    def test_damaged_files_are_clear_errors(self):
+        arrays = random_hf_arrays()
+        good = write_checkpoint(tmpdir(self) / "good", arrays, 4) / "model.safetensors"
+        raw = good.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        cases = {
+            "truncated": raw[:-100],
+            "empty": b"",
+            "header length beyond the file": (10 ** 9).to_bytes(8, "little") + raw[8:],
+            "header not JSON": raw[:8] + b"{" * n + raw[8 + n:],
+            "overlapping tensors": None,
+        }
+        shifted = dict(header)
+        first = next(iter(shifted))
+        shifted[first] = dict(shifted[first], data_offsets=[4, shifted[first]["data_offsets"][1] + 4])
+        head = json.dumps(shifted).encode()
+        cases["overlapping tensors"] = len(head).to_bytes(8, "little") + head + raw[8 + n:]
+        for what, content in cases.items():
+            with self.subTest(what):
+                folder = tmpdir(self)
+                (folder / "model.safetensors").write_bytes(content)
+                (folder / "config.json").write_bytes((good.parent / "config.json").read_bytes())
+                with self.assertRaises(data.InputError) as e:
+                    load_gpt2.load_gpt2(folder)
+                self.assertIn(str(folder / "model.safetensors"), str(e.exception))
+                self.assertIn("delete it and download it again", str(e.exception))
+
+    def test_missing_wrong_shape_and_unknown_tensors_name_the_key(self):
+        arrays = random_hf_arrays()
+        missing = {k: v for k, v in arrays.items() if k != "h.1.mlp.c_fc.bias"}
+        wrong = dict(arrays, **{"h.0.attn.c_proj.weight": np.zeros((32, 31), np.float32)})
+        extra = dict(arrays, **{"h.0.attn.rotary": np.zeros(3, np.float32)})
+        for bad, key in ((missing, "h.1.mlp.c_fc.bias"), (wrong, "h.0.attn.c_proj.weight"),
+                         (extra, "h.0.attn.rotary")):
+            with self.subTest(key):
+                folder = write_checkpoint(tmpdir(self), bad, 4)
+                with self.assertRaisesRegex(data.InputError, f"{folder}.*{key}"):
+                    load_gpt2.load_gpt2(folder)
+
+    def test_unknown_model_name_lists_the_valid_ones(self):
+        with self.assertRaisesRegex(data.InputError, "gpt2-xl.*or a folder"):
+            load_gpt2.load_gpt2("gpt-5")
+
+    def test_tokenizer_ids(self):
+        tok = tokenizer()
+        self.assertEqual(tok.encode("Do you have time"), [5211, 345, 423, 640])
+        self.assertEqual(tok.encode("Every effort moves you"), [6109, 3626, 6100, 345])
+
+
+class FileServer:
+    """A loopback HTTP server for download tests; `lie` claims more bytes than it sends."""
+
+    def __init__(self, body, lie=0):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body) + lie))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/file"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class TestDownloads(unittest.TestCase):
+    def serve(self, body, lie=0):
+        server = FileServer(body, lie)
+        self.addCleanup(server.close)
+        return server.url
+
+    def test_download_completes_and_reports_progress(self):
+        body = os.urandom(3_000_000)
+        dest = tmpdir(self) / "sub" / "file.bin"
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            data.download(self.serve(body), dest)
+        self.assertEqual(dest.read_bytes(), body)
+        self.assertFalse(dest.with_name("file.bin.part").exists())
+        self.assertIn("3.0/3.0 MB (100%)", err.getvalue())
+
+    def test_a_cut_download_leaves_no_file(self):
+        dest = tmpdir(self) / "file.bin"
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(data.InputError) as e:
+            data.download(self.serve(b"x" * 1000, lie=500), dest)
+        self.assertIn("place it at", str(e.exception))
+        self.assertEqual(list(dest.parent.iterdir()), [])  # neither file.bin nor file.bin.part
+
+    def test_no_network_names_the_url_and_the_place_for_the_file(self):
+        dest = tmpdir(self) / "file.bin"
+        url = "http://127.0.0.1:9/model.safetensors"  # port 9 (discard): connection refused
+        with self.assertRaises(data.InputError) as e:
+            data.download(url, dest)
+        self.assertIn(url, str(e.exception))
+        self.assertIn(str(dest), str(e.exception))
+
+    def test_sms_zip_is_downloaded_then_reused_offline(self):
+        content = "ham\tOk lar...\nspam\tFree entry\tnow!\n".encode()
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("readme", "about")
+            z.writestr("SMSSpamCollection", content)
+        cache = tmpdir(self)
+        self.addCleanup(setattr, data, "SMS_URL", data.SMS_URL)
+        data.SMS_URL = self.serve(buf.getvalue())
+        with contextlib.redirect_stderr(io.StringIO()):
+            path = data.sms_spam_file(cache)
+        data.SMS_URL = "http://127.0.0.1:9/unreachable.zip"
+        self.assertEqual(path.read_bytes(), content)
+        self.assertEqual(sorted(p.name for p in path.parent.iterdir()), ["SMSSpamCollection", "sms_spam_collection.zip"])
+        self.assertEqual(data.sms_spam_file(cache), path)  # no network needed any more
+
+    def test_a_zip_without_the_file_is_a_clear_error(self):
+        cache = tmpdir(self)
+        (cache / "sms_spam").mkdir()
+        with zipfile.ZipFile(cache / "sms_spam" / "sms_spam_collection.zip", "w") as z:
+            z.writestr("../../evil", "x")
+        with self.assertRaisesRegex(data.InputError, "delete it and run again"):
+            data.sms_spam_file(cache)
+        self.assertEqual(sorted(p.name for p in (cache / "sms_spam").iterdir()), ["sms_spam_collection.zip"])
+
+
+class TestData(unittest.TestCase):
+    def write(self, name, text):
+        path = tmpdir(self) / name
+        path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+        return path
+
+    def test_tsv_is_parsed_exactly(self):
+        lines = ['ham\tHe said "hi" and left', 'spam\tWIN\ta "free"\tprize!!',
+                 "ham\tCafé für 2€ 😀", "ham\tform\x0cfeed and line\u2028separator stay",
+                 "spam\tWindows line end\r", "", "ham\t  leading spaces kept"]
+        path = self.write("data.tsv", "\n".join(lines) + "\n")
+        self.assertEqual(data.read_examples(path), [
+            ("ham", 'He said "hi" and left'), ("spam", 'WIN\ta "free"\tprize!!'),
+            ("ham", "Café für 2€ 😀"), ("ham", "form\x0cfeed and line\u2028separator stay"),
+            ("spam", "Windows line end"), ("ham", "  leading spaces kept")])
+
+    def test_csv_with_header_and_quoting(self):
+        path = self.write("news.csv", 'label,text\n3,"Stocks, bonds ""rally"""\n1,World news,more\n')
+        self.assertEqual(data.read_examples(path), [("3", 'Stocks, bonds "rally"'), ("1", "World news more")])
+
+    def test_malformed_lines_name_the_file_and_line(self):
+        cases = {"no separator": ("ham\tok\nspam no tab here\n", "line 2: expected label<TAB>text"),
+                 "empty text": ("ham\tok\n\nspam\t   \n", "line 3: empty text"),
+                 "not utf-8": (b"ham\tok\nham\tok\nspam\tcaf\xe9\n", "line 3: bytes that are not UTF-8")}
+        for what, (content, message) in cases.items():
+            with self.subTest(what):
+                path = self.write("bad.tsv", content)
+                with self.assertRaises(data.InputError) as e:
+                    data.read_examples(path)
+                self.assertIn(f"{path}, {message}", str(e.exception))
+
+    def test_label_order_is_sorted_and_numeric_when_numbers(self):
+        self.assertEqual(data.label_names([("spam", ""), ("ham", "")]), ["ham", "spam"])
+        self.assertEqual(data.label_names([("10", ""), ("2", ""), ("1", "")]), ["1", "2", "10"])
+
+    def test_folder_dataset_and_unseen_labels(self):
+        folder = tmpdir(self)
+        (folder / "train.tsv").write_text("a\tone\nb\ttwo\n", encoding="utf-8")
+        (folder / "val.tsv").write_text("a\tthree\n", encoding="utf-8")
+        (folder / "test.tsv").write_text("b\tfour\n", encoding="utf-8")
+        splits, labels = data.load_dataset(folder)
+        self.assertEqual((labels, [len(splits[k]) for k in ("train", "validation", "test")]), (["a", "b"], [2, 1, 1]))
+        (folder / "test.tsv").write_text("b\tfour\nc\tfive\n", encoding="utf-8")
+        with self.assertRaisesRegex(data.InputError, r"test.tsv, line 2: label 'c' never appears"):
+            data.load_dataset(folder)
+
+    def test_split_files_round_trip(self):
+        splits = {"train": [("a", "x\ty"), ("b", "w")], "validation": [("b", "two\nlines")], "test": [("a", "z")]}
+        folder = tmpdir(self)
+        data.write_splits(splits, folder)
+        again, _ = data.load_dataset(folder)
+        self.assertEqual(again["train"], [("a", "x\ty"), ("b", "w")])
+        self.assertEqual(again["validation"], [("b", "two lines")])
+
+    def test_sms_spam_collection_counts_and_split(self):
+        if not SMS.exists():
+            self.skipTest(f"{SMS} not present")
+        examples = data.read_examples(SMS)
+        labels = [label for label, _ in examples]
+        self.assertEqual((len(examples), labels.count("ham"), labels.count("spam")), (5574, 4827, 747))
+        first, _ = data.load_dataset(SMS, seed=123)
+        again, labels = data.load_dataset(SMS, seed=123)
+        self.assertEqual({k: len(v) for k, v in first.items()}, {"train": 1045, "validation": 149, "test": 300})
+        self.assertEqual(first, again)
+        self.assertEqual(labels, ["ham", "spam"])
+        both = first["train"] + first["validation"] + first["test"]
+        self.assertEqual(sum(label == "spam" for label, _ in both), 747)  # balanced: 747 + 747
+        self.assertLessEqual(set(both), set(examples))
+
+    def test_special_token_text_and_overlong_text(self):
+        tok = tokenizer()
+        ids = data.encode(tok, ["win <|endoftext|> now", "word " * 500], max_length=100)
+        self.assertNotIn(tok.eot_token, ids[0])
+        self.assertEqual(tok.decode(ids[0]), "win <|endoftext|> now")
+        self.assertEqual(ids[1], tok.encode_ordinary("word " * 500)[:100])  # the start is kept
+        with self.assertRaisesRegex(data.InputError, "empty text"):
+            data.encode(tok, [""], 10)
+
+    def test_batches_are_padded_to_their_own_longest_row(self):
+        tokens, labels = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10, 11]], [0, 1, 0, 1]
+        batches = list(data.make_batches(tokens, labels, [1, 2, 3, 0], 2, pad_id=99))
+        ids, idx, lengths, y = batches[0]
+        self.assertEqual((ids, idx.tolist(), lengths.tolist(), y.tolist()), ([1, 2], [[4, 99], [5, 6]], [1, 2], [1, 0]))
+        self.assertEqual(batches[1][1].shape, (2, 5))
+
+    def test_epoch_order_is_seeded_and_shards_global_batches(self):
+        self.assertEqual(data.epoch_order(10, 4, seed=1), data.epoch_order(10, 4, seed=1))
+        self.assertNotEqual(data.epoch_order(10, 4, seed=1), data.epoch_order(10, 4, seed=2))
+        single = data.epoch_order(11, 4, seed=3)
+        ranks = [data.epoch_order(11, 2, seed=3, rank=r, world_size=2) for r in (0, 1)]
+        self.assertEqual(len(ranks[0]), len(ranks[1]))
+        for i in (0, 4):  # each full global batch of one process == rank 0's part + rank 1's part
+            self.assertEqual(single[i:i + 4], ranks[0][i // 2:i // 2 + 2] + ranks[1][i // 2:i // 2 + 2])
+
+
+class TestGenerate(unittest.TestCase):
+    def setUp(self):
+        torch.manual_seed(0)
+        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=16, vocab_size=40)
+        self.model = gpt.GPTModel(cfg).eval()
+        with torch.no_grad():  # sharper logits than GPT-2's small init, so greedy is not all ties
+            self.model.out_head.weight.mul_(30)
+        self.prompt = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+
+    def test_cached_and_uncached_greedy_agree_across_a_window_slide(self):
+        cached = gen.generate(self.model, self.prompt, 20, temperature=0.0)  # 30 > context 16
+        plain = gen.generate(self.model, self.prompt, 20, temperature=0.0, use_cache=False)
+        self.assertEqual(cached.shape, (1, 30))
+        self.assertEqual(cached.tolist(), plain.tolist())
+        self.assertGreater(len(set(cached[0, 10:].tolist())), 2)
+
+    def test_top_k_1_is_greedy_and_seeds_repeat(self):
+        greedy = gen.generate(self.model, self.prompt, 8, temperature=0.0)
+        top1 = gen.generate(self.model, self.prompt, 8, temperature=1.0, top_k=1)
+        tiny_p = gen.generate(self.model, self.prompt, 8, temperature=1.0, top_p=1e-9)
+        self.assertEqual(greedy.tolist(), top1.tolist())
+        self.assertEqual(greedy.tolist(), tiny_p.tolist())
+        sample = lambda seed: gen.generate(self.model, self.prompt, 8, temperature=2.0, top_k=1000,
+                                           generator=torch.Generator().manual_seed(seed)).tolist()
+        self.assertEqual(sample(1), sample(1))
+        self.assertNotEqual(sample(1), sample(2))
+
+    def test_top_p_keeps_the_smallest_set_reaching_p(self):
+        logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+        picks = {gen.sample_next(logits, top_p=0.8, generator=torch.Generator().manual_seed(s)).item()
+                 for s in range(200)}
+        self.assertEqual(picks, {0, 1})  # 0.5 + 0.3 reaches 0.8: tokens 2 and 3 are cut
+
+    def test_eos_stops_early(self):
+        first = gen.generate(self.model, self.prompt, 5, temperature=0.0)[0, 10].item()
+        out = gen.generate(self.model, self.prompt, 5, temperature=0.0, eos_id=first)
+        self.assertEqual(out.shape, (1, 11))
+
+    def test_sampling_is_stable_in_half_precision(self):
+        logits = torch.tensor([[60000.0, -60000.0, 0.0, 65000.0]], dtype=torch.float16)
+        token = gen.sample_next(logits, temperature=0.5, generator=torch.Generator().manual_seed(0))
+        self.assertEqual(token.item(), 3)
+        self.assertEqual(gen.sample_next(logits, top_k=10_000).shape, (1, 1))  # clamped
+
+    def test_invalid_settings_are_errors(self):
+        for bad in ({"temperature": -1.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": 0}):
+            with self.subTest(**bad), self.assertRaises(ValueError):
+                gen.generate(self.model, self.prompt, 3, **bad)
+        with self.assertRaises(ValueError):
+            gen.generate(self.model, self.prompt, -1)
+
+
+def run_script(*args, env=None):
+    """Run a script as a user would; returns (exit code, stdout, stderr)."""
+    env = {**os.environ, **(env or {}), "PYTHONIOENCODING": "utf-8"}
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                            text=True, encoding="utf-8", env=env, timeout=120)
+    return result.returncode, result.stdout, result.stderr
+
+
+def spam_like(folder, n=24):
+    """A trivially separable two-label file: the label is the last word."""
+    rows = [f"{'spam' if i % 2 else 'ham'}\tmessage number {i} says {'apple' if i % 2 else 'zebra'}" for i in range(n)]
+    path = folder / "toy.tsv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+class TestTrainClassifier(unittest.TestCase):
+    def setUp(self):
+        self.tok = tokenizer()
+        self.dir = tmpdir(self)
+        self.model_dir = tiny_gpt2_folder(self.dir / "tiny")
+        self.data = spam_like(self.dir)
+
+    def train(self, *extra, out="out"):
+        args = ["--model", self.model_dir, "--data", self.data, "--out", self.dir / out, "--batch-size", "4"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            return tc.main([str(a) for a in [*args, *extra]])
+
+    def records(self, out="out"):
+        return [json.loads(line) for line in (self.dir / out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+    def test_loss_falls_and_accuracy_reaches_100(self):
+        self.train("--trainable", "all", "--lr", "3e-3", "--epochs", "6", "--eval-every", "1")
+        records = self.records()
+        losses = [r["loss"] for r in records if "loss" in r]
+        final = records[-1]
+        self.assertLess(sum(losses[-4:]) / 4, sum(losses[:4]) / 4 / 3)
+        self.assertEqual(final["train_acc"], 1.0)
+        self.assertEqual(len(losses), 6 * math.ceil(len(data.split(data.read_examples(self.data), 123)["train"]) / 4))
+
+    def test_prefix_cache_gives_the_same_losses_and_weights(self):
+        cached = self.train("--epochs", "2", "--eval-every", "1", "--trainable", "last-1", "--lr", "1e-3", out="a")
+        plain = self.train("--epochs", "2", "--eval-every", "1", "--trainable", "last-1", "--lr", "1e-3", "--cache-mb", "0", out="b")
+        losses = lambda out: [r["loss"] for r in self.records(out) if "loss" in r]
+        self.assertEqual(len(losses("a")), len(losses("b")))
+        for x, y in zip(losses("a"), losses("b")):
+            self.assertAlmostEqual(x, y, delta=1e-5)
+        for (name, p), q in zip(cached.named_parameters(), plain.parameters()):
+            self.assertLess((p - q).abs().max().item(), 1e-5, name)
+
+    def test_prediction_does_not_depend_on_batch_mates(self):
+        model = load_gpt2.load_gpt2(self.model_dir)
+        tc.build_classifier(model, 3, "last-1")
+        text = "Call now to claim your prize"
+        alone = tc.classify(model, self.tok, [text], ["a", "b", "c"], 64)[0]
+        mixed = tc.classify(model, self.tok, ["x " * 60, text, "y " * 30], ["a", "b", "c"], 64, batch_size=3)[1]
+        self.assertEqual(alone[0], mixed[0])
+        self.assertAlmostEqual(alone[1], mixed[1], delta=1e-5)
+        # and the class is read at the last real token: the same as the whole model on the text alone
+        ids = torch.tensor([self.tok.encode(text)])
+        with torch.no_grad():
+            direct = torch.softmax(model(ids)[0, -1], -1).max().item()
+        self.assertAlmostEqual(alone[1], direct, delta=1e-5)
+
+    def test_checkpoint_reloads_and_predicts_the_same(self):
+        model = self.train("--epochs", "1")
+        texts = ["message number 99 says apple", "message number 98 says zebra"]
+        before = tc.classify(model, self.tok, texts, ["ham", "spam"], 64)
+        code, out, err = run_script("train_classifier.py", "--out", self.dir / "out", "--predict", *texts)
+        self.assertEqual(code, 0, err)
+        for line, (label, prob) in zip(out.splitlines(), before):
+            got_label, got_prob, got_text = line.split("\t")
+            self.assertEqual(got_label, label)
+            self.assertAlmostEqual(float(got_prob), prob, delta=1e-3)
+        self.assertTrue((self.dir / "out" / "splits" / "train.tsv").exists())
+
+    def test_cli_errors_are_one_clear_line(self):
+        empty = self.dir / "empty"
+        cases = [
+            (["--predict", "hi", "--out", empty], "no trained classifier at"),
+            (["--trainable", "last-9", "--model", self.model_dir, "--data", self.data, "--out", empty], "last-N with 1 <= N <= 2"),
+            (["--model", "gpt-7", "--data", self.data, "--out", empty], "unknown model 'gpt-7'"),
+            (["--data", empty / "nope.tsv", "--out", empty], "no data file at"),
+            (["--batch-size", "0"], "must be > 0"),
+            (["--max-length", "65", "--model", self.model_dir, "--data", self.data, "--out", empty], "exceeds the model's context length 64"),
+        ]
+        for args, message in cases:
+            with self.subTest(message):
+                code, _, err = run_script("train_classifier.py", *args)
+                self.assertNotEqual(code, 0)
+                self.assertIn(message, err)
+                self.assertNotIn("Traceback", err)
+
+    def test_no_network_ends_with_a_clear_message(self):
+        code, _, err = run_script("train_classifier.py", "--out", self.dir / "o", env={"GPT2_CACHE_DIR": str(self.dir / "cache")})
+        self.assertEqual(code, 1)
+        self.assertIn("could not download https://archive.ics.uci.edu/", err)
+        self.assertNotIn("Traceback", err)
+
+
+class TestGenerateCLI(unittest.TestCase):
+    def test_streams_text_and_handles_special_prompts(self):
+        tokenizer()
+        folder = tiny_gpt2_folder(tmpdir(self))
+        for prompt in ("Every effort moves you", "", "a <|endoftext|> b"):
+            with self.subTest(prompt=prompt):
+                code, out, err = run_script("generate.py", prompt, "--model", folder, "--max-new-tokens", "5",
+                                            "--seed", "1", "--ignore-eos")
+                self.assertEqual(code, 0, err)
+                self.assertTrue(out.startswith(prompt))
+                self.assertGreater(len(out), len(prompt) + 1)
+        code, _, err = run_script("generate.py", "--temperature", "-1")
+        self.assertEqual(code, 2)
+        self.assertIn("temperature >= 0", err)
+
+
+class TestDistributed(unittest.TestCase):
+    def test_two_gloo_processes_match_one_process_with_the_same_global_batch(self):
+        tokenizer()
+        folder = tmpdir(self)
+        model_dir, toy = tiny_gpt2_folder(folder / "tiny"), spam_like(folder, n=40)
+        common = ["--model", model_dir, "--data", toy, "--epochs", "2", "--lr", "1e-3", "--trainable", "last-1"]
+        code, out, err = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                    "test_all.py", "--ddp-worker", folder / "ranks", *common,
+                                    "--batch-size", "2", "--out", folder / "ddp")
+        self.assertEqual(code, 0, err[-3000:])
+        self.assertEqual(sorted(p.name for p in (folder / "ddp").iterdir()), ["classifier.pt", "metrics.jsonl", "splits"])
+        self.assertEqual(out.count("final |"), 1)  # only rank 0 logs
+        ranks = [torch.load(folder / "ranks" / f"{r}.pt", weights_only=True) for r in (0, 1)]
+        with contextlib.redirect_stdout(io.StringIO()):
+            single = tc.main([str(a) for a in [*common, "--batch-size", "4", "--out", folder / "one"]]).state_dict()
+        for name, p in ranks[0].items():
+            self.assertTrue(torch.equal(p, ranks[1][name]), name)
+            # The key bias adds the same amount to every score of a query, which softmax ignores:
+            # its true gradient is 0 and Adam turns the float rounding left in it into lr-sized
+            # steps. It cannot change any output, so it is left out of the comparison.
+            if not name.endswith("W_key.bias"):
+                self.assertLess((p - single[name]).abs().max().item(), 1e-5, name)
+        trained = ranks[0]["trf_blocks.1.ff.layers.0.weight"]
+        self.assertFalse(torch.equal(trained, load_gpt2.load_gpt2(model_dir).state_dict()["trf_blocks.1.ff.layers.0.weight"]))
+
+
+def ddp_worker(argv):
+    """Run by the distributed test under torchrun: train, then keep this rank's weights."""
+    ranks, args = Path(argv[0]), argv[1:]
+    model = tc.main(args)
+    ranks.mkdir(exist_ok=True)
+    torch.save(model.state_dict(), ranks / f"{os.environ['RANK']}.pt")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--ddp-worker"]:
+        ddp_worker(sys.argv[2:])
+        sys.exit()
+    result = unittest.main(exit=False, verbosity=2).result
+    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    skipped = len(result.skipped)
+    print(f"{result.testsRun - failed - skipped} passed, {failed} failed, {skipped} skipped")
+    sys.exit(1 if failed else 0)
