@@ -42,7 +42,7 @@ def atomic_write(dest, suffix=".tmp"):
     interrupted run never leaves a half-written file that looks finished."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + suffix)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}{suffix}")  # pid: two runs never share one
     try:
         yield tmp
         os.replace(tmp, dest)
@@ -69,10 +69,12 @@ def download(url, dest):
             print(file=sys.stderr)
             if total and done != total:
                 raise http.client.IncompleteRead(b"", total - done)
-    except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, cut connections
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
         reason = getattr(e, "reason", None) or e.__class__.__name__
         raise InputError(f"could not download {url} ({reason}); check the network, or download "
                          f"it another way and place it at {dest}") from None
+    except OSError as e:  # the network was fine; the disk was not
+        raise InputError(f"could not write {dest} ({e.strerror or e})") from None
 
 
 def sms_spam_file(cache_dir=CACHE_DIR):
@@ -107,48 +109,58 @@ def read_examples(path, known_labels=None):
         line = raw[:e.start].count(b"\n") + 1
         raise InputError(f"{path}, line {line}: bytes that are not UTF-8; re-save the file "
                          "as UTF-8") from None
-    if path.suffix.lower() == ".csv":
-        reader = csv.reader(io.StringIO(content, newline=""))
-        rows = ((reader.line_num, row[:1] + [" ".join(row[1:])] if len(row) > 1 else row)
-                for row in reader)
-        sep = ","
-    else:
-        # split("\n"), not splitlines(): that would also break on \x0c, \x1c, \u2028 ... in texts
-        rows = ((n, line.rstrip("\r").split("\t", 1)) for n, line in
-                enumerate(content.split("\n"), 1))
-        sep = "<TAB>"
+    csv_file = path.suffix.lower() == ".csv"
+    sep = "," if csv_file else "<TAB>"
     examples = []
-    try:
-        for n, fields in rows:
-            if not any(field.strip() for field in fields):
-                continue  # blank line
-            if len(fields) < 2:
-                raise InputError(f"{path}, line {n}: expected label{sep}text, found no separator")
-            label, text = fields[0].strip(), fields[1]
-            if n == 1 and (label.lower(), text.strip().lower()) == ("label", "text"):
-                continue  # header
-            if not label or not text.strip():
-                raise InputError(f"{path}, line {n}: empty {'text' if label else 'label'}")
-            if known_labels is not None and label not in known_labels:
-                raise InputError(f"{path}, line {n}: label {label!r} never appears in the "
-                                 "training data; add training examples for it")
-            examples.append((label, text))
-    except csv.Error as e:
-        raise InputError(f"{path}, line {reader.line_num}: malformed CSV ({e})") from None
+    for n, fields in (csv_rows(path, content) if csv_file else tsv_rows(content)):
+        if not any(field.strip() for field in fields):
+            continue  # blank line
+        if len(fields) < 2:
+            raise InputError(f"{path}, line {n}: expected label{sep}text, found no separator")
+        label, text = fields[0].strip(), fields[1]
+        if n == 1 and (label.lower(), text.strip().lower()) == ("label", "text"):
+            continue  # header
+        if not label or not text.strip():
+            raise InputError(f"{path}, line {n}: empty {'text' if label else 'label'}")
+        if known_labels is not None and label not in known_labels:
+            raise InputError(f"{path}, line {n}: label {label!r} never appears in the "
+                             "training data; add training examples for it")
+        examples.append((label, text))
     if not examples:
         raise InputError(f"{path} holds no examples")
     return examples
 
 
+def tsv_rows(content):
+    """(line number, [label, text]) per line, split on the first TAB only. Lines end at
+    newlines alone: str.splitlines() would also cut texts at form feeds, U+2028 and more."""
+    for n, line in enumerate(content.split("\n"), 1):
+        yield n, line.rstrip("\r").split("\t", 1)
+
+
+def csv_rows(path, content):
+    """(line number, [label, text]) per CSV record, with CSV quoting."""
+    reader = csv.reader(io.StringIO(content, newline=""))
+    try:
+        for row in reader:
+            # Every field after the label is text: rejoin what an unquoted comma split.
+            yield reader.line_num, row[:1] + ([",".join(row[1:])] if len(row) > 1 else [])
+    except csv.Error as e:
+        raise InputError(f"{path}, line {reader.line_num}: malformed CSV ({e})") from None
+
+
 def label_names(examples):
     """The labels in their id order: sorted, numerically when all are integers."""
     labels = {label for label, _ in examples}
-    numeric = all(label.lstrip("-").isdigit() for label in labels)
-    return sorted(labels, key=int if numeric else str)
+    try:
+        return sorted(labels, key=int)
+    except ValueError:  # not all integers
+        return sorted(labels)
 
 
 def balance(examples, seed):
-    """Undersample every label to the count of the rarest one (747 + 747 for SMS spam)."""
+    """Undersample every label to the count of the rarest one (747 + 747 for SMS spam); the
+    textbook's create_balanced_dataset."""
     by_label = {}
     for ex in examples:
         by_label.setdefault(ex[0], []).append(ex)
@@ -207,6 +219,9 @@ def load_dataset(data=None, seed=123, balance_classes=None):
     if missing:
         raise InputError(f"{path}: label {missing[0]!r} has too few examples for one to land in "
                          "the training split; add examples or drop the label")
+    if not all(splits.values()):
+        raise InputError(f"{path}: {len(examples)} examples leave the validation or test split "
+                         "empty; use at least 10")
     return splits, labels
 
 
@@ -257,7 +272,7 @@ def make_batches(tokens, labels, order, batch_size, pad_id):
     """Yield (ids, idx, lengths, targets) for the examples in order, batch_size at a time.
 
     idx (B, T) is padded on the right only to the longest row of its own batch; lengths (B,)
-    tells where each row's last real token is. With causal attention no real token ever
+    holds each row's real length, so its last real token sits at lengths - 1. With causal attention no real token ever
     sees the padding after it, so a row's result does not depend on its batch mates.
     """
     for i in range(0, len(order), batch_size):

@@ -13,14 +13,13 @@ import torch
 
 from data import InputError
 from load_gpt2 import get_tokenizer, load_gpt2, pick_device
-from model import GPTModel, get_config
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """(B, V) logits for the next token -> (B, 1) chosen token ids."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # greedy
-    logits = logits.float() / temperature  # float32: exp() of fp16/bf16 logits overflows
+    logits = logits.float() / temperature  # in float32: fp16 logits / a small temperature overflow
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -78,7 +77,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
 
     temperature 0 is greedy; top_k keeps the k likeliest tokens (clamped to the vocabulary);
     top_p in (0, 1] keeps the smallest set whose probability reaches p. Past context_length
-    only the most recent context_length tokens are read.
+    only the most recent context_length tokens are read. Put the model in eval mode first
+    (model.eval()), or dropout makes every step random.
     """
     new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
                       use_cache, generator))
@@ -109,12 +109,8 @@ def main(argv=None):
 
     device = pick_device(args.device)
     tokenizer = get_tokenizer()
-    if args.init == "random":
-        torch.manual_seed(0 if args.seed is None else args.seed)
-        model = GPTModel(get_config(args.model)).eval()
-    else:
-        model = load_gpt2(args.model)
-    model.to(device)
+    torch.manual_seed(0 if args.seed is None else args.seed)  # for --init random
+    model = load_gpt2(args.model, pretrained=args.init == "pretrained").to(device)
     # In a prompt, "<|endoftext|>" is GPT-2's document separator, as in its training data.
     ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [tokenizer.eot_token]
     if max(ids) >= model.cfg["vocab_size"]:
@@ -134,6 +130,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
     try:
         main()
     except InputError as e:

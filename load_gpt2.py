@@ -13,7 +13,7 @@ import tiktoken
 import torch
 
 from data import CACHE_DIR, InputError, download
-from model import BASE_CONFIG, GPT_CONFIGS, GPTModel, get_config, model_name
+from model import ALIASES, BASE_CONFIG, GPT_CONFIGS, GPTModel, get_config, model_name
 
 URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.safetensors"
 REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
@@ -57,11 +57,11 @@ def read_safetensors(path):
     size = path.stat().st_size
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        if size < 8 or n > size - 8:
+        if size < 8 or n > min(size - 8, 100_000_000):  # the format caps headers at 100 MB
             raise damaged(f"the header claims {n} bytes but the file has {size}")
         try:
             header = json.loads(f.read(n))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise damaged("the header is not JSON") from None
     if not isinstance(header, dict):
         raise damaged("the header is not a JSON object")
@@ -102,10 +102,14 @@ def config_from_folder(folder, tensors):
     if config_file.exists():
         try:
             hf = json.loads(config_file.read_text(encoding="utf-8"))
-            return {**BASE_CONFIG, "vocab_size": hf["vocab_size"], "emb_dim": hf["n_embd"],
-                    "context_length": hf.get("n_positions", hf.get("n_ctx")),
-                    "n_layers": hf["n_layer"], "n_heads": hf["n_head"]}
-        except (ValueError, KeyError, TypeError) as e:
+            cfg = {**BASE_CONFIG, "vocab_size": hf["vocab_size"], "emb_dim": hf["n_embd"],
+                   "context_length": hf.get("n_positions", hf.get("n_ctx")),
+                   "n_layers": hf["n_layer"], "n_heads": hf["n_head"]}
+            sizes = [cfg[k] for k in ("vocab_size", "emb_dim", "context_length", "n_layers", "n_heads")]
+            if not all(isinstance(v, int) and v > 0 for v in sizes) or cfg["emb_dim"] % cfg["n_heads"]:
+                raise ValueError("sizes must be positive integers, n_embd a multiple of n_head")
+            return cfg
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise InputError(f"{config_file} is not a GPT-2 config.json ({e!r})") from None
     names = {k.removeprefix("transformer."): v.shape for k, v in tensors.items()}
     n_layers = len({k.split(".")[1] for k in names if k.startswith("h.")})
@@ -118,7 +122,8 @@ def config_from_folder(folder, tensors):
 
 
 def gpt2_state_dict(tensors, cfg, path, dtype=torch.float32):
-    """Map Hugging Face GPT-2 tensor names onto GPTModel's state_dict, checking every shape."""
+    """Map Hugging Face GPT-2 tensor names onto GPTModel's state_dict, checking every shape
+    (the textbook's load_weights_into_gpt, for the safetensors names)."""
     # Accept both key styles ("transformer.h.0..." and "h.0..."); drop the causal-mask buffers
     # that older checkpoints store (attention builds its own mask).
     left = {k.removeprefix("transformer."): v for k, v in tensors.items()
@@ -165,30 +170,37 @@ def gpt2_state_dict(tensors, cfg, path, dtype=torch.float32):
     return sd
 
 
-def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, cache_dir=CACHE_DIR):
+def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, cache_dir=CACHE_DIR, pretrained=True):
     """A GPTModel in eval mode with OpenAI's weights; its cfg is model.cfg.
 
     name_or_dir: a size name ("gpt2", "gpt2-medium", "774M", ...), downloaded once into
     cache_dir/<repo>/model.safetensors and reused offline afterwards; or a folder holding
-    model.safetensors (and optionally Hugging Face's config.json).
+    model.safetensors (and optionally Hugging Face's config.json). Size names come first: a
+    folder that happens to be called "gpt2" needs "./gpt2".
+    pretrained=False: random weights of that size (GPT-2's initialisation), nothing downloaded.
     """
     folder = Path(name_or_dir)
-    if folder.is_dir():
+    if str(name_or_dir) in ALIASES:
+        name = model_name(str(name_or_dir))
+        if not pretrained:
+            return GPTModel(get_config(name)).to(dtype).eval()
+        path = Path(cache_dir) / REPOS[name] / "model.safetensors"
+        if not path.exists():
+            download(URL.format(repo=REPOS[name]), path)
+        tensors, cfg = read_safetensors(path), get_config(name)
+    elif folder.is_dir():
         path = folder / "model.safetensors"
         if not path.is_file():
             raise InputError(f"{folder} holds no model.safetensors")
         tensors = read_safetensors(path)
         cfg = config_from_folder(folder, tensors)
+        if not pretrained:
+            return GPTModel(cfg).to(dtype).eval()
     else:
         try:
-            name = model_name(str(name_or_dir))
+            model_name(str(name_or_dir))  # not a size: its error lists the sizes
         except ValueError as e:
             raise InputError(f"{e}, or a folder with model.safetensors") from None
-        path = Path(cache_dir) / REPOS[name] / "model.safetensors"
-        if not path.exists():
-            download(URL.format(repo=REPOS[name]), path)
-        tensors = read_safetensors(path)
-        cfg = get_config(name)
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
         model = GPTModel(cfg)
     model.load_state_dict(gpt2_state_dict(tensors, cfg, path, dtype), assign=True)

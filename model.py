@@ -17,10 +17,14 @@ GPT_CONFIGS = {
     "gpt2-large (774M)": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},
     "gpt2-xl (1558M)": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},
 }
-# Short names people type; each maps to one of the names above.
-ALIASES = {alias: name for name in GPT_CONFIGS
-           for alias in (name, name.split()[0], name.split()[1].strip("()"))}
-ALIASES["gpt2"] = "gpt2-small (124M)"
+# Short names people type, each mapped to one of the names above.
+ALIASES = {
+    "gpt2": "gpt2-small (124M)", "gpt2-small": "gpt2-small (124M)", "124M": "gpt2-small (124M)",
+    "gpt2-medium": "gpt2-medium (355M)", "355M": "gpt2-medium (355M)",
+    "gpt2-large": "gpt2-large (774M)", "774M": "gpt2-large (774M)",
+    "gpt2-xl": "gpt2-xl (1558M)", "1558M": "gpt2-xl (1558M)",
+    **{name: name for name in GPT_CONFIGS},
+}
 
 
 def model_name(name):
@@ -54,7 +58,8 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
-        assert d_out % num_heads == 0, "emb_dim must be divisible by n_heads"
+        if d_out % num_heads:
+            raise ValueError(f"emb_dim {d_out} is not divisible by n_heads {num_heads}")
         self.num_heads, self.head_dim, self.dropout = num_heads, d_out // num_heads, dropout
         self.context_length = context_length
         # Three separate projections, as in the text. GPT-2's checkpoint stores them fused
@@ -66,11 +71,11 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x, cache=None, last=None):
         B, T, C = x.shape
+        # (B, T, C) -> (B, nh, T, hs): every head attends on its own slice of the channels.
         # With last (B,) given, only the token at position last[b] of row b asks a query (the
         # classifier reads nothing else); every token still offers its key and value.
         xq = x if last is None else x[torch.arange(B, device=x.device), last].unsqueeze(1)
         q = self.W_query(xq).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        # (B, T, C) -> (B, nh, T, hs): every head attends on its own slice of the channels
         k, v = (W(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
                 for W in (self.W_key, self.W_value))
         if cache is not None:  # this block's keys and values of all tokens so far
@@ -83,15 +88,12 @@ class MultiHeadAttention(nn.Module):
             cache["k"][:, :, start:end], cache["v"][:, :, start:end], cache["len"] = k, v, end
             k, v = cache["k"][:, :, :end], cache["v"][:, :, :end]  # (B, nh, S, hs), S = cached + T
         S = k.size(2)
-        # Causal mask. Without a cache (S == T) it is the usual lower triangle, which SDPA builds
-        # itself on its fast path; a single new token sees every key; T new tokens after a cache
-        # see all cached keys and the new ones up to their own; with last, each row's query sees
-        # its keys up to last.
-        if last is not None:
+        # Which keys each query may see (causal: never a later token).
+        if last is not None:  # row b's one query: its keys up to position last[b]
             mask = (torch.arange(S, device=x.device) <= last[:, None])[:, None, None]  # (B, 1, 1, S)
-        elif T == 1 or T == S:
-            mask = None
-        else:
+        elif T == S or T == 1:  # no cache: SDPA builds the lower triangle itself (is_causal);
+            mask = None         # or one new token after a cache: it may see every key
+        else:  # T new tokens after S - T cached ones: all cached keys, new ones up to their own
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)  # (T, S)
         # softmax(q k^T / sqrt(hs)) v, fused; scale defaults to 1/sqrt(head_dim) as in GPT-2
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T == S,

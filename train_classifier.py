@@ -13,6 +13,7 @@ everything, train the last block, final_norm and the new head with AdamW (lr 5e-
     once per text and is cached; each step then runs only the trainable top.
 """
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -30,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from data import (InputError, atomic_write, encode, epoch_order, load_dataset, make_batches,
                   write_splits)
 from load_gpt2 import get_tokenizer, load_gpt2, pick_device
-from model import GPTModel, get_config
+from model import GPTModel
 
 EXAMPLES = ["You are a winner you have been specially selected to receive $1000 cash or a $2000 "
             "award.", "Hey, just wanted to check if we're still on for dinner tonight? Let me know!"]
@@ -40,17 +41,15 @@ def build_classifier(model, num_classes, trainable="last-1"):
     """Swap out_head for a num_classes-way Linear and freeze all but the trainable part:
     "head" (the new head alone), "last-N" (the last N blocks, final_norm and head) or "all"."""
     n_layers = len(model.trf_blocks)
-    model.out_head = nn.Linear(model.cfg["emb_dim"], num_classes, device=model.out_head.weight.device)
-    if trainable == "all":
-        model.requires_grad_(True)
-        return model
-    n_top = 0 if trainable == "head" else int(trainable.removeprefix("last-"))
-    if not (trainable == "head" or trainable.startswith("last-")) or not 0 <= n_top <= n_layers:
+    n_top = trainable.removeprefix("last-")
+    if trainable not in ("head", "all") and not (n_top.isdigit() and 1 <= int(n_top) <= n_layers):
         raise InputError(f"--trainable {trainable!r}: use head, all or last-N with 1 <= N <= {n_layers}")
-    model.requires_grad_(False)
-    top = [model.out_head] + ([model.final_norm, *model.trf_blocks[n_layers - n_top:]] if n_top else [])
-    for module in top:
-        module.requires_grad_(True)
+    model.out_head = nn.Linear(model.cfg["emb_dim"], num_classes, device=model.out_head.weight.device)
+    model.requires_grad_(trainable == "all")
+    model.out_head.requires_grad_(True)
+    if trainable.startswith("last-"):
+        model.final_norm.requires_grad_(True)
+        model.trf_blocks[n_layers - int(n_top):].requires_grad_(True)
     return model
 
 
@@ -111,7 +110,8 @@ class PrefixCache:
             with amp():
                 out = self.clf.bottom(idx.to(device))  # (B, T, C)
             for row, i in enumerate(batch_ids):
-                self.store[split, i] = out[row, :lengths[row]].to(self.dtype)
+                # a copy: a view would keep the whole padded batch alive
+                self.store[split, i] = out[row, :lengths[row]].to(self.dtype, copy=True)
 
     def get(self, split, ids):  # -> (B, T, C), zeros after each row's end: never read (causal)
         return nn.utils.rnn.pad_sequence([self.store[split, i] for i in ids], batch_first=True)
@@ -125,14 +125,16 @@ class Trainer:
         self.rank, self.world = rank, world
         self.device = clf.gpt.tok_emb.weight.device
 
-    def logits(self, split, ids, idx, lengths):
+    def logits(self, split, ids, idx, lengths, net):
         bottom = self.cache.get(split, ids) if self.cache else None
         with self.amp():
-            return self.net(idx.to(self.device), lengths.to(self.device), bottom).float()
+            return net(idx.to(self.device), lengths.to(self.device), bottom).float()
 
     @torch.no_grad()
     def accuracy(self, split):
-        """Accuracy over the whole split, summed across ranks."""
+        """Accuracy over the whole split, summed across ranks (the textbook's
+        calc_accuracy_loader). Runs the bare classifier: ranks may take different numbers of
+        batches here, which DDP's wrapper must never see."""
         tokens, targets = self.sets[split]
         mine = sorted(range(self.rank, len(tokens), self.world), key=lambda i: len(tokens[i]))
         if self.cache:
@@ -140,7 +142,7 @@ class Trainer:
         self.clf.eval()
         counts = torch.zeros(2, device=self.device)  # correct, total
         for ids, idx, lengths, y in make_batches(tokens, targets, mine, 64, self.pad_id):
-            pred = self.logits(split, ids, idx, lengths).argmax(-1)
+            pred = self.logits(split, ids, idx, lengths, self.clf).argmax(-1)
             counts += torch.tensor([(pred == y.to(self.device)).sum(), len(y)], device=self.device)
         self.clf.train()
         if self.world > 1:
@@ -175,15 +177,16 @@ def load_classifier(path, device="cpu"):
     dicts only (weights_only=True), never arbitrary pickled code."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        labels, max_length = ckpt["labels"], ckpt["max_length"]
         with torch.device("meta"):
-            model = build_classifier(GPTModel(ckpt["cfg"]), len(ckpt["labels"]), "all")
+            model = build_classifier(GPTModel(ckpt["cfg"]), len(labels), "all")
         model.load_state_dict(ckpt["model"], assign=True)
     except FileNotFoundError:
         raise InputError(f"no trained classifier at {path}; train one first with "
                          "python train_classifier.py, or point --out at its folder") from None
-    except (RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
+    except (RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
         raise InputError(f"{path} is not a classifier saved by this script ({str(e)[:200]})") from None
-    return model.to(device).eval(), ckpt["labels"], ckpt["max_length"]
+    return model.to(device).eval(), labels, max_length
 
 
 def save_metrics(records, out):
@@ -226,6 +229,8 @@ def parse_args(argv=None):
     a("--model", default="gpt2-small", help="size (gpt2, gpt2-medium, 774M, ...) or a folder with model.safetensors")
     a("--init", choices=["pretrained", "random"], default="pretrained", help="random: train from scratch, no download")
     a("--data", default=None, help="labelled .tsv/.csv file or train/validation/test folder (default: SMS spam)")
+    a("--balance", action=argparse.BooleanOptionalAction, default=None,
+      help="undersample every label to the rarest (default: only for the SMS Spam Collection)")
     a("--trainable", default="last-1", help="head, last-N (last N blocks + final_norm + head) or all")
     a("--epochs", type=int, default=5, help="passes over the training data")
     a("--batch-size", type=positive(int), default=8, help="examples per step (per process under torchrun)")
@@ -260,28 +265,36 @@ def main(argv=None):
     ddp = "RANK" in os.environ
     rank, world = 0, 1
     if ddp:
-        dist.init_process_group(args.backend or ("nccl" if device == "cuda" else "gloo"))
+        dist.init_process_group(args.backend or ("nccl" if device.startswith("cuda") else "gloo"))
         rank, world = dist.get_rank(), dist.get_world_size()
-        if device == "cuda":
+        if device.startswith("cuda"):
             device = f"cuda:{os.environ['LOCAL_RANK']}"
             torch.cuda.set_device(device)
     log = print if rank == 0 else lambda *a, **k: None
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device.startswith("cuda")
                                           and torch.cuda.is_bf16_supported())
-    amp = functools.partial(torch.autocast, device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
+    # bfloat16 autocast (CUDA, or the CPU when asked); otherwise a context that does nothing
+    amp = functools.partial(torch.autocast, "cuda" if device.startswith("cuda") else "cpu",
+                            dtype=torch.bfloat16) if bf16 else contextlib.nullcontext
     log(f"device: {device}{f' x {world} processes' if ddp else ''}, {'bfloat16 autocast' if bf16 else 'float32'}")
     start = time.time()
 
-    # Data: labelled texts -> token ids, truncated to fit the model.
+    # Data and model. Under torchrun one process per machine downloads what is missing while
+    # the others wait at the barrier, then read the cached files.
+    first = not ddp or os.environ["LOCAL_RANK"] == "0"
+    if not first:
+        dist.barrier()
     tokenizer = get_tokenizer()
-    splits, labels = load_dataset(args.data, seed=args.seed)
+    splits, labels = load_dataset(args.data, seed=args.seed, balance_classes=args.balance)
+    torch.manual_seed(args.seed)  # the same random weights (--init random) and head everywhere
+    model = load_gpt2(args.model, pretrained=args.init == "pretrained")
+    if first and ddp:
+        dist.barrier()
     if rank == 0:
         write_splits(splits, args.out / "splits")
     log(f"data: {', '.join(f'{len(v)} {k}' for k, v in splits.items())}; labels: {labels}")
 
-    # Model: pretrained (or random) GPT-2 with a new head; only the top trains.
-    torch.manual_seed(args.seed)
-    model = GPTModel(get_config(args.model)) if args.init == "random" else load_gpt2(args.model)
+    # Text -> token ids, truncated to fit the model; a new head; only the top trains.
     context = model.cfg["context_length"]
     max_length = args.max_length or context
     if max_length > context:
@@ -308,8 +321,11 @@ def main(argv=None):
     net = torch.compile(clf) if args.compile else clf
     net = DDP(net, device_ids=[device] if device.startswith("cuda") else None) if ddp else net
     trainer = Trainer(clf, net, sets, pad_id, amp, cache, rank, world)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=args.lr, weight_decay=args.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:  # the fused AdamW does the same update in one kernel: 5x faster here than the default
+        optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay, fused=True)
+    except RuntimeError:  # not on this device or torch version
+        optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
 
     # The training loop, written out.
     records, accs, step, seen = [], {}, 0, 0
@@ -321,7 +337,7 @@ def main(argv=None):
         if cache:
             cache.fill("train", order, amp)
         for ids, idx, lengths, y in make_batches(train_tokens, train_targets, order, args.batch_size, pad_id):
-            logits = trainer.logits("train", ids, idx, lengths)  # (B, num_classes)
+            logits = trainer.logits("train", ids, idx, lengths, net)  # (B, num_classes)
             y = y.to(device)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -347,15 +363,19 @@ def main(argv=None):
             f"{accs['validation']:.2%} | {time.time() - start:.1f}s")
         if rank == 0:
             save_metrics(records, args.out)
+        tick = time.time()  # examples/s counts training steps, not this evaluation
 
-    accs = {name: accs[name] if name in accs else trainer.accuracy(name) for name in sets}
+    # The last epoch measured train and validation already (unless --epochs 0).
+    for name in sets:
+        if name not in accs:
+            accs[name] = trainer.accuracy(name)
     records.append({"final": True, **{f"{k}_acc": v for k, v in accs.items()}, "elapsed_s": time.time() - start})
     log(f"final | train {accs['train']:.2%} | validation {accs['validation']:.2%} | "
         f"test {accs['test']:.2%} | {time.time() - start:.1f}s")
     if rank == 0:
         save_classifier(model, labels, max_length, args.out / "classifier.pt")
-        log(f"saved {args.out / 'classifier.pt'}; metrics: {args.out / 'metrics.jsonl'}; "
-            + save_metrics(records, args.out))
+        plot = save_metrics(records, args.out)
+        log(f"saved {args.out / 'classifier.pt'}; metrics: {args.out / 'metrics.jsonl'}; {plot}")
         texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
         for text, (label, prob) in zip(texts, classify(model, tokenizer, texts, labels, max_length)):
             log(f"{label} ({prob:.1%}): {text}")
@@ -365,6 +385,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
     try:
         main()
     except InputError as e:
