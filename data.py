@@ -36,6 +36,17 @@ class InputError(Exception):
     its message as one sentence and exit with status 1 instead of a traceback."""
 
 
+def run_main(main):
+    """How the scripts run: an InputError ends as one line on stderr and exit status 1."""
+    sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
+    try:
+        main()
+    except InputError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 @contextmanager
 def atomic_write(dest, suffix=".tmp"):
     """Yield a temporary path beside dest; it becomes dest only if the block completes, so an

@@ -7,11 +7,10 @@ so each new token costs one token's work instead of re-reading the whole text.
 """
 import argparse
 import codecs
-import sys
 
 import torch
 
-from data import InputError
+from data import InputError, run_main
 from load_gpt2 import get_tokenizer, load_gpt2, pick_device
 
 
@@ -130,10 +129,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
-    try:
-        main()
-    except InputError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

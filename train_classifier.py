@@ -18,7 +18,6 @@ import functools
 import json
 import os
 import pickle
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import (InputError, atomic_write, encode, epoch_order, load_dataset, make_batches,
-                  write_splits)
+                  run_main, write_splits)
 from load_gpt2 import get_tokenizer, load_gpt2, pick_device
 from model import GPTModel
 
@@ -117,15 +116,17 @@ class PrefixCache:
         return nn.utils.rnn.pad_sequence([self.store[split, i] for i in ids], batch_first=True)
 
 
-class Trainer:
-    """What every step needs: the (possibly DDP-wrapped) classifier, the data and the cache."""
+class Run:
+    """What the training steps and evaluations of one run share: the classifier, the token ids
+    and labels of each split, the cache, the autocast context and this process's rank."""
 
-    def __init__(self, clf, net, sets, pad_id, amp, cache, rank=0, world=1):
-        self.clf, self.net, self.sets, self.pad_id, self.amp, self.cache = clf, net, sets, pad_id, amp, cache
+    def __init__(self, clf, sets, pad_id, amp, cache, rank=0, world=1):
+        self.clf, self.sets, self.pad_id, self.amp, self.cache = clf, sets, pad_id, amp, cache
         self.rank, self.world = rank, world
         self.device = clf.gpt.tok_emb.weight.device
 
     def logits(self, split, ids, idx, lengths, net):
+        """(B, num_classes) float32 logits of a batch; net is the classifier or its DDP wrapper."""
         bottom = self.cache.get(split, ids) if self.cache else None
         with self.amp():
             return net(idx.to(self.device), lengths.to(self.device), bottom).float()
@@ -315,12 +316,13 @@ def main(argv=None):
     cache_mb = n_tokens * model.cfg["emb_dim"] * model.tok_emb.weight.element_size() / 2**20
     use_cache = clf.n_frozen > 0 and model.cfg["drop_rate"] == 0 and cache_mb <= args.cache_mb
     cache = PrefixCache(clf, sets, pad_id, model.tok_emb.weight.dtype) if use_cache else None
-    log(f"frozen-prefix cache: {f'on, {clf.n_frozen} blocks, {cache_mb:.0f} MB' if use_cache else 'off'}"
-        + ("" if use_cache or clf.n_frozen == 0 else f" (needs {cache_mb:.0f} MB > --cache-mb or dropout)"))
+    why = ("no frozen blocks" if clf.n_frozen == 0 else "dropout is on" if model.cfg["drop_rate"]
+           else f"{cache_mb:.0f} MB > --cache-mb {args.cache_mb:g}")
+    log("frozen-prefix cache: " + (f"on, {clf.n_frozen} blocks, {cache_mb:.0f} MB" if use_cache else f"off ({why})"))
 
     net = torch.compile(clf) if args.compile else clf
     net = DDP(net, device_ids=[device] if device.startswith("cuda") else None) if ddp else net
-    trainer = Trainer(clf, net, sets, pad_id, amp, cache, rank, world)
+    run = Run(clf, sets, pad_id, amp, cache, rank, world)
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:  # the fused AdamW does the same update in one kernel: 5x faster here than the default
         optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay, fused=True)
@@ -329,7 +331,7 @@ def main(argv=None):
 
     # The training loop, written out.
     records, accs, step, seen = [], {}, 0, 0
-    run_loss = run_correct = run_n = 0.0
+    loss_sum = correct = count = 0  # over the steps since the last log line
     tick = time.time()
     train_tokens, train_targets = sets["train"]
     for epoch in range(1, args.epochs + 1):
@@ -337,38 +339,38 @@ def main(argv=None):
         if cache:
             cache.fill("train", order, amp)
         for ids, idx, lengths, y in make_batches(train_tokens, train_targets, order, args.batch_size, pad_id):
-            logits = trainer.logits("train", ids, idx, lengths, net)  # (B, num_classes)
+            logits = run.logits("train", ids, idx, lengths, net)  # (B, num_classes)
             y = y.to(device)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # under DDP, gradients are averaged across processes here
             optimizer.step()
             step, seen = step + 1, seen + len(y) * world
-            run_loss += loss.item() * len(y)
-            run_correct += (logits.argmax(-1) == y).sum().item()
-            run_n += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(-1) == y).sum().item()  # last-token accuracy
+            count += len(y)
             if step % args.eval_every == 0:
                 now = time.time()
-                records.append({"step": step, "epoch": epoch, "loss": run_loss / run_n,
-                                "acc": run_correct / run_n, "examples_per_s": seen / (now - tick),
+                records.append({"step": step, "epoch": epoch, "loss": loss_sum / count,
+                                "acc": correct / count, "examples_per_s": seen / (now - tick),
                                 "elapsed_s": now - start})
-                log(f"step {step:5d} | epoch {epoch} | loss {run_loss / run_n:.4f} | acc "
-                    f"{run_correct / run_n:6.2%} | {seen / (now - tick):6.1f} ex/s | {now - start:6.1f}s")
-                run_loss = run_correct = run_n = seen = 0
+                log(f"step {step:5d} | epoch {epoch} | loss {loss_sum / count:.4f} | acc "
+                    f"{correct / count:6.2%} | {seen / (now - tick):6.1f} ex/s | {now - start:6.1f}s")
+                loss_sum = correct = count = seen = 0
                 tick = now
-        accs = {"train": trainer.accuracy("train"), "validation": trainer.accuracy("validation")}
+        accs = {"train": run.accuracy("train"), "validation": run.accuracy("validation")}
         records.append({"epoch": epoch, "train_acc": accs["train"], "val_acc": accs["validation"],
                         "elapsed_s": time.time() - start})
         log(f"epoch {epoch} done | train acc {accs['train']:.2%} | validation acc "
             f"{accs['validation']:.2%} | {time.time() - start:.1f}s")
         if rank == 0:
             save_metrics(records, args.out)
-        tick = time.time()  # examples/s counts training steps, not this evaluation
+        tick, seen = time.time(), 0  # examples/s counts training steps, not this evaluation
 
     # The last epoch measured train and validation already (unless --epochs 0).
     for name in sets:
         if name not in accs:
-            accs[name] = trainer.accuracy(name)
+            accs[name] = run.accuracy(name)
     records.append({"final": True, **{f"{k}_acc": v for k, v in accs.items()}, "elapsed_s": time.time() - start})
     log(f"final | train {accs['train']:.2%} | validation {accs['validation']:.2%} | "
         f"test {accs['test']:.2%} | {time.time() - start:.1f}s")
@@ -385,10 +387,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
-    try:
-        main()
-    except InputError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)
