@@ -2,7 +2,7 @@
 
 The default dataset is the SMS Spam Collection (UCI). Any other labelled text works too:
   - one file, TSV (label<TAB>text, split on the first TAB, no quote processing) or .csv
-    (label,text with CSV quoting; further columns are joined to the text with a space);
+    (label,text with CSV quoting; the fields after the label are rejoined with commas);
     the file is split 70/10/20 into train/validation/test with a seed;
   - a folder with train.*, validation.* (or val.*) and test.* files in those formats.
 A first line reading exactly "label<sep>text" is taken as a header and skipped; blank lines
