@@ -15,7 +15,6 @@ import tempfile
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import train_classifier
@@ -44,13 +43,9 @@ def textbook_recipe(data, epochs=5, batch_size=8, max_length=120, seed=123):
 
     train, val = tensors("train"), tensors("validation")
     torch.manual_seed(seed)
-    model = GPTModel(get_config("gpt2-small"))
-    model.out_head = nn.Linear(768, len(labels))
-    model.requires_grad_(False)
-    for module in (model.out_head, model.final_norm, model.trf_blocks[-1]):
-        module.requires_grad_(True)
+    model = train_classifier.build_classifier(GPTModel(get_config("gpt2-small")), len(labels), "last-1")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5,
-                                  weight_decay=0.1)
+                                  weight_decay=0.1)  # the textbook's, not fused
 
     def loader(split, shuffle):
         order = torch.randperm(len(split[0])) if shuffle else torch.arange(len(split[0]))

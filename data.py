@@ -5,8 +5,8 @@ The default dataset is the SMS Spam Collection (UCI). Any other labelled text wo
     (label,text with CSV quoting; the fields after the label are rejoined with commas);
     the file is split 70/10/20 into train/validation/test with a seed;
   - a folder with train.*, validation.* (or val.*) and test.* files in those formats.
-A first line reading exactly "label<sep>text" is taken as a header and skipped; blank lines
-are ignored. Anything else malformed stops with the file and line number.
+A first line reading "label<sep>text" (any case) is taken as a header and skipped; blank
+lines are ignored. Anything else malformed stops with the file and line number.
 Labels are strings, numbered in sorted order (numerically when every label is an integer).
 
 This file imports neither model.py nor load_gpt2.py: it hands token ids and lengths onward.
@@ -42,6 +42,8 @@ def run_main(main):
     try:
         main()
     except InputError as e:
+        sys.exit(f"error: {e}")
+    except OSError as e:  # a file or folder that cannot be read or written
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(130)
@@ -151,20 +153,23 @@ def tsv_rows(content):
 
 def csv_rows(path, content):
     """(line number, [label, text]) per CSV record, with CSV quoting."""
-    reader = csv.reader(io.StringIO(content, newline=""))
+    # strict: an unclosed quote is an error, not a record that swallows the rest of the file
+    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
+    start = 1  # the line where the current record begins (a quoted field may span lines)
     try:
         for row in reader:
             # Every field after the label is text: rejoin what an unquoted comma split.
-            yield reader.line_num, row[:1] + ([",".join(row[1:])] if len(row) > 1 else [])
+            yield start, row[:1] + ([",".join(row[1:])] if len(row) > 1 else [])
+            start = reader.line_num + 1
     except csv.Error as e:
-        raise InputError(f"{path}, line {reader.line_num}: malformed CSV ({e})") from None
+        raise InputError(f"{path}, line {start}: malformed CSV ({e})") from None
 
 
 def label_names(examples):
     """The labels in their id order: sorted, numerically when all are integers."""
     labels = {label for label, _ in examples}
     try:
-        return sorted(labels, key=int)
+        return sorted(labels, key=lambda label: (int(label), label))  # "01" and "1" stay apart
     except ValueError:  # not all integers
         return sorted(labels)
 
@@ -226,6 +231,8 @@ def load_dataset(data=None, seed=123, balance_classes=None):
         balance_classes = path.name == "SMSSpamCollection"
     splits = split(balance(examples, seed) if balance_classes else examples, seed)
     labels = label_names(splits["train"])
+    if len(set(label_names(examples))) < 2:
+        raise InputError(f"{path} has a single label; a classifier needs at least two")
     missing = sorted(set(label_names(examples)) - set(labels))
     if missing:
         raise InputError(f"{path}: label {missing[0]!r} has too few examples for one to land in "

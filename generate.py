@@ -33,7 +33,8 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 
 
 def check_settings(max_new_tokens, temperature, top_k, top_p):
-    if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1) \
+    # written so that NaN fails too: every comparison with NaN is False
+    if max_new_tokens < 0 or not 0 <= temperature < float("inf") or (top_k is not None and top_k < 1) \
             or (top_p is not None and not 0 < top_p <= 1):
         raise ValueError("need max_new_tokens >= 0, temperature >= 0 (0 = greedy), top_k >= 1 "
                          f"and 0 < top_p <= 1; got {max_new_tokens}, {temperature}, {top_k}, {top_p}")
@@ -108,20 +109,20 @@ def main(argv=None):
 
     device = pick_device(args.device)
     tokenizer = get_tokenizer()
-    torch.manual_seed(0 if args.seed is None else args.seed)  # for --init random
+    if args.seed is not None:  # the same text each run (and the same weights with --init random)
+        torch.manual_seed(args.seed)
     model = load_gpt2(args.model, pretrained=args.init == "pretrained").to(device)
     # In a prompt, "<|endoftext|>" is GPT-2's document separator, as in its training data.
     ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [tokenizer.eot_token]
     if max(ids) >= model.cfg["vocab_size"]:
         raise InputError(f"the prompt has token ids beyond this model's vocabulary of "
                          f"{model.cfg['vocab_size']}; it was not trained with GPT-2's tokenizer")
-    generator = torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
     print(args.prompt, end="", flush=True)
     # A character can span several tokens: decode bytes incrementally, never half a character.
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     eos_id = None if args.ignore_eos else tokenizer.eot_token
     for token in stream(model, torch.tensor([ids], device=device), args.max_new_tokens,
-                        args.temperature, top_k, args.top_p, eos_id, generator=generator):
+                        args.temperature, top_k, args.top_p, eos_id):
         if token.item() == eos_id:
             break
         print(text.decode(tokenizer.decode_single_token_bytes(token.item())), end="", flush=True)

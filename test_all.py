@@ -425,11 +425,12 @@ class TestData(unittest.TestCase):
 
     def test_malformed_lines_name_the_file_and_line(self):
         cases = {"no separator": ("ham\tok\nspam no tab here\n", "line 2: expected label<TAB>text"),
+                 "unclosed quote": ("a,ok\nb,\"open quote\nc,more\nd,rows\n", "line 2: malformed CSV"),
                  "empty text": ("ham\tok\n\nspam\t   \n", "line 3: empty text"),
                  "not utf-8": (b"ham\tok\nham\tok\nspam\tcaf\xe9\n", "line 3: bytes that are not UTF-8")}
         for what, (content, message) in cases.items():
             with self.subTest(what):
-                path = self.write("bad.tsv", content)
+                path = self.write("bad.csv" if what == "unclosed quote" else "bad.tsv", content)
                 with self.assertRaises(data.InputError) as e:
                     data.read_examples(path)
                 self.assertIn(f"{path}, {message}", str(e.exception))
@@ -437,6 +438,7 @@ class TestData(unittest.TestCase):
     def test_label_order_is_sorted_and_numeric_when_numbers(self):
         self.assertEqual(data.label_names([("spam", ""), ("ham", "")]), ["ham", "spam"])
         self.assertEqual(data.label_names([("10", ""), ("2", ""), ("1", "")]), ["1", "2", "10"])
+        self.assertEqual(data.label_names([("1", ""), ("01", "")]), ["01", "1"])  # not hash order
 
     def test_folder_dataset_and_unseen_labels(self):
         folder = tmpdir(self)
@@ -638,15 +640,28 @@ class TestTrainClassifier(unittest.TestCase):
             self.assertEqual(got_label, label)
             self.assertAlmostEqual(float(got_prob), prob, delta=1e-3)
         self.assertTrue((self.dir / "out" / "splits" / "train.tsv").exists())
+        # a damaged checkpoint is refused, not loaded (torch.load itself does not check)
+        raw = bytearray((self.dir / "out" / "classifier.pt").read_bytes())
+        raw[len(raw) // 2:len(raw) // 2 + 64] = bytes(64)
+        (self.dir / "bad").mkdir()
+        (self.dir / "bad" / "classifier.pt").write_bytes(bytes(raw))
+        code, _, err = run_script("train_classifier.py", "--out", self.dir / "bad", "--predict", texts[0])
+        self.assertEqual(code, 1)
+        self.assertIn("is not a classifier saved by this script", err)
 
     def test_cli_errors_are_one_clear_line(self):
         empty = self.dir / "empty"
+        (self.dir / "one_label.tsv").write_text("".join(f"a\ttext {i}\n" for i in range(20)), encoding="utf-8")
         cases = [
             (["--predict", "hi", "--out", empty], "no trained classifier at"),
             (["--trainable", "last-9", "--model", self.model_dir, "--data", self.data, "--out", empty], "last-N with 1 <= N <= 2"),
             (["--model", "gpt-7", "--data", self.data, "--out", empty], "unknown model 'gpt-7'"),
             (["--data", empty / "nope.tsv", "--out", empty], "no data file at"),
-            (["--batch-size", "0"], "must be > 0"),
+            (["--batch-size", "0"], "must be a number > 0"),
+            (["--lr", "nan"], "must be a number > 0"),
+            (["--trainable", "bottom"], "use head, all or last-N"),
+            (["--out", self.data, "--predict", "hi"], "is not a classifier saved by this script"),
+            (["--data", self.dir / "one_label.tsv", "--out", empty], "has a single label"),
             (["--init", "random", "--model", "gpt-7", "--data", self.data, "--out", empty], "unknown model 'gpt-7'"),
             (["--max-length", "65", "--model", self.model_dir, "--data", self.data, "--out", empty], "exceeds the model's context length 64"),
         ]
@@ -678,9 +693,10 @@ class TestGenerateCLI(unittest.TestCase):
                 self.assertEqual(code, 0, err)
                 self.assertTrue(out.startswith(prompt))
                 self.assertGreater(len(out), len(prompt) + 1)
-        code, _, err = run_script("generate.py", "--temperature", "-1")
-        self.assertEqual(code, 2)
-        self.assertIn("temperature >= 0", err)
+        for bad in ("-1", "nan"):
+            code, _, err = run_script("generate.py", "--temperature", bad)
+            self.assertEqual(code, 2)
+            self.assertIn("temperature >= 0", err)
 
 
 class TestDistributed(unittest.TestCase):

@@ -16,9 +16,12 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import os
 import pickle
+import re
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -177,6 +180,10 @@ def load_classifier(path, device="cpu"):
     """(model, label names, max_length) from save_classifier's file; plain tensors and
     dicts only (weights_only=True), never arbitrary pickled code."""
     try:
+        with zipfile.ZipFile(path) as z:  # torch.load does not check the CRCs; a damaged file
+            damaged = z.testzip()          # would load and predict garbage
+        if damaged:
+            raise RuntimeError(f"{damaged} fails its checksum")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         labels, max_length = ckpt["labels"], ckpt["max_length"]
         with torch.device("meta"):
@@ -185,7 +192,8 @@ def load_classifier(path, device="cpu"):
     except FileNotFoundError:
         raise InputError(f"no trained classifier at {path}; train one first with "
                          "python train_classifier.py, or point --out at its folder") from None
-    except (RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
+    except (RuntimeError, KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as e:
         raise InputError(f"{path} is not a classifier saved by this script ({str(e)[:200]})") from None
     return model.to(device).eval(), labels, max_length
 
@@ -193,15 +201,14 @@ def load_classifier(path, device="cpu"):
 def save_metrics(records, out):
     with atomic_write(out / "metrics.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # the Figure class alone: no pyplot, no change to the user's plotting backend
+        from matplotlib.figure import Figure
     except ImportError:
         return "plot skipped: pip install matplotlib to get metrics.png"
     steps = [r for r in records if "loss" in r]
     epochs = [r for r in records if "val_acc" in r]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot([r["step"] for r in steps], [r["loss"] for r in steps])
     ax1.set(xlabel="step", ylabel="training loss")
     for key in ("train_acc", "val_acc"):
@@ -211,17 +218,23 @@ def save_metrics(records, out):
     fig.tight_layout()
     with atomic_write(out / "metrics.png") as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return f"plot: {out / 'metrics.png'}"
 
 
-def positive(kind):
+def number(kind, low=0.0, inclusive=False):
+    """An argparse type: a finite number above low (or from low on, if inclusive)."""
     def parse(text):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+            raise argparse.ArgumentTypeError(f"must be a number {'>=' if inclusive else '>'} {low:g}, got {text}")
         return value
     return parse
+
+
+def trainable_spec(text):
+    if text not in ("head", "all") and not re.fullmatch(r"last-[1-9][0-9]*", text):
+        raise argparse.ArgumentTypeError(f"use head, all or last-N (such as last-2), got {text}")
+    return text
 
 
 def parse_args(argv=None):
@@ -232,25 +245,22 @@ def parse_args(argv=None):
     a("--data", default=None, help="labelled .tsv/.csv file or train/validation/test folder (default: SMS spam)")
     a("--balance", action=argparse.BooleanOptionalAction, default=None,
       help="undersample every label to the rarest (default: only for the SMS Spam Collection)")
-    a("--trainable", default="last-1", help="head, last-N (last N blocks + final_norm + head) or all")
-    a("--epochs", type=int, default=5, help="passes over the training data")
-    a("--batch-size", type=positive(int), default=8, help="examples per step (per process under torchrun)")
-    a("--lr", type=positive(float), default=5e-5, help="AdamW learning rate")
-    a("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
-    a("--max-length", type=positive(int), default=None, help="tokens kept per text (default: the context length)")
-    a("--eval-every", type=positive(int), default=50, help="log training loss and accuracy every N steps")
+    a("--trainable", type=trainable_spec, default="last-1", help="head, last-N (last N blocks + final_norm + head) or all")
+    a("--epochs", type=number(int, inclusive=True), default=5, help="passes over the training data")
+    a("--batch-size", type=number(int), default=8, help="examples per step (per process under torchrun)")
+    a("--lr", type=number(float), default=5e-5, help="AdamW learning rate")
+    a("--weight-decay", type=number(float, inclusive=True), default=0.1, help="AdamW weight decay")
+    a("--max-length", type=number(int), default=None, help="tokens kept per text (default: the context length)")
+    a("--eval-every", type=number(int), default=50, help="log training loss and accuracy every N steps")
     a("--seed", type=int, default=123, help="seed for the split, the shuffling and the new head")
     a("--out", type=Path, default=Path("out"), help="folder for classifier.pt, metrics and splits")
     a("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto", help="bfloat16 autocast (auto: on CUDA when supported)")
     a("--compile", action="store_true", help="torch.compile the classifier (worth it on GPUs)")
-    a("--cache-mb", type=float, default=2048, help="memory budget of the frozen-prefix cache; 0 turns it off")
+    a("--cache-mb", type=number(float, inclusive=True), default=2048, help="memory budget of the frozen-prefix cache; 0 turns it off")
     a("--backend", default=None, help="torchrun process-group backend (default: nccl on CUDA, else gloo)")
     a("--predict", nargs="+", metavar="TEXT", help="label these texts with the saved classifier and exit")
-    args = p.parse_args(argv)
-    if args.epochs < 0:
-        p.error("--epochs must be >= 0")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None):
@@ -274,9 +284,9 @@ def main(argv=None):
     log = print if rank == 0 else lambda *a, **k: None
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device.startswith("cuda")
                                           and torch.cuda.is_bf16_supported())
-    # bfloat16 autocast (CUDA, or the CPU when asked); otherwise a context that does nothing
-    amp = functools.partial(torch.autocast, "cuda" if device.startswith("cuda") else "cpu",
-                            dtype=torch.bfloat16) if bf16 else contextlib.nullcontext
+    # bfloat16 autocast on this device; otherwise a context that does nothing
+    amp = functools.partial(torch.autocast, torch.device(device).type, dtype=torch.bfloat16) \
+        if bf16 else contextlib.nullcontext
     log(f"device: {device}{f' x {world} processes' if ddp else ''}, {'bfloat16 autocast' if bf16 else 'float32'}")
     start = time.time()
 
