@@ -8,9 +8,15 @@
         200 new tokens with the KV cache against recomputing the whole prefix every step, and
         against Hugging Face transformers' generate() when transformers is installed (it is never
         a dependency of the project; pip install transformers to include it).
+    python bench.py memory
+        peak memory of load_gpt2() on a gpt2-xl-shaped float32 checkpoint (6.2 GB of zeros in
+        Hugging Face's layout, written to a temporary folder: needs that much free disk; Unix).
 """
 import argparse
+import json
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -134,10 +140,39 @@ def bench_generate(args):
               f"its speed; same tokens: {torch.equal(ids, ids_hf)}")
 
 
+def bench_memory(args):
+    cfg = get_config("gpt2-xl")
+    C, L, V, T = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"], cfg["context_length"]
+    shapes = {"wte.weight": [V, C], "wpe.weight": [T, C], "ln_f.weight": [C], "ln_f.bias": [C]}
+    for i in range(L):
+        for name, shape in {"ln_1.weight": [C], "ln_1.bias": [C], "ln_2.weight": [C], "ln_2.bias": [C],
+                            "attn.c_attn.weight": [C, 3 * C], "attn.c_attn.bias": [3 * C],
+                            "attn.c_proj.weight": [C, C], "attn.c_proj.bias": [C],
+                            "mlp.c_fc.weight": [C, 4 * C], "mlp.c_fc.bias": [4 * C],
+                            "mlp.c_proj.weight": [4 * C, C], "mlp.c_proj.bias": [C]}.items():
+            shapes[f"h.{i}.{name}"] = shape
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        nbytes = 4 * shape[0] * (shape[1] if len(shape) > 1 else 1)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    with tempfile.TemporaryDirectory() as folder:
+        head = json.dumps(header).encode()
+        with open(f"{folder}/model.safetensors", "wb") as f:
+            f.write(len(head).to_bytes(8, "little") + head)
+            for info in header.values():  # zeros, one tensor at a time
+                f.write(bytes(info["data_offsets"][1] - info["data_offsets"][0]))
+        print(f"machine: {machine()}; checkpoint: {offset / 1e9:.2f} GB")
+        code = ("import resource, time, load_gpt2; t = time.time(); m = load_gpt2.load_gpt2(%r); "
+                "print(f'loaded {sum(p.numel() for p in m.parameters()):,} parameters in {time.time() - t:.1f} s, "
+                "peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB')" % folder)
+        subprocess.run([sys.executable, "-c", code], check=True)
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["train", "generate"])
+    p.add_argument("what", choices=["train", "generate", "memory"])
     p.add_argument("--data", default=None, help="SMS file for 'train' (default: download it)")
     p.add_argument("--new-tokens", type=int, default=200, help="tokens to generate for 'generate'")
     args = p.parse_args()
-    bench_train(args) if args.what == "train" else bench_generate(args)
+    {"train": bench_train, "generate": bench_generate, "memory": bench_memory}[args.what](args)
