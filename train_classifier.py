@@ -125,8 +125,7 @@ class Run:
 
     def __init__(self, clf, sets, pad_id, amp, cache, rank=0, world=1):
         self.clf, self.sets, self.pad_id, self.amp, self.cache = clf, sets, pad_id, amp, cache
-        self.rank, self.world = rank, world
-        self.device = clf.gpt.tok_emb.weight.device
+        self.rank, self.world, self.device = rank, world, clf.gpt.tok_emb.weight.device
 
     def logits(self, split, ids, idx, lengths, net):
         """(B, num_classes) float32 logits of a batch; net is the classifier or its DDP wrapper."""
@@ -317,9 +316,9 @@ def main(argv=None):
         raise InputError(f"the texts hold token ids beyond this model's vocabulary of {model.cfg['vocab_size']}")
     build_classifier(model, len(labels), args.trainable).to(device).train()
     clf = LastTokenClassifier(model)
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"model: {args.model} ({args.init}), {n_train:,} of {sum(p.numel() for p in model.parameters()):,} "
-        f"parameters train ({args.trainable})")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log(f"model: {args.model} ({args.init}), {sum(p.numel() for p in trainable):,} of "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters train ({args.trainable})")
 
     # Frozen-prefix cache: only when there is a frozen bottom, it is deterministic, and it fits.
     n_tokens = sum(len(t) for tokens, _ in sets.values() for t in tokens)
@@ -333,7 +332,6 @@ def main(argv=None):
     net = torch.compile(clf) if args.compile else clf
     net = DDP(net, device_ids=[device] if device.startswith("cuda") else None) if ddp else net
     run = Run(clf, sets, pad_id, amp, cache, rank, world)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     try:  # the fused AdamW does the same update in one kernel: 5x faster here than the default
         optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay, fused=True)
     except RuntimeError:  # not on this device or torch version
