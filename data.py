@@ -41,9 +41,7 @@ def run_main(main):
     sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
     try:
         main()
-    except InputError as e:
-        sys.exit(f"error: {e}")
-    except OSError as e:  # a file or folder that cannot be read or written
+    except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(130)
@@ -217,6 +215,8 @@ def load_dataset(data=None, seed=123, balance_classes=None):
         files = find_split_files(Path(data))
         splits = {"train": read_examples(files["train"])}
         labels = label_names(splits["train"])
+        if len(labels) < 2:
+            raise InputError(f"{files['train']} has a single label; a classifier needs at least two")
         for name in ("validation", "test"):
             splits[name] = read_examples(files[name], known_labels=set(labels))
         if balance_classes:
@@ -227,13 +227,14 @@ def load_dataset(data=None, seed=123, balance_classes=None):
         raise InputError(f"no data file at {path}; pass a labelled .tsv/.csv file or a folder "
                          "with train/validation/test files")
     examples = read_examples(path)
+    every_label = {label for label, _ in examples}
+    if len(every_label) < 2:
+        raise InputError(f"{path} has a single label; a classifier needs at least two")
     if balance_classes is None:  # the spam set, downloaded or given as a file, is balanced
         balance_classes = path.name == "SMSSpamCollection"
     splits = split(balance(examples, seed) if balance_classes else examples, seed)
     labels = label_names(splits["train"])
-    if len(set(label_names(examples))) < 2:
-        raise InputError(f"{path} has a single label; a classifier needs at least two")
-    missing = sorted(set(label_names(examples)) - set(labels))
+    missing = sorted(every_label - set(labels))
     if missing:
         raise InputError(f"{path}: label {missing[0]!r} has too few examples for one to land in "
                          "the training split; add examples or drop the label")
@@ -290,8 +291,9 @@ def make_batches(tokens, labels, order, batch_size, pad_id):
     """Yield (ids, idx, lengths, targets) for the examples in order, batch_size at a time.
 
     idx (B, T) is padded on the right only to the longest row of its own batch; lengths (B,)
-    holds each row's real length, so its last real token sits at lengths - 1. With causal attention no real token ever
-    sees the padding after it, so a row's result does not depend on its batch mates.
+    holds each row's real length, so its last real token sits at lengths - 1. With causal
+    attention no real token ever sees the padding after it, so a row's result does not depend
+    on its batch mates.
     """
     for i in range(0, len(order), batch_size):
         ids = order[i:i + batch_size]
