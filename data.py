@@ -9,6 +9,9 @@ A first line reading "label<sep>text" (any case) is taken as a header and skippe
 lines are ignored. Anything else malformed stops with the file and line number.
 Labels are strings, numbered in sorted order (numerically when every label is an integer).
 
+The last section is the plumbing every script shares (errors a user can fix, safe writes,
+downloads, progress lines): it lives here because data.py is the one file that every other
+script imports, and it needs neither model.py nor load_gpt2.py.
 This file imports neither model.py nor load_gpt2.py: it hands token ids and lengths onward.
 """
 import csv
@@ -26,71 +29,12 @@ from pathlib import Path
 
 import torch
 
-# Everything this project downloads (GPT-2 weights, the SMS data) goes here.
-CACHE_DIR = Path(os.environ.get("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier")
 SMS_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
 
 
-class InputError(Exception):
-    """A problem the user can fix (no network, a bad file, a wrong flag). The scripts print
-    its message as one sentence and exit with status 1 instead of a traceback."""
-
-
-def run_main(main):
-    """How the scripts run: an InputError ends as one line on stderr and exit status 1."""
-    sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
-    try:
-        main()
-    except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-@contextmanager
-def atomic_write(dest, suffix=".tmp"):
-    """Yield a temporary path beside dest; it becomes dest only if the block completes, so an
-    interrupted run never leaves a half-written file that looks finished."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}{suffix}")  # pid: two runs never share one
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def download(url, dest):
-    """Fetch url into dest (via dest.part), printing progress to stderr."""
-    dest = Path(dest)
-    try:
-        with atomic_write(dest, ".part") as part, \
-                urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0)
-            done, start, shown = 0, time.time(), 0.0
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                done += len(chunk)
-                if time.time() - shown > 0.5 or done == total:
-                    shown, mb = time.time(), done / 1e6
-                    pct = f" ({100 * done / total:.0f}%)" if total else ""
-                    print(f"\rdownloading {dest.name}: {mb:.1f}/{total / 1e6:.1f} MB{pct} "
-                          f"{mb / max(shown - start, 1e-9):.1f} MB/s", end="", file=sys.stderr)
-            print(file=sys.stderr)
-            if total and done != total:
-                raise http.client.IncompleteRead(b"", total - done)
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
-        reason = getattr(e, "reason", None) or e.__class__.__name__
-        raise InputError(f"could not download {url} ({reason}); check the network, or download "
-                         f"it another way and place it at {dest}") from None
-    except OSError as e:  # the network was fine; the disk was not
-        raise InputError(f"could not write {dest} ({e.strerror or e})") from None
-
-
-def sms_spam_file(cache_dir=CACHE_DIR):
+def sms_spam_file(cache_dir=None):
     """Path of SMSSpamCollection, downloaded and extracted from the UCI zip on first use."""
-    path = Path(cache_dir) / "sms_spam" / "SMSSpamCollection"
+    path = Path(cache_dir or CACHE_DIR) / "sms_spam" / "SMSSpamCollection"
     if not path.exists():
         zip_path = path.with_name("sms_spam_collection.zip")
         if not zip_path.exists():
@@ -267,38 +211,108 @@ def encode(tokenizer, texts, max_length):
     return [t[:max_length] for t in ids]
 
 
-def epoch_order(n, batch_size, seed, rank=0, world_size=1):
-    """This process's example order for one training epoch, shuffled from the seed.
+def pad_batch(batch, pad_id):
+    """The DataLoader's collate_fn: [(token ids, label id), ...] -> input_batch (B, T),
+    target_batch (B,) and lengths (B,).
 
-    With world_size > 1 (torchrun), every global batch of batch_size * world_size examples is
-    cut into equal parts, one per rank, so N ranks see the same batches as one process with
-    N times the batch size. The last n % world_size examples are dropped (a different few each
-    epoch) so that every rank takes the same number of steps, as DDP requires.
+    The chapter pads every text to one fixed length; here a batch is padded on the right only
+    to its own longest text. lengths holds each row's real length, so its last real token sits at
+    lengths - 1. With causal attention no real token ever sees the padding after it, so a row's
+    result does not depend on its batch mates.
     """
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    order = order[:n - n % world_size]
-    step = batch_size * world_size
-    mine = []
-    for i in range(0, len(order), step):
-        batch = order[i:i + step]
-        share = len(batch) // world_size
-        mine += batch[rank * share:(rank + 1) * share]
-    return mine
+    lengths = torch.tensor([len(ids) for ids, _ in batch])
+    input_batch = torch.full((len(batch), int(lengths.max())), pad_id, dtype=torch.long)
+    for row, (ids, _) in enumerate(batch):
+        input_batch[row, :len(ids)] = torch.tensor(ids)
+    return input_batch, torch.tensor([label for _, label in batch]), lengths
 
 
-def make_batches(tokens, labels, order, batch_size, pad_id):
-    """Yield (ids, idx, lengths, targets) for the examples in order, batch_size at a time.
+# ---------------------------------------------------------------------------------------------
+# Plumbing every script shares: errors a user can fix, safe writes, downloads, progress lines.
 
-    idx (B, T) is padded on the right only to the longest row of its own batch; lengths (B,)
-    holds each row's real length, so its last real token sits at lengths - 1. With causal
-    attention no real token ever sees the padding after it, so a row's result does not depend
-    on its batch mates.
-    """
-    for i in range(0, len(order), batch_size):
-        ids = order[i:i + batch_size]
-        lengths = torch.tensor([len(tokens[j]) for j in ids])
-        idx = torch.full((len(ids), int(lengths.max())), pad_id, dtype=torch.long)  # (B, T)
-        for row, j in enumerate(ids):
-            idx[row, :len(tokens[j])] = torch.tensor(tokens[j])
-        yield ids, idx, lengths, torch.tensor([labels[j] for j in ids])
+# Everything this project downloads (GPT-2 weights, the SMS data) goes here.
+CACHE_DIR = Path(os.environ.get("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier")
+
+
+class InputError(Exception):
+    """A problem the user can fix (no network, a bad file, a wrong flag). The scripts print
+    its message as one sentence and exit with status 1 instead of a traceback."""
+
+
+def run_main(main):
+    """How the scripts run: an InputError ends as one line on stderr and exit status 1."""
+    sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
+    try:
+        main()
+    except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@contextmanager
+def atomic_write(dest, suffix=".tmp"):
+    """Yield a temporary path beside dest; it becomes dest only if the block completes, so an
+    interrupted run never leaves a half-written file that looks finished."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}{suffix}")  # pid: two runs never share one
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download(url, dest, hint=""):
+    """Fetch url into dest (via dest.part), showing progress on stderr. hint: what else the user
+    can do, added to the no-network message."""
+    dest = Path(dest)
+    try:
+        with atomic_write(dest, ".part") as part, \
+                urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0)
+            progress, done = Progress(f"downloading {dest.name}", total / 1e6, "MB"), 0
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                done += len(chunk)
+                progress.show(done / 1e6)
+            progress.end()
+            if total and done != total:
+                raise http.client.IncompleteRead(b"", total - done)
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
+        reason = getattr(e, "reason", None) or e.__class__.__name__
+        raise InputError(f"could not download {url} ({reason}); check the network, or download "
+                         f"it another way and place it at {dest}{hint}") from None
+    except OSError as e:  # the network was fine; the disk was not
+        raise InputError(f"could not write {dest} ({e.strerror or e})") from None
+
+
+class Progress:
+    """One status line on stderr for a long phase: done/total, rate and time left. On a terminal
+    it is redrawn in place; in a log file or CI it is printed every few seconds instead."""
+
+    def __init__(self, what, total, unit):
+        self.what, self.total, self.unit = what, total, unit
+        self.start = self.shown = time.time()
+        self.tty, self.drawn = sys.stderr.isatty(), False
+
+    def show(self, done):
+        now, finished = time.time(), self.total and done >= self.total
+        if now - self.shown < (0.2 if self.tty else 5.0) and not finished:
+            return
+        rate = done / max(now - self.start, 1e-9)
+        fmt = ".1f" if self.unit == "MB" else ",.0f"
+        line = f"{self.what}: {done:{fmt}}"
+        if self.total:  # unknown (0) for a download without a Content-Length
+            line += f"/{self.total:{fmt}} {self.unit} ({done / self.total:.0%})"
+            line += f", {rate:{fmt}} {self.unit}/s, {(self.total - done) / max(rate, 1e-9):.0f} s left"
+        else:
+            line += f" {self.unit}, {rate:{fmt}} {self.unit}/s"
+        print(f"\r{line}\033[K" if self.tty else line, end="" if self.tty else "\n",
+              file=sys.stderr, flush=True)
+        self.shown, self.drawn = now, True
+
+    def end(self):
+        if self.tty and self.drawn:
+            print(file=sys.stderr)

@@ -60,8 +60,9 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         if d_out % num_heads:
             raise ValueError(f"emb_dim {d_out} is not divisible by n_heads {num_heads}")
-        self.num_heads, self.head_dim, self.dropout = num_heads, d_out // num_heads, dropout
+        self.num_heads, self.head_dim = num_heads, d_out // num_heads
         self.context_length = context_length
+        self.dropout = nn.Dropout(dropout)  # its rate is applied inside the fused call below
         # Three separate projections, as in the text. GPT-2's checkpoint stores them fused
         # (c_attn); load_gpt2.py splits it.
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -69,16 +70,13 @@ class MultiHeadAttention(nn.Module):
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
 
-    def forward(self, x, cache=None, last=None):
+    def forward(self, x, cache=None):  # (B, T, C) -> (B, T, C)
         B, T, C = x.shape
-        # (B, T, C) -> (B, nh, T, hs): every head attends on its own slice of the channels.
-        # With last (B,) given, only the token at position last[b] of row b asks a query (the
-        # classifier reads nothing else); every token still offers its key and value.
-        xq = x if last is None else x[torch.arange(B, device=x.device), last].unsqueeze(1)
-        q = self.W_query(xq).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = (W(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-                for W in (self.W_key, self.W_value))
-        if cache is not None:  # this block's keys and values of all tokens so far
+        # Project, then split the channels into heads: (B, T, C) -> (B, nh, T, hs), hs = C / nh.
+        q, k, v = (W(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+                   for W in (self.W_query, self.W_key, self.W_value))
+        mask = None  # without a cache: the causal lower triangle (is_causal below)
+        if cache is not None:  # KV cache (generation only; skip on a first reading)
             if "k" not in cache:
                 # Room for the whole context at once: each step then writes one slot in place
                 # instead of copying the ever-longer cache into a new tensor (torch.cat).
@@ -86,19 +84,17 @@ class MultiHeadAttention(nn.Module):
                 cache["v"] = torch.empty_like(cache["k"])
             start, end = cache["len"], cache["len"] + T
             cache["k"][:, :, start:end], cache["v"][:, :, start:end], cache["len"] = k, v, end
-            k, v = cache["k"][:, :, :end], cache["v"][:, :, :end]  # (B, nh, S, hs), S = cached + T
-        S = k.size(2)
-        # Which keys each query may see (causal: never a later token).
-        if last is not None:  # row b's one query: its keys up to position last[b]
-            mask = (torch.arange(S, device=x.device) <= last[:, None])[:, None, None]  # (B, 1, 1, S)
-        elif T == S or T == 1:  # no cache: SDPA builds the lower triangle itself (is_causal);
-            mask = None         # or one new token after a cache: it may see every key
-        else:  # T new tokens after S - T cached ones: all cached keys, new ones up to their own
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)  # (T, S)
-        # softmax(q k^T / sqrt(hs)) v, fused; scale defaults to 1/sqrt(head_dim) as in GPT-2
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T == S,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, -1, C)  # (B, nh, Tq, hs) -> (B, Tq, C): heads side by side
+            k, v = cache["k"][:, :, :end], cache["v"][:, :, :end]  # (B, nh, S, hs), S = end
+            # The T new tokens see every cached key and the new ones up to their own position.
+            mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)  # (T, S)
+        # Chapter 3's attention, fused into one call (the same numbers, less memory):
+        #   attn_scores = q @ k.transpose(2, 3)                  # (B, nh, T, S)
+        #   attn_scores.masked_fill_(~mask, -torch.inf)          # causal: no later token
+        #   attn_weights = torch.softmax(attn_scores / hs**0.5, dim=-1)
+        #   y = self.dropout(attn_weights) @ v                   # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           dropout_p=self.dropout.p if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C): heads side by side
         return self.out_proj(y)
 
 
@@ -131,10 +127,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
-    def forward(self, x, cache=None, last=None):  # (B, T, C) -> (B, T, C), or (B, 1, C) with last
-        # last (B,): compute only the token at that position of each row (see attention)
-        shortcut = x if last is None else x[torch.arange(x.size(0), device=x.device), last].unsqueeze(1)
-        x = shortcut + self.drop_shortcut(self.att(self.norm1(x), cache, last))
+    def forward(self, x, cache=None):  # (B, T, C) -> (B, T, C)
+        x = x + self.drop_shortcut(self.att(self.norm1(x), cache))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
@@ -147,7 +141,7 @@ class GPTModel(nn.Module):
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
         self.drop_emb = nn.Dropout(cfg["drop_rate"])
-        self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg["n_layers"]))
+        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
         self.final_norm = LayerNorm(cfg["emb_dim"])
         # Separate from tok_emb (the text's 163M count); the released checkpoint ties them,
         # so load_gpt2.py copies wte into both.
@@ -163,8 +157,9 @@ class GPTModel(nn.Module):
         # Each residual branch ends in a projection; GPT-2 shrinks those by 1/sqrt(2 * n_layers)
         # so the residual stream does not grow with depth.
         if isinstance(module, TransformerBlock):
+            std = 0.02 / math.sqrt(2 * self.cfg["n_layers"])
             for proj in (module.att.out_proj, module.ff.layers[2]):
-                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg["n_layers"]))
+                nn.init.normal_(proj.weight, mean=0.0, std=std)
 
     def new_cache(self):
         """An empty key/value cache: one dict per block, filled by the calls that get it."""

@@ -1,0 +1,135 @@
+"""The speed layer of train_classifier.py: skip it on a first reading.
+
+train_classifier.main wraps the model in FastClassifier once, and the chapter's functions there
+cannot tell: it takes the same input_batch and gives the same logits at each text's last real
+token (in a (B, T, num_classes) tensor whose other positions, never read, are NaN). What it
+saves, and why the numbers stay the same:
+  - Frozen-prefix cache. The frozen bottom (embeddings and the blocks below the first trainable
+    one) has no dropout and takes no gradient, so it maps a text to the same output every time.
+    It runs once per text, in length-sorted batches (almost no padding), and is kept; every step
+    and every epoch then runs only the trainable top. In float32: tokens x emb_dim x 4 bytes.
+  - The last block at the last token only: the head reads nothing else, so that block computes
+    one query per text (its keys and values still come from every position).
+  - bfloat16 autocast on GPUs that support it, optional torch.compile, fused AdamW.
+Tests check that losses and weights with and without it agree to 1e-5 in float32.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data import Progress, pad_batch
+
+
+class FastClassifier(nn.Module):
+    """A classifier from train_classifier.build_classifier, computed with less work."""
+
+    def __init__(self, model, pad_id, bf16=False, compile=False, cache_mb=2048, texts=()):
+        super().__init__()
+        self.model, self.pad_id, self.bf16 = model, pad_id, bf16
+        self.n_bottom = frozen_bottom(model)
+        emb_bytes = model.cfg["emb_dim"] * model.tok_emb.weight.element_size()
+        mb = sum(map(len, texts)) * emb_bytes / 2**20
+        why_not = ("no frozen blocks" if self.n_bottom == 0
+                   else "dropout is on" if model.cfg["drop_rate"]
+                   else f"{mb:.0f} MB > --cache-mb {cache_mb:g}" if mb > cache_mb else None)
+        self.cache = None if why_not else {}  # a text's token ids (bytes) -> its (T, C) output
+        self.note = "frozen-prefix cache " + (f"off ({why_not})" if why_not else
+                                              f"on ({self.n_bottom} blocks, {mb:.0f} MB)")
+        self.note += "; last block at the last token only" + ("; bfloat16" if bf16 else "")
+        if compile:
+            for block in model.trf_blocks[self.n_bottom:-1]:
+                block.compile()
+            self.note += "; compiled"
+        if self.cache is not None:
+            self.fill(texts)
+
+    def forward(self, input_batch):  # (B, T) -> (B, T, num_classes), set at last tokens only
+        # <|endoftext|> pads the batch and never comes out of encode_ordinary: it marks the ends.
+        lengths = (input_batch != self.pad_id).sum(dim=1)
+        rows, last = torch.arange(len(lengths), device=input_batch.device), lengths - 1
+        with torch.autocast(input_batch.device.type, torch.bfloat16, enabled=self.bf16):
+            x = self.bottom(input_batch, lengths)  # (B, T, C)
+            for block in self.model.trf_blocks[self.n_bottom:-1]:
+                x = block(x)
+            x = last_token_block(self.model.trf_blocks[-1], x, last)  # (B, C)
+            logits = self.model.out_head(self.model.final_norm(x)).float()  # (B, num_classes)
+        out = logits.new_full((*input_batch.shape, logits.size(-1)), float("nan"))
+        return out.index_put((rows, last), logits)  # NaN where the loop never reads
+
+    def bottom(self, input_batch, lengths):  # (B, T) -> (B, T, C), from the cache if on
+        if self.cache is None:
+            return self.run_bottom(input_batch)
+        ids = input_batch.cpu().numpy()
+        keys = [ids[row, :n].tobytes() for row, n in enumerate(lengths.tolist())]
+        missing = [row for row, key in enumerate(keys) if key not in self.cache]
+        if missing:
+            with torch.no_grad():
+                out = self.run_bottom(input_batch[missing])
+            for i, row in enumerate(missing):  # a copy: a view would keep the whole batch alive
+                self.cache[keys[row]] = out[i, :lengths[row]].to(self.model.tok_emb.weight.dtype,
+                                                                   copy=True)
+        # zeros after each text's end: causal attention never reads them
+        return nn.utils.rnn.pad_sequence([self.cache[key] for key in keys], batch_first=True)
+
+    def run_bottom(self, input_batch):  # (B, T) -> (B, T, C)
+        x = self.model.embed(input_batch)
+        for block in self.model.trf_blocks[:self.n_bottom]:
+            x = block(x)
+        return x
+
+    def fill(self, texts, batch_size=64):
+        """Compute every text's bottom output once, before training, with a progress line."""
+        texts = sorted(texts, key=len)
+        progress = Progress("caching the frozen blocks", len(texts), "texts")
+        device = self.model.tok_emb.weight.device
+        for start in range(0, len(texts), batch_size):
+            input_batch, _, lengths = pad_batch([(t, 0) for t in texts[start:start + batch_size]],
+                                                self.pad_id)
+            with torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
+                self.bottom(input_batch.to(device), lengths)
+            progress.show(min(start + batch_size, len(texts)))
+        progress.end()
+
+
+def frozen_bottom(model):
+    """How many blocks from the bottom take no gradient (0 when the embeddings train). Never
+    the last block, which FastClassifier runs at the last token only."""
+    frozen = lambda module: not any(p.requires_grad for p in module.parameters())
+    if not (frozen(model.tok_emb) and frozen(model.pos_emb)):
+        return 0
+    n = 0
+    while n < len(model.trf_blocks) - 1 and frozen(model.trf_blocks[n]):
+        n += 1
+    return n
+
+
+def last_token_block(block, x, last):
+    """block(x)[rows, last] for x (B, T, C) and positions last (B,), computing only those B
+    tokens with the block's own layers: each one's query meets the keys up to its position."""
+    B, T, C = x.shape
+    att, rows = block.att, torch.arange(B, device=x.device)
+    h = block.norm1(x)  # (B, T, C)
+    heads = lambda t: t.view(B, -1, att.num_heads, att.head_dim).transpose(1, 2)  # (B, nh, *, hs)
+    q = heads(att.W_query(h[rows, last].unsqueeze(1)))  # (B, nh, 1, hs)
+    k, v = heads(att.W_key(h)), heads(att.W_value(h))  # (B, nh, T, hs)
+    mask = (torch.arange(T, device=x.device) <= last[:, None])[:, None, None]  # (B, 1, 1, T)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                       dropout_p=att.dropout.p if block.training else 0.0)
+    x = x[rows, last] + block.drop_shortcut(att.out_proj(y.reshape(B, C)))  # (B, C)
+    return x + block.drop_shortcut(block.ff(block.norm2(x)))
+
+
+def adamw(params, fused, **settings):
+    """torch.optim.AdamW; fused, where this device and torch version have it, does the same
+    update in one kernel (5x faster here than the default loop over tensors)."""
+    if fused:
+        try:
+            return torch.optim.AdamW(params, fused=True, **settings)
+        except RuntimeError:
+            pass
+    return torch.optim.AdamW(params, **settings)
+
+
+def use_bf16(dtype, device):
+    return dtype == "bfloat16" or (dtype == "auto" and device.startswith("cuda")
+                                   and torch.cuda.is_bf16_supported())
