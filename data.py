@@ -1,13 +1,17 @@
 """From raw labelled text to padded batches: download, parse, balance, split, tokenize, batch.
 
 The default dataset is the SMS Spam Collection (UCI). Any other labelled text works too:
-  - one file, TSV (label<TAB>text, split on the first TAB, no quote processing) or .csv
-    (label,text with CSV quoting; the fields after the label are rejoined with commas);
-    the file is split 70/10/20 into train/validation/test with a seed;
+  - one file, .csv (with CSV quoting), .jsonl (one JSON object per line) or else TSV (no
+    quote processing), split 70/10/20 into train/validation/test with a seed;
   - a folder with train.*, validation.* (or val.*) and test.* files in those formats.
-A first line reading "label<sep>text" (any case) is taken as a header and skipped; blank
-lines are ignored. Anything else malformed stops with the file and line number.
-Labels are strings, numbered in sorted order (numerically when every label is an integer).
+A CSV/TSV row is label<sep>text, the text being all after the first separator, unless the
+first row is a header: it names a label and a text column from LABEL_NAMES and TEXT_NAMES,
+or the columns that text_column/label_column (--text-column/--label-column) give. Columns
+are then found by name, and every row needs the header's number of fields (the header
+label<sep>text alone keeps the layout above). In a .jsonl file the first object's keys are
+the names. Blank lines are ignored; anything else malformed stops with the file and line
+number. Labels are strings (a JSON integer becomes its digits), numbered in sorted order
+(numerically when every label is an integer).
 
 The last section is the plumbing every script shares (errors a user can fix, safe writes,
 downloads, progress lines): it lives here because data.py is the one file that every other
@@ -15,8 +19,10 @@ script imports, and it needs neither model.py nor load_gpt2.py.
 This file imports neither model.py nor load_gpt2.py: it hands token ids and lengths onward.
 """
 import csv
+import functools
 import http.client
 import io
+import json
 import os
 import random
 import sys
@@ -53,9 +59,18 @@ def sms_spam_file(cache_dir=None):
     return path
 
 
-def read_examples(path, known_labels=None):
+# Header names (and JSON keys) taken for the two columns, compared lowercased and stripped.
+TEXT_NAMES = ("text", "sentence", "review", "message", "content")
+LABEL_NAMES = ("label", "labels", "sentiment", "category", "class", "target")
+COLUMN_FLAGS = "--text-column and --label-column"
+
+
+def read_examples(path, known_labels=None, text_column=None, label_column=None):
     """Read a labelled file into a list of (label, text); see the module docstring.
-    known_labels: if given, a label outside it is an error (validation/test vs training)."""
+    known_labels: if given, a label outside it is an error (validation/test vs training).
+    text_column, label_column: the names of the columns to read, for headers whose names
+    are not in TEXT_NAMES / LABEL_NAMES or hold more than one of them; with either given,
+    the first row of a CSV/TSV file is always its header."""
     path = Path(path)
     raw = path.read_bytes()
     try:
@@ -64,17 +79,10 @@ def read_examples(path, known_labels=None):
         line = raw[:e.start].count(b"\n") + 1
         raise InputError(f"{path}, line {line}: bytes that are not UTF-8; re-save the file "
                          "as UTF-8") from None
-    csv_file = path.suffix.lower() == ".csv"
-    sep = "," if csv_file else "<TAB>"
+    records = jsonl_records if path.suffix.lower() == ".jsonl" else table_records
     examples = []
-    for n, fields in (csv_rows(path, content) if csv_file else tsv_rows(content)):
-        if not any(field.strip() for field in fields):
-            continue  # blank line
-        if len(fields) < 2:
-            raise InputError(f"{path}, line {n}: expected label{sep}text, found no separator")
-        label, text = fields[0].strip(), fields[1]
-        if n == 1 and (label.lower(), text.strip().lower()) == ("label", "text"):
-            continue  # header
+    for n, label, text in records(path, content, text_column, label_column):
+        label = label.strip()
         if not label or not text.strip():
             raise InputError(f"{path}, line {n}: empty {'text' if label else 'label'}")
         if known_labels is not None and label not in known_labels:
@@ -86,22 +94,99 @@ def read_examples(path, known_labels=None):
     return examples
 
 
-def tsv_rows(content):
-    """(line number, [label, text]) per line, split on the first TAB only. Lines end at
-    newlines alone: str.splitlines() would also cut texts at form feeds, U+2028 and more."""
+def table_records(path, content, text_column, label_column):
+    """(line number, label, text) per row of a .csv file, or of any other file read as TSV."""
+    csv_file = path.suffix.lower() == ".csv"
+    sep, shown = (",", ",") if csv_file else ("\t", "<TAB>")
+    rows = csv_rows(path, content) if csv_file else tsv_rows(content)
+    rows = [(n, fields) for n, fields in rows if any(field.strip() for field in fields)]
+    names = rows[0][1] if rows else []
+    named = {name.strip().lower() for name in names}
+    label_at, text_at, width = 0, 1, 2  # no header: label<sep>text
+    # A header only when it names both columns (or the flags name them): data rarely does.
+    flagged = text_column or label_column
+    if rows and (flagged or named.intersection(LABEL_NAMES) and named.intersection(TEXT_NAMES)):
+        label_at, text_at = find_columns(path, names, text_column, label_column)
+        width, rows = len(names), rows[1:]
+    for n, fields in rows:
+        if (label_at, text_at, width) == (0, 1, 2):
+            # label first: the text is all the rest, separators included (an unquoted comma)
+            if len(fields) < 2:
+                raise InputError(f"{path}, line {n}: expected label{shown}text, found no "
+                                 "separator")
+            fields = [fields[0], sep.join(fields[1:])]
+        elif len(fields) != width:
+            fix = "put quotes around a text with commas" if csv_file else "take TABs out of texts"
+            raise InputError(f"{path}, line {n}: {len(fields)} fields where the header has "
+                             f"{width}; {fix}")
+        yield n, fields[label_at], fields[text_at]
+
+
+def jsonl_records(path, content, text_column, label_column):
+    """(line number, label, text) per line of a .jsonl file; the first object's keys decide
+    which fields are the label and the text."""
+    keys = None
     for n, line in enumerate(content.split("\n"), 1):
-        yield n, line.rstrip("\r").split("\t", 1)
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}, line {n}: not valid JSON ({e.msg}); write one JSON "
+                             "object per line") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path}, line {n}: expected a JSON object {{...}}, found "
+                             f"{json.dumps(record)[:40]}")
+        if keys is None:
+            names = list(record)
+            keys = [names[i] for i in find_columns(path, names, text_column, label_column)]
+        missing = [key for key in keys if key not in record]
+        if missing:
+            raise InputError(f"{path}, line {n}: no {missing[0]!r} field; every object needs "
+                             f"{keys[0]!r} and {keys[1]!r}")
+        label, text = record[keys[0]], record[keys[1]]
+        # type(), not isinstance(): true and false are ints to Python
+        if not (type(label) in (str, int) and isinstance(text, str)):
+            raise InputError(f"{path}, line {n}: a label must be a string or an integer and a "
+                             f"text a string, not {json.dumps(label)[:30]} and "
+                             f"{json.dumps(text)[:30]}")
+        yield n, str(label), text
+
+
+def find_columns(path, names, text_column, label_column):
+    """Positions of the label and the text among a header's names (or a JSON object's keys):
+    the names the flags give, else the one name of each kind that the lists recognise."""
+    keys = [name.strip().lower() for name in names]
+    columns = ", ".join(name.strip() for name in names)
+    found = []
+    for what, flag, known in (("label", label_column, LABEL_NAMES),
+                              ("text", text_column, TEXT_NAMES)):
+        at = [i for i, key in enumerate(keys) if key in ([flag.strip().lower()] if flag else known)]
+        if flag and not at:
+            raise InputError(f"{path}: --{what}-column {flag!r} names no column; the columns "
+                             f"are {columns}")
+        if len(at) != 1:
+            raise InputError(f"{path}: which column is the {what}? The columns are {columns}; "
+                             f"use {COLUMN_FLAGS}")
+        found += at
+    return found
+
+
+def tsv_rows(content):
+    """(line number, fields) per line, split on every TAB. Lines end at newlines alone:
+    str.splitlines() would also cut texts at form feeds, U+2028 and more."""
+    for n, line in enumerate(content.split("\n"), 1):
+        yield n, line.rstrip("\r").split("\t")
 
 
 def csv_rows(path, content):
-    """(line number, [label, text]) per CSV record, with CSV quoting."""
+    """(line number, fields) per CSV record, with CSV quoting."""
     # strict: an unclosed quote is an error, not a record that swallows the rest of the file
     reader = csv.reader(io.StringIO(content, newline=""), strict=True)
     start = 1  # the line where the current record begins (a quoted field may span lines)
     try:
         for row in reader:
-            # Every field after the label is text: rejoin what an unquoted comma split.
-            yield start, row[:1] + ([",".join(row[1:])] if len(row) > 1 else [])
+            yield start, row
             start = reader.line_num + 1
     except csv.Error as e:
         raise InputError(f"{path}, line {start}: malformed CSV ({e})") from None
@@ -143,37 +228,49 @@ def find_split_files(folder):
         found = [p for p in sorted(folder.iterdir()) if p.stem.lower() in stems and p.is_file()]
         if len(found) != 1:
             raise InputError(f"{folder} needs exactly one {name} file (named {'/'.join(stems)}"
-                             f".tsv/.csv/.txt), found {len(found)}")
+                             f".tsv/.csv/.jsonl/.txt), found {len(found)}")
         files[name] = found[0]
     return files
 
 
-def load_dataset(data=None, seed=123, balance_classes=None):
+def check_labels(path, examples):
+    """The set of labels, once they look learnable: at least two, and not nearly one per
+    example (what a text or id column read as the label gives)."""
+    labels = {label for label, _ in examples}
+    if len(labels) < 2:
+        raise InputError(f"{path} has a single label; a classifier needs at least two")
+    if len(examples) >= 10 and len(labels) > len(examples) / 2:
+        raise InputError(f"{path}: {len(examples)} examples carry {len(labels)} different "
+                         "labels, so a text or id column was read as the label; put the label "
+                         f"first, add a header line such as text,label, or use {COLUMN_FLAGS}")
+    return labels
+
+
+def load_dataset(data=None, seed=123, balance_classes=None, text_column=None, label_column=None):
     """Return ({"train": [...], "validation": [...], "test": [...]}, label_names).
 
     data: None for the SMS Spam Collection (downloaded once), a labelled file, or a folder.
     balance_classes: undersample to the rarest label (a file before splitting, a folder's
     train split only); by default only for the SMS Spam Collection (file SMSSpamCollection).
+    text_column, label_column: the columns to read by name, in every file (read_examples).
     """
+    read = functools.partial(read_examples, text_column=text_column, label_column=label_column)
     if data is not None and Path(data).is_dir():
         files = find_split_files(Path(data))
-        splits = {"train": read_examples(files["train"])}
+        splits = {"train": read(files["train"])}
+        check_labels(files["train"], splits["train"])
         labels = label_names(splits["train"])
-        if len(labels) < 2:
-            raise InputError(f"{files['train']} has a single label; a classifier needs at least two")
         for name in ("validation", "test"):
-            splits[name] = read_examples(files[name], known_labels=set(labels))
+            splits[name] = read(files[name], known_labels=set(labels))
         if balance_classes:
             splits["train"] = balance(splits["train"], seed)
         return splits, labels
     path = sms_spam_file() if data is None else Path(data)
     if not path.is_file():
-        raise InputError(f"no data file at {path}; pass a labelled .tsv/.csv file or a folder "
-                         "with train/validation/test files")
-    examples = read_examples(path)
-    every_label = {label for label, _ in examples}
-    if len(every_label) < 2:
-        raise InputError(f"{path} has a single label; a classifier needs at least two")
+        raise InputError(f"no data file at {path}; pass a labelled .tsv/.csv/.jsonl file or a "
+                         "folder with train/validation/test files")
+    examples = read(path)
+    every_label = check_labels(path, examples)
     if balance_classes is None:  # the spam set, downloaded or given as a file, is balanced
         balance_classes = path.name == "SMSSpamCollection"
     splits = split(balance(examples, seed) if balance_classes else examples, seed)
