@@ -13,10 +13,9 @@ the names. Blank lines are ignored; anything else malformed stops with the file 
 number. Labels are strings (a JSON integer becomes its digits), numbered in sorted order
 (numerically when every label is an integer).
 
-The last section is the plumbing every script shares (errors a user can fix, safe writes,
-downloads, progress lines): it lives here because data.py is the one file that every other
-script imports, and it needs neither model.py nor load_gpt2.py.
 This file imports neither model.py nor load_gpt2.py: it hands token ids and lengths onward.
+Its last section is the plumbing every script shares (errors a user can fix, safe writes,
+downloads, progress lines): it lives here because every script already imports data.py.
 """
 import csv
 import functools
@@ -169,6 +168,9 @@ def find_columns(path, names, text_column, label_column):
             raise InputError(f"{path}: which column is the {what}? The columns are {columns}; "
                              f"use {COLUMN_FLAGS}")
         found += at
+    if found[0] == found[1]:
+        raise InputError(f"{path}: the label and the text are both column {names[found[0]]!r}; "
+                         f"name two different columns with {COLUMN_FLAGS}")
     return found
 
 

@@ -186,7 +186,9 @@ def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, cache_dir=CACHE_DIR
             return GPTModel(get_config(name)).to(dtype).eval()
         path = Path(cache_dir) / REPOS[name] / "model.safetensors"
         if not path.exists():
-            download(URL.format(repo=REPOS[name]), path)
+            download(URL.format(repo=REPOS[name]), path, hint=(
+                "; or go on offline: --init random trains from scratch, --model FOLDER reads "
+                "model.safetensors from FOLDER"))
         tensors, cfg = read_safetensors(path), get_config(name)
     elif folder.is_dir():
         path = folder / "model.safetensors"

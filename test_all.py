@@ -566,6 +566,8 @@ class TestDataLayouts(unittest.TestCase):
         path = self.write("keys.jsonl", '{"body": "hi", "stars": 5}\n')
         self.assertEqual(data.read_examples(path, text_column="body", label_column="stars"),
                          [("5", "hi")])
+        with self.assertRaisesRegex(data.InputError, "both column 'stars'; name two different"):
+            data.read_examples(path, text_column="stars", label_column="stars")
 
     def test_unclear_or_missing_columns_give_a_one_line_hint(self):
         path = self.write("data.csv", "id,body,stars\n1,hi,5\n")
@@ -776,6 +778,16 @@ class TestTrainClassifier(unittest.TestCase):
         with torch.no_grad():
             direct = torch.softmax(model(ids)[0, -1], -1).max().item()
         self.assertAlmostEqual(alone[1], direct, delta=1e-5)
+
+    def test_columns_chosen_by_flags(self):
+        rows = "".join(f'{i},"{t}",{y}\n' for i, (y, t) in enumerate(
+            (label, text) for label, text in data.read_examples(self.data)))
+        self.data = self.dir / "reviews.csv"
+        self.data.write_text("id,body,stars\n" + rows, encoding="utf-8")
+        _, log = self.train("--epochs", "0", "--text-column", "body", "--label-column", "stars")
+        self.assertIn("labels: ['ham', 'spam']", log)
+        self.assertEqual((self.dir / "out" / "splits" / "test.tsv").read_text(encoding="utf-8")
+                         .split("\t")[0], data.load_dataset(self.data, 123, None, "body", "stars")[0]["test"][0][0])
 
     def test_checkpoint_reloads_and_predicts_the_same(self):
         model, _ = self.train("--epochs", "1")

@@ -175,7 +175,8 @@ def main(argv=None):
         # what is missing while the others wait.
         with first_on_each_machine(ddp):
             tokenizer = get_tokenizer()
-            splits, labels = load_dataset(args.data, seed=args.seed, balance_classes=args.balance)
+            splits, labels = load_dataset(args.data, args.seed, args.balance,
+                                          args.text_column, args.label_column)
             torch.manual_seed(args.seed)  # the same random weights (--init random) and head
             model = load_gpt2(args.model, pretrained=args.init == "pretrained")
         max_length = args.max_length or model.cfg["context_length"]
@@ -386,8 +387,12 @@ def parse_args(argv=None):
       help="size (gpt2, gpt2-medium, 774M, ...) or a folder with model.safetensors")
     a("--init", choices=["pretrained", "random"], default="pretrained",
       help="random: train from scratch, no download")
-    a("--data", default=None, help="labelled .tsv/.csv file or train/validation/test folder "
-      "(default: the SMS Spam Collection, downloaded once)")
+    a("--data", default=None, help="labelled .tsv/.csv/.jsonl file or train/validation/test "
+      "folder (default: the SMS Spam Collection, downloaded once)")
+    a("--text-column", default=None, help="the text's column (or JSON key) in --data (default: "
+      "found by name in a header, else the second column)")
+    a("--label-column", default=None, help="the label's column (or JSON key) in --data "
+      "(default: found by name in a header, else the first column)")
     a("--balance", action=argparse.BooleanOptionalAction, default=None,
       help="undersample every label to the rarest (default: only for a file named SMSSpamCollection)")
     a("--trainable", type=trainable_spec, default="last-1",
