@@ -310,6 +310,12 @@ def encode(tokenizer, texts, max_length):
     return [t[:max_length] for t in ids]
 
 
+def encode_examples(tokenizer, examples, labels, max_length):
+    """[(label, text), ...] -> [(token ids, label id), ...], the items a DataLoader batches."""
+    tokens = encode(tokenizer, [text for _, text in examples], max_length)
+    return [(ids, labels.index(label)) for ids, (label, _) in zip(tokens, examples)]
+
+
 def pad_batch(batch, pad_id):
     """The DataLoader's collate_fn: [(token ids, label id), ...] -> input_batch (B, T),
     target_batch (B,) and lengths (B,).

@@ -172,6 +172,33 @@ class TestModel(unittest.TestCase):
                     self.assertRaisesRegex(data.InputError, "last-N with 1 <= N <= 12"):
                 tc.build_classifier(gpt.GPTModel(gpt.get_config("gpt2-small")), 2, bad)
 
+    def test_lora_trainable_count_matches_appendix_e(self):
+        with torch.device("meta"):
+            model = tc.build_classifier(gpt.GPTModel(gpt.get_config("gpt2-small")), 2, "lora")
+        self.assertEqual(sum(p.numel() for p in model.parameters() if p.requires_grad), 2_666_528)
+        self.assertIsInstance(model.out_head, tc.LinearWithLoRA)  # the head too, as in the appendix
+        self.assertIsInstance(model.trf_blocks[3].ff.layers[2], tc.LinearWithLoRA)
+
+    def test_lora_starts_at_the_base_model_and_merges_exactly(self):
+        torch.manual_seed(0)
+        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=16, vocab_size=50)
+        model = tc.build_classifier(gpt.GPTModel(cfg), 3, "head").eval()
+        idx = torch.randint(0, 50, (2, 9))
+        with torch.no_grad():
+            base = model(idx)
+            tc.replace_linear_with_lora(model, rank=4, alpha=8)
+            self.assertTrue(torch.equal(model(idx), base))  # B starts at zero: the same logits
+            for name, p in model.named_parameters():  # as if trained: every B nonzero
+                if name.endswith("lora.B"):
+                    p.normal_(std=0.1)
+            adapted = model(idx)
+            self.assertGreater((adapted - base).abs().max().item(), 1e-2)
+            merged = tc.merge_lora(model)
+            self.assertFalse(any(isinstance(m, tc.LinearWithLoRA) for m in merged.modules()))
+            plain = tc.build_classifier(gpt.GPTModel(cfg), 3, "head")
+            self.assertEqual(merged.state_dict().keys(), plain.state_dict().keys())
+            self.assertLess((merged(idx) - adapted).abs().max().item(), 1e-5)
+
     def test_textbook_snippets_work_verbatim(self):
         with torch.device("meta"):
             model = gpt.GPTModel(gpt.get_config("gpt2-small"))
@@ -779,6 +806,20 @@ class TestTrainClassifier(unittest.TestCase):
             direct = torch.softmax(model(ids)[0, -1], -1).max().item()
         self.assertAlmostEqual(alone[1], direct, delta=1e-5)
 
+    def test_lora_trains_and_saves_a_plain_classifier(self):
+        model, log = self.train("--trainable", "lora", "--lora-rank", "4", "--epochs", "3")
+        lora_params = sum(4 * (m.in_features + m.out_features) for m in
+                          load_gpt2.load_gpt2(self.model_dir).modules() if isinstance(m, torch.nn.Linear))
+        lora_params += 4 * (16 + 2) - 4 * (16 + 50257)  # the head has 2 outputs, not 50,257
+        self.assertIn(f"{lora_params:,} of", log)
+        self.assertIn("frozen-prefix cache off (no frozen blocks)", log)
+        self.assertFalse(any(isinstance(m, tc.LinearWithLoRA) for m in model.modules()))
+        loaded, labels, max_length = tc.load_classifier(self.dir / "out" / "classifier.pt")
+        texts = ["message number 99 says apple", "message number 98 says zebra"]
+        self.assertEqual(tc.classify(loaded, self.tok, texts, labels, max_length),
+                         tc.classify(model, self.tok, texts, labels, max_length))
+        self.assertGreater(self.records()[-1]["train_acc"], 0.5)
+
     def test_columns_chosen_by_flags(self):
         rows = "".join(f'{i},"{t}",{y}\n' for i, (y, t) in enumerate(
             (label, text) for label, text in data.read_examples(self.data)))
@@ -820,7 +861,7 @@ class TestTrainClassifier(unittest.TestCase):
             (["--data", empty / "nope.tsv", "--out", empty], "no data file at"),
             (["--batch-size", "0"], "must be a number > 0"),
             (["--lr", "nan"], "must be a number > 0"),
-            (["--trainable", "bottom"], "use head, all or last-N"),
+            (["--trainable", "bottom"], "use head, all, lora or last-N"),
             (["--out", self.data, "--predict", "hi"], "is not a classifier saved by this script"),
             (["--data", self.dir / "one_label.tsv", "--out", empty], "has a single label"),
             (["--init", "random", "--model", "gpt-7", "--data", self.data, "--out", empty], "unknown model 'gpt-7'"),

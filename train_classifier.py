@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data import (InputError, atomic_write, encode, load_dataset, pad_batch, run_main,
-                  write_splits)
+from data import (InputError, atomic_write, encode, encode_examples, load_dataset, pad_batch,
+                  run_main, write_splits)
 from load_gpt2 import get_tokenizer, load_gpt2, pick_device
 from model import GPTModel
 from speed import FastClassifier, adamw, use_bf16
@@ -43,9 +43,10 @@ EXAMPLES = ["You are a winner you have been specially selected to receive $1000 
 # ---------------------------------------------------------------------------------------------
 # Chapter 6, step by step
 
-def build_classifier(model, num_classes, trainable="last-1"):
+def build_classifier(model, num_classes, trainable="last-1", lora_rank=16, lora_alpha=16):
     """GPT-2 -> a num_classes-way classifier (chapter 6.5). trainable: "head" (the new head
-    alone), "last-N" (the last N blocks, final_norm and the head) or "all"."""
+    alone), "last-N" (the last N blocks, final_norm and the head), "all", or "lora" (low-rank
+    updates of every Linear layer, the head included: appendix E)."""
     check_trainable(trainable, len(model.trf_blocks))
     # 1. Freeze the whole pretrained model.
     for param in model.parameters():
@@ -62,6 +63,55 @@ def build_classifier(model, num_classes, trainable="last-1"):
             param.requires_grad = True
         for param in model.final_norm.parameters():
             param.requires_grad = True
+    elif trainable == "lora":  # appendix E: the new head stays frozen too; LoRA adapts it
+        for param in model.out_head.parameters():
+            param.requires_grad = False
+        replace_linear_with_lora(model, lora_rank, lora_alpha)
+    return model
+
+
+# Appendix E: LoRA. Instead of updating a frozen weight W, learn a low-rank update A @ B.
+class LoRALayer(nn.Module):
+    def __init__(self, in_dim, out_dim, rank, alpha):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(in_dim, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initialises its weight
+        self.B = nn.Parameter(torch.zeros(rank, out_dim))  # zeros: no change before training
+        self.scale = alpha / rank  # the appendix's current convention (see the README)
+
+    def forward(self, x):  # (B, T, in_dim) -> (B, T, out_dim)
+        return self.scale * (x @ self.A @ self.B)
+
+
+class LinearWithLoRA(nn.Module):
+    def __init__(self, linear, rank, alpha):
+        super().__init__()
+        self.linear = linear
+        self.lora = LoRALayer(linear.in_features, linear.out_features, rank, alpha)
+
+    def forward(self, x):
+        return self.linear(x) + self.lora(x)
+
+
+def replace_linear_with_lora(model, rank, alpha):
+    for name, module in model.named_children():
+        if isinstance(module, nn.Linear):
+            setattr(model, name, LinearWithLoRA(module, rank, alpha))
+        else:
+            replace_linear_with_lora(module, rank, alpha)
+
+
+@torch.no_grad()
+def merge_lora(model):
+    """Fold each LoRA update into its weight, W + scale * (A @ B)^T (nn.Linear stores W as
+    (out, in)), leaving a plain GPTModel with a new head: what classifier.pt holds."""
+    for name, module in model.named_children():
+        if isinstance(module, LinearWithLoRA):
+            lora = module.lora
+            module.linear.weight += lora.scale * (lora.A @ lora.B).T
+            setattr(model, name, module.linear)
+        else:
+            merge_lora(module)
     return model
 
 
@@ -163,6 +213,17 @@ def classify(model, tokenizer, texts, label_names, max_length, batch_size=32):
     return results
 
 
+def final_report(model, loaders, device, start):
+    """Accuracy on every split, printed and returned as the last record of metrics.jsonl."""
+    record = {"final": True}
+    for name, loader in loaders.items():
+        record[f"{name}_acc"] = calc_accuracy_loader(loader, model, device)
+    record["elapsed_s"] = time.time() - start
+    print("final | " + " | ".join(f"{name} {record[f'{name}_acc']:.2%}" for name in loaders)
+          + f" | {record['elapsed_s']:.1f} s")
+    return record
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.predict:
@@ -180,8 +241,7 @@ def main(argv=None):
             torch.manual_seed(args.seed)  # the same random weights (--init random) and head
             model = load_gpt2(args.model, pretrained=args.init == "pretrained")
         max_length = args.max_length or model.cfg["context_length"]
-        sets = {name: list(zip(encode(tokenizer, [text for _, text in examples], max_length),
-                               [labels.index(label) for label, _ in examples]))
+        sets = {name: encode_examples(tokenizer, examples, labels, max_length)
                 for name, examples in splits.items()}
         check_fits(args, model, tokenizer, sets, max_length, world_size)
         collate = functools.partial(pad_batch, pad_id=tokenizer.eot_token)
@@ -195,7 +255,8 @@ def main(argv=None):
         log(f"data: {', '.join(f'{len(v)} {k}' for k, v in sets.items())}; labels: {labels}")
 
         # The classifier (6.5): a new head, everything frozen but the top.
-        build_classifier(model, len(labels), args.trainable).to(device)
+        build_classifier(model, len(labels), args.trainable, args.lora_rank,
+                         args.lora_alpha).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         log(f"model: {args.model} ({args.init}) on {device}, {sum(p.numel() for p in params):,} of "
             f"{sum(p.numel() for p in model.parameters()):,} parameters train ({args.trainable})")
@@ -212,13 +273,9 @@ def main(argv=None):
             DDP(net) if ddp else net, train_loader, val_loader, optimizer, device, args.epochs,
             args.eval_freq, args.eval_iter, master_process)
         if master_process:
-            accs = {name: calc_accuracy_loader(loader, net, device) for name, loader in
-                    (("train", train_loader), ("val", val_loader), ("test", test_loader))}
-            history.append({"final": True, **{f"{k}_acc": v for k, v in accs.items()},
-                            "elapsed_s": time.time() - start})
-            log(f"final | train {accs['train']:.2%} | validation {accs['val']:.2%} | "
-                f"test {accs['test']:.2%} | {time.time() - start:.1f} s")
-            log(save_run(args.out, model, labels, max_length, splits, history))
+            loaders = {"train": train_loader, "validation": val_loader, "test": test_loader}
+            history.append(final_report(net, loaders, device, start))
+            log(save_run(args.out, merge_lora(model), labels, max_length, splits, history))
             texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
             for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels,
                                                            max_length)):
@@ -231,8 +288,8 @@ def main(argv=None):
 
 def check_trainable(trainable, n_layers):
     n = trainable.removeprefix("last-")
-    if trainable not in ("head", "all") and not (n.isdigit() and 1 <= int(n) <= n_layers):
-        raise InputError(f"--trainable {trainable!r}: use head, all or last-N with "
+    if trainable not in ("head", "all", "lora") and not (n.isdigit() and 1 <= int(n) <= n_layers):
+        raise InputError(f"--trainable {trainable!r}: use head, all, lora or last-N with "
                          f"1 <= N <= {n_layers}")
 
 
@@ -366,8 +423,9 @@ def number(kind, low=0.0, inclusive=False):
 
 
 def trainable_spec(text):
-    if text not in ("head", "all") and not re.fullmatch(r"last-[1-9][0-9]*", text):
-        raise argparse.ArgumentTypeError(f"use head, all or last-N (such as last-2), got {text}")
+    if text not in ("head", "all", "lora") and not re.fullmatch(r"last-[1-9][0-9]*", text):
+        raise argparse.ArgumentTypeError(f"use head, all, lora or last-N (such as last-2), "
+                                         f"got {text}")
     return text
 
 
@@ -396,11 +454,15 @@ def parse_args(argv=None):
     a("--balance", action=argparse.BooleanOptionalAction, default=None,
       help="undersample every label to the rarest (default: only for a file named SMSSpamCollection)")
     a("--trainable", type=trainable_spec, default="last-1",
-      help="head, last-N (last N blocks + final_norm + head) or all")
+      help="head, last-N (last N blocks + final_norm + head), all, or lora (low-rank updates of "
+      "every Linear layer, appendix E)")
+    a("--lora-rank", type=number(int), default=16, help="rank of the LoRA updates")
+    a("--lora-alpha", type=number(float), default=16, help="LoRA scale: updates x alpha / rank")
     a("--epochs", type=number(int, inclusive=True), default=5, help="passes over the training data")
     a("--batch-size", type=number(int), default=8,
       help="examples per step (per process under torchrun)")
-    a("--lr", type=number(float), default=5e-5, help="AdamW learning rate")
+    a("--lr", type=number(float), default=None,
+      help="AdamW learning rate (default: 5e-5, or 8e-4 with lora, as in the appendix)")
     a("--weight-decay", type=number(float, inclusive=True), default=0.1, help="AdamW weight decay")
     a("--max-length", type=number(int), default=None,
       help="tokens kept per text (default: the model's context length)")
@@ -422,7 +484,9 @@ def parse_args(argv=None):
       "else gloo)")
     a("--predict", nargs="+", metavar="TEXT", help="label these texts with the saved classifier "
       "in --out and exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.lr = args.lr or (8e-4 if args.trainable == "lora" else 5e-5)
+    return args
 
 
 if __name__ == "__main__":
