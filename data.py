@@ -205,13 +205,15 @@ def label_names(examples):
 
 def balance(examples, seed):
     """Undersample every label to the count of the rarest one (747 + 747 for SMS spam); the
-    textbook's create_balanced_dataset."""
+    textbook's create_balanced_dataset. Returns (kept, left out), the left-out in file order."""
     by_label = {}
-    for ex in examples:
-        by_label.setdefault(ex[0], []).append(ex)
+    for i, (label, _) in enumerate(examples):
+        by_label.setdefault(label, []).append(i)
     n = min(len(group) for group in by_label.values())
     rng = random.Random(seed)  # Python's generator: the same sequence on every OS and version
-    return [ex for label in sorted(by_label) for ex in rng.sample(by_label[label], n)]
+    kept = [i for label in sorted(by_label) for i in rng.sample(by_label[label], n)]
+    left_out = set(range(len(examples))) - set(kept)
+    return [examples[i] for i in kept], [examples[i] for i in sorted(left_out)]
 
 
 def split(examples, seed, fractions=(0.7, 0.1)):
@@ -249,7 +251,8 @@ def check_labels(path, examples):
 
 
 def load_dataset(data=None, seed=123, balance_classes=None, text_column=None, label_column=None):
-    """Return ({"train": [...], "validation": [...], "test": [...]}, label_names).
+    """Return ({"train": [...], "validation": [...], "test": [...]}, label_names), plus
+    "unused": the examples balancing left out (SMS: 4,080 ham), when it left any out.
 
     data: None for the SMS Spam Collection (downloaded once), a labelled file, or a folder.
     balance_classes: undersample to the rarest label (a file before splitting, a folder's
@@ -265,7 +268,8 @@ def load_dataset(data=None, seed=123, balance_classes=None, text_column=None, la
         for name in ("validation", "test"):
             splits[name] = read(files[name], known_labels=set(labels))
         if balance_classes:
-            splits["train"] = balance(splits["train"], seed)
+            splits["train"], unused = balance(splits["train"], seed)
+            splits.update({"unused": unused} if unused else {})
         return splits, labels
     path = sms_spam_file() if data is None else Path(data)
     if not path.is_file():
@@ -275,7 +279,8 @@ def load_dataset(data=None, seed=123, balance_classes=None, text_column=None, la
     every_label = check_labels(path, examples)
     if balance_classes is None:  # the spam set, downloaded or given as a file, is balanced
         balance_classes = path.name == "SMSSpamCollection"
-    splits = split(balance(examples, seed) if balance_classes else examples, seed)
+    examples, unused = balance(examples, seed) if balance_classes else (examples, [])
+    splits = split(examples, seed)
     labels = label_names(splits["train"])
     missing = sorted(every_label - set(labels))
     if missing:
@@ -284,6 +289,7 @@ def load_dataset(data=None, seed=123, balance_classes=None, text_column=None, la
     if not all(splits.values()):
         raise InputError(f"{path}: {len(examples)} examples leave the validation or test split "
                          "empty; use at least 10")
+    splits.update({"unused": unused} if unused else {})
     return splits, labels
 
 
@@ -314,6 +320,11 @@ def encode_examples(tokenizer, examples, labels, max_length):
     """[(label, text), ...] -> [(token ids, label id), ...], the items a DataLoader batches."""
     tokens = encode(tokenizer, [text for _, text in examples], max_length)
     return [(ids, labels.index(label)) for ids, (label, _) in zip(tokens, examples)]
+
+
+def by_length(items):
+    """(token ids, label) items, shortest first: batches of similar lengths carry little padding."""
+    return sorted(items, key=lambda item: len(item[0]))
 
 
 def pad_batch(batch, pad_id):

@@ -57,19 +57,13 @@ class FastClassifier(nn.Module):
         return out.index_put((rows, last), logits)  # NaN where the loop never reads
 
     def bottom(self, input_batch, lengths):  # (B, T) -> (B, T, C), from the cache if on
-        if self.cache is None:
+        if self.cache is not None:
+            ids = input_batch.cpu().numpy()
+            keys = [ids[row, :n].tobytes() for row, n in enumerate(lengths.tolist())]
+            if all(key in self.cache for key in keys):  # zeros after each end: never read
+                return nn.utils.rnn.pad_sequence([self.cache[k] for k in keys], batch_first=True)
+        with torch.no_grad():  # a text not cached (not trained on): computed, not kept
             return self.run_bottom(input_batch)
-        ids = input_batch.cpu().numpy()
-        keys = [ids[row, :n].tobytes() for row, n in enumerate(lengths.tolist())]
-        missing = [row for row, key in enumerate(keys) if key not in self.cache]
-        if missing:
-            with torch.no_grad():
-                out = self.run_bottom(input_batch[missing])
-            for i, row in enumerate(missing):  # a copy: a view would keep the whole batch alive
-                self.cache[keys[row]] = out[i, :lengths[row]].to(self.model.tok_emb.weight.dtype,
-                                                                   copy=True)
-        # zeros after each text's end: causal attention never reads them
-        return nn.utils.rnn.pad_sequence([self.cache[key] for key in keys], batch_first=True)
 
     def run_bottom(self, input_batch):  # (B, T) -> (B, T, C)
         x = self.model.embed(input_batch)
@@ -77,17 +71,21 @@ class FastClassifier(nn.Module):
             x = block(x)
         return x
 
+    @torch.no_grad()
     def fill(self, texts, batch_size=64):
         """Compute every text's bottom output once, before training, with a progress line."""
-        texts = sorted(texts, key=len)
+        texts = sorted(texts, key=len)  # similar lengths together: little padding
         progress = Progress("caching the frozen blocks", len(texts), "texts")
         device = self.model.tok_emb.weight.device
         for start in range(0, len(texts), batch_size):
-            input_batch, _, lengths = pad_batch([(t, 0) for t in texts[start:start + batch_size]],
-                                                self.pad_id)
+            batch = texts[start:start + batch_size]
+            input_batch, _, _ = pad_batch([(t, 0) for t in batch], self.pad_id)
             with torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
-                self.bottom(input_batch.to(device), lengths)
-            progress.show(min(start + batch_size, len(texts)))
+                out = self.run_bottom(input_batch.to(device))  # (B, T, C)
+            for row, t in enumerate(batch):  # a copy: a view would keep the whole batch alive
+                key = torch.tensor(t).numpy().tobytes()
+                self.cache[key] = out[row, :len(t)].to(self.model.tok_emb.weight.dtype, copy=True)
+            progress.show(start + len(batch))
         progress.end()
 
 

@@ -27,6 +27,7 @@ import data
 import generate as gen
 import load_gpt2
 import model as gpt
+import report
 import speed
 import train_classifier as tc
 
@@ -465,8 +466,11 @@ class TestData(unittest.TestCase):
         path = self.write("skewed.tsv", "".join(f"{'a' if i < 30 else 'b'}\ttext {i}\n" for i in range(40)))
         self.assertEqual(sum(len(v) for v in data.load_dataset(path)[0].values()), 40)  # off for custom data
         balanced, _ = data.load_dataset(path, balance_classes=True)
+        unused = balanced.pop("unused")
         both = [label for split in balanced.values() for label, _ in split]
         self.assertEqual((both.count("a"), both.count("b")), (10, 10))
+        self.assertEqual(sorted(unused + [ex for split in balanced.values() for ex in split]),
+                         sorted(data.read_examples(path)))  # every example in exactly one split
 
     def test_malformed_lines_name_the_file_and_line(self):
         cases = {"no separator": ("ham\tok\nspam no tab here\n", "line 2: expected label<TAB>text"),
@@ -512,7 +516,9 @@ class TestData(unittest.TestCase):
         self.assertEqual((len(examples), labels.count("ham"), labels.count("spam")), (5574, 4827, 747))
         first, _ = data.load_dataset(SMS, seed=123)
         again, labels = data.load_dataset(SMS, seed=123)
-        self.assertEqual({k: len(v) for k, v in first.items()}, {"train": 1045, "validation": 149, "test": 300})
+        self.assertEqual({k: len(v) for k, v in first.items()},
+                         {"train": 1045, "validation": 149, "test": 300, "unused": 4080})
+        self.assertEqual({label for label, _ in first["unused"]}, {"ham"})  # 4,827 - 747 ham
         self.assertEqual(first, again)
         self.assertEqual(labels, ["ham", "spam"])
         # Python's seeded generator gives this split on every OS and Python version we know of
@@ -665,6 +671,33 @@ class TestDataLayouts(unittest.TestCase):
             data.load_dataset(folder, **columns)
 
 
+class TestReport(unittest.TestCase):
+    def test_metrics_from_a_hand_made_confusion_matrix(self):
+        counts = torch.tensor([[5, 1, 0, 0], [2, 3, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+        m = report.class_metrics(counts)  # label 2 is never predicted, label 3 never present
+        self.assertAlmostEqual(m["accuracy"], 8 / 12)
+        for got, want in zip(m["precision"], [5 / 8, 3 / 4, 0, 0]):
+            self.assertAlmostEqual(got, want)
+        for got, want in zip(m["recall"], [5 / 6, 3 / 5, 0, 0]):
+            self.assertAlmostEqual(got, want)
+        for got, want in zip(m["f1"], [2 * 5 / 8 * 5 / 6 / (5 / 8 + 5 / 6), 2 / 3, 0, 0]):
+            self.assertAlmostEqual(got, want)
+        self.assertAlmostEqual(m["macro_precision"], (5 / 8 + 3 / 4) / 4)
+        self.assertFalse(any(math.isnan(v) for v in m["f1"]))
+        table = report.format_table("test", counts, ["a", "b", "c", "d"]).splitlines()
+        self.assertEqual(table[2].split()[:5], ["a", "5", "1", "0", "0"])
+        self.assertIn("62.50%", table[2])
+
+    def test_unused_false_positives_and_precision_at_the_real_ratio(self):
+        unused, test = torch.tensor([[4043, 37], [0, 0]]), torch.tensor([[145, 5], [10, 140]])
+        lines = report.unused_lines(unused, test, ["ham", "spam"], [4827, 747])
+        self.assertEqual(lines[0], "unused ham: 37 of 4,080 classified as spam (0.91%)")
+        share, recall, fpr = 747 / 5574, 140 / 150, 37 / 4080
+        precision = recall * share / (recall * share + fpr * (1 - share))
+        self.assertIn(f"spam precision would be about {precision:.1%}", lines[1])
+        self.assertIn("(747 spam in 5,574)", lines[1])
+
+
 class TestGenerate(unittest.TestCase):
     def setUp(self):
         torch.manual_seed(0)
@@ -814,11 +847,47 @@ class TestTrainClassifier(unittest.TestCase):
         self.assertIn(f"{lora_params:,} of", log)
         self.assertIn("frozen-prefix cache off (no frozen blocks)", log)
         self.assertFalse(any(isinstance(m, tc.LinearWithLoRA) for m in model.modules()))
-        loaded, labels, max_length = tc.load_classifier(self.dir / "out" / "classifier.pt")
+        loaded, labels, max_length = report.load_classifier(self.dir / "out" / "classifier.pt")
         texts = ["message number 99 says apple", "message number 98 says zebra"]
         self.assertEqual(tc.classify(loaded, self.tok, texts, labels, max_length),
                          tc.classify(model, self.tok, texts, labels, max_length))
         self.assertGreater(self.records()[-1]["train_acc"], 0.5)
+
+    def test_balanced_data_reports_per_class_metrics_and_the_unused_split(self):
+        skewed = [("ham", f"message number {i} says zebra") for i in range(36)]
+        skewed += [("spam", f"message number {i} says apple") for i in range(12)]
+        self.data.write_text("".join(f"{y}\t{t}\n" for y, t in skewed), encoding="utf-8")
+        _, log = self.train("--balance", "--trainable", "all", "--lr", "3e-3", "--epochs", "4")
+        final = self.records()[-1]
+        self.assertEqual(sum(map(sum, final["unused_confusion"])), 24)  # 36 - 12 ham left out
+        self.assertEqual(final["unused_confusion"][1], [0, 0])
+        self.assertEqual(sum(map(sum, final["test_confusion"])), 6)  # 20% of 24
+        self.assertEqual(set(final["test_metrics"]), {"accuracy", "precision", "recall", "f1",
+                                                      "macro_precision", "macro_recall", "macro_f1"})
+        wrong = final["unused_confusion"][0][1]
+        self.assertIn(f"unused ham: {wrong} of 24 classified as spam", log)
+        self.assertIn("rows: true label, columns: predicted", log)
+        self.assertIn("spam precision would be about", log)
+        self.assertEqual(len(data.read_examples(self.dir / "out" / "splits" / "unused.tsv")), 24)
+
+    def test_predict_from_standard_input_answers_every_line_in_order(self):
+        model, _ = self.train("--epochs", "1")
+        texts = [f"message number {i} says {'apple' if i % 3 else 'zebra'}" for i in range(7)]
+        lines = texts[:3] + ["", "   "] + texts[3:]
+        result = subprocess.run([sys.executable, "train_classifier.py", "--out", self.dir / "out",
+                                 "--predict", "-"], cwd=ROOT, capture_output=True, timeout=120,
+                                input="\n".join(lines).encode("utf-8"), env=os.environ)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        out = result.stdout.decode("utf-8").splitlines()
+        self.assertEqual([line.split("\t")[2] for line in out], texts)
+        expected = tc.classify(model, self.tok, texts, ["ham", "spam"], 64)
+        self.assertEqual([line.split("\t")[0] for line in out], [label for label, _ in expected])
+        err = result.stderr.decode("utf-8")
+        self.assertIn("line 4 is empty: skipped", err)
+        self.assertIn("line 5 is empty: skipped", err)
+        with contextlib.redirect_stderr(io.StringIO()):  # large inputs go a chunk at a time
+            chunks = list(tc.line_chunks(io.BytesIO(b"a\n\nb\r\nc\n"), size=2))
+        self.assertEqual(chunks, [["a", "b"], ["c"]])
 
     def test_columns_chosen_by_flags(self):
         rows = "".join(f'{i},"{t}",{y}\n' for i, (y, t) in enumerate(

@@ -14,13 +14,11 @@ import argparse
 import contextlib
 import functools
 import itertools
-import json
 import math
 import os
-import pickle
 import re
+import sys
 import time
-import zipfile
 from pathlib import Path
 
 import torch
@@ -30,10 +28,11 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data import (InputError, atomic_write, encode, encode_examples, load_dataset, pad_batch,
-                  run_main, write_splits)
+from data import (InputError, Progress, by_length, encode, encode_examples, load_dataset,
+                  pad_batch, run_main)
 from load_gpt2 import get_tokenizer, load_gpt2, pick_device
-from model import GPTModel
+from report import (class_metrics, confusion_matrix, format_table, load_classifier, save_run,
+                    unused_lines)
 from speed import FastClassifier, adamw, use_bf16
 
 EXAMPLES = ["You are a winner you have been specially selected to receive $1000 cash or a $2000 "
@@ -213,14 +212,26 @@ def classify(model, tokenizer, texts, label_names, max_length, batch_size=32):
     return results
 
 
-def final_report(model, loaders, device, start):
-    """Accuracy on every split, printed and returned as the last record of metrics.jsonl."""
-    record = {"final": True}
-    for name, loader in loaders.items():
-        record[f"{name}_acc"] = calc_accuracy_loader(loader, model, device)
-    record["elapsed_s"] = time.time() - start
-    print("final | " + " | ".join(f"{name} {record[f'{name}_acc']:.2%}" for name in loaders)
+def final_report(model, loaders, labels, device, start):
+    """Every split in full: accuracy, and for validation and test the confusion matrix with
+    precision, recall and F1 per label (report.py). Returns the last record of metrics.jsonl."""
+    confusion = {name: confusion_matrix(loader, model, device, len(labels))
+                 for name, loader in loaders.items() if len(loader.dataset)}
+    record = {"final": True, "labels": labels, "elapsed_s": time.time() - start}
+    for name, counts in confusion.items():
+        record[f"{name}_acc"] = class_metrics(counts)["accuracy"]
+        record[f"{name}_confusion"] = counts.tolist()
+    print("final | " + " | ".join(f"{name} {record[f'{name}_acc']:.2%}" for name in confusion)
           + f" | {record['elapsed_s']:.1f} s")
+    for name in ("validation", "test"):
+        record[f"{name}_metrics"] = class_metrics(confusion[name])
+        print(format_table(name, confusion[name], labels))
+    if "unused" in confusion:  # what balancing left out: realistic false positives
+        n_examples = [sum(y == i for loader in loaders.values() for _, y in loader.dataset)
+                      for i in range(len(labels))]  # per label, in the whole data set
+        record["unused_lines"] = unused_lines(confusion["unused"], confusion["test"], labels,
+                                              n_examples)
+        print("\n".join(record["unused_lines"]))
     return record
 
 
@@ -262,7 +273,7 @@ def main(argv=None):
             f"{sum(p.numel() for p in model.parameters()):,} parameters train ({args.trainable})")
         net = model
         if args.fast:  # speed.py: the same logits, computed with less work
-            texts = [ids for examples in sets.values() for ids, _ in examples]
+            texts = [ids for name in ("train", "validation", "test") for ids, _ in sets[name]]
             net = FastClassifier(model, tokenizer.eot_token, use_bf16(args.dtype, device),
                                  args.compile, args.cache_mb, texts)
             log(f"speed layer: {net.note}")
@@ -273,8 +284,10 @@ def main(argv=None):
             DDP(net) if ddp else net, train_loader, val_loader, optimizer, device, args.epochs,
             args.eval_freq, args.eval_iter, master_process)
         if master_process:
-            loaders = {"train": train_loader, "validation": val_loader, "test": test_loader}
-            history.append(final_report(net, loaders, device, start))
+            loaders = {"train": train_loader, "validation": val_loader, "test": test_loader,
+                       "unused": DataLoader(by_length(sets.get("unused", [])), 64,
+                                            collate_fn=collate)}
+            history.append(final_report(net, loaders, labels, device, start))
             log(save_run(args.out, merge_lora(model), labels, max_length, splits, history))
             texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
             for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels,
@@ -342,73 +355,44 @@ def first_on_each_machine(ddp):
         dist.barrier()
 
 
-def save_run(out, model, labels, max_length, splits, history):
-    """Write the run's files together, at the end; returns what was written, for the log."""
-    write_splits(splits, out / "splits")
-    with atomic_write(out / "classifier.pt") as tmp:
-        torch.save({"model": model.state_dict(), "cfg": model.cfg, "labels": labels,
-                    "max_length": max_length}, tmp)
-    with atomic_write(out / "metrics.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
-    plot = save_plot(history, out)
-    return f"saved {out / 'classifier.pt'}; metrics: {out / 'metrics.jsonl'}; {plot}"
-
-
-def save_plot(history, out):
-    try:  # the Figure class alone: no pyplot, no change to the user's plotting backend
-        from matplotlib.figure import Figure
-    except ImportError:
-        return "plot skipped: pip install matplotlib to get metrics.png"
-    evals, epochs = [r for r in history if "val_loss" in r], [r for r in history if "val_acc" in r]
-    fig = Figure(figsize=(10, 4))
-    ax1, ax2 = fig.subplots(1, 2)
-    for key in ("train_loss", "val_loss"):
-        ax1.plot([r["examples_seen"] for r in evals], [r[key] for r in evals], label=key)
-    ax1.set(xlabel="examples seen", ylabel="loss")
-    for key in ("train_acc", "val_acc"):
-        ax2.plot([r["epoch"] for r in epochs], [r[key] for r in epochs], marker="o", label=key)
-    ax2.set(xlabel="epoch", ylabel="accuracy")
-    ax1.legend()
-    ax2.legend()
-    fig.tight_layout()
-    with atomic_write(out / "metrics.png") as tmp:
-        fig.savefig(tmp, format="png")
-    return f"plot: {out / 'metrics.png'}"
-
-
-def load_classifier(path, device="cpu"):
-    """(model, label names, max_length) from save_run's classifier.pt; plain tensors and
-    dicts only (weights_only=True), never arbitrary pickled code."""
-    try:
-        with zipfile.ZipFile(path) as z:  # torch.load does not check the CRCs; a damaged file
-            damaged = z.testzip()          # would load and predict garbage
-        if damaged:
-            raise RuntimeError(f"{damaged} fails its checksum")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        labels, max_length = ckpt["labels"], ckpt["max_length"]
-        with torch.device("meta"):
-            model = build_classifier(GPTModel(ckpt["cfg"]), len(labels), "all")
-        model.load_state_dict(ckpt["model"], assign=True)
-    except FileNotFoundError:
-        raise InputError(f"no trained classifier at {path}; train one first with "
-                         "python train_classifier.py, or point --out at its folder") from None
-    except (RuntimeError, KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile,
-            pickle.UnpicklingError) as e:
-        raise InputError(f"{path} is not a classifier saved by this script "
-                         f"({str(e)[:200]})") from None
-    return model.to(device).eval(), labels, max_length
-
-
 def predict(args):
+    """--predict: label texts with the saved classifier; "-" reads one text per line from
+    standard input and answers in order, a chunk at a time (constant memory)."""
     device = pick_device(args.device)
     model, labels, max_length = load_classifier(args.out / "classifier.pt", device)
     tokenizer = get_tokenizer()
     net = FastClassifier(model, tokenizer.eot_token, use_bf16(args.dtype, device)) \
         if args.fast else model
-    for text, (label, prob) in zip(args.predict, classify(net, tokenizer, args.predict, labels,
-                                                          max_length)):
-        print(f"{label}\t{prob:.3f}\t{text}")
+    chunks = line_chunks(sys.stdin.buffer) if args.predict == ["-"] else [args.predict]
+    progress, done = Progress("classifying", 0, "texts"), 0
+    for texts in chunks:
+        for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels,
+                                                       max_length)):
+            print(f"{label}\t{prob:.3f}\t{text}")
+        done += len(texts)
+        progress.show(done)
+    progress.end()
     return model
+
+
+def line_chunks(stream, size=1024):
+    """Lists of up to size texts, one per line of a binary stream (UTF-8), in order. An empty
+    line is skipped with a note on stderr."""
+    chunk = []
+    for n, raw in enumerate(stream, 1):
+        try:
+            text = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise InputError(f"standard input, line {n}: bytes that are not UTF-8") from None
+        if text.strip():
+            chunk.append(text)
+        else:
+            print(f"line {n} is empty: skipped", file=sys.stderr)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def number(kind, low=0.0, inclusive=False):
@@ -483,7 +467,7 @@ def parse_args(argv=None):
     a("--backend", default=None, help="torchrun process-group backend (default: nccl on CUDA, "
       "else gloo)")
     a("--predict", nargs="+", metavar="TEXT", help="label these texts with the saved classifier "
-      "in --out and exit")
+      "in --out and exit; - reads one text per line from standard input")
     args = p.parse_args(argv)
     args.lr = args.lr or (8e-4 if args.trainable == "lora" else 5e-5)
     return args
