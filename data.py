@@ -17,11 +17,13 @@ This file imports neither model.py nor load_gpt2.py: it hands token ids and leng
 Its last section is the plumbing every script shares (errors a user can fix, safe writes,
 downloads, progress lines): it lives here because every script already imports data.py.
 """
+import argparse
 import csv
 import functools
 import http.client
 import io
 import json
+import math
 import os
 import random
 import sys
@@ -78,12 +80,17 @@ def read_examples(path, known_labels=None, text_column=None, label_column=None):
         line = raw[:e.start].count(b"\n") + 1
         raise InputError(f"{path}, line {line}: bytes that are not UTF-8; re-save the file "
                          "as UTF-8") from None
+    if "\r" in content and "\n" not in content and path.suffix.lower() != ".csv":
+        raise InputError(f"{path}: its lines end in a carriage return alone (old Mac style); "
+                         "re-save it with LF or CRLF line endings")
     records = jsonl_records if path.suffix.lower() == ".jsonl" else table_records
     examples = []
     for n, label, text in records(path, content, text_column, label_column):
         label = label.strip()
         if not label or not text.strip():
             raise InputError(f"{path}, line {n}: empty {'text' if label else 'label'}")
+        if any(c in label for c in "\t\r\n"):  # the split files could not hold it
+            raise InputError(f"{path}, line {n}: label {label!r} holds a TAB or a line break")
         if known_labels is not None and label not in known_labels:
             raise InputError(f"{path}, line {n}: label {label!r} never appears in the "
                              "training data; add training examples for it")
@@ -279,10 +286,14 @@ def load_dataset(data=None, seed=123, balance_classes=None, text_column=None, la
     every_label = check_labels(path, examples)
     if balance_classes is None:  # the spam set, downloaded or given as a file, is balanced
         balance_classes = path.name == "SMSSpamCollection"
-    examples, unused = balance(examples, seed) if balance_classes else (examples, [])
-    splits = split(examples, seed)
+    kept, unused = balance(examples, seed) if balance_classes else (examples, [])
+    splits = split(kept, seed)
     labels = label_names(splits["train"])
     missing = sorted(every_label - set(labels))
+    if balance_classes and (missing or not all(splits.values())):  # the rarest label is why
+        n, rarest = min((sum(y == label for y, _ in examples), label) for label in every_label)
+        raise InputError(f"{path}: balancing keeps {n} example(s) of each label, as many as "
+                         f"{rarest!r} has: too few to split; add examples or use --no-balance")
     if missing:
         raise InputError(f"{path}: label {missing[0]!r} has too few examples for one to land in "
                          "the training split; add examples or drop the label")
@@ -350,20 +361,46 @@ def pad_batch(batch, pad_id):
 CACHE_DIR = Path(os.environ.get("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help keeps a script's docstring layout and shows every default (in words if None)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, argparse.SUPPRESS) or "(default" in action.help:
+            return action.help
+        return f"{action.help} (default: %(default)s)"
+
+
+def number(kind, low=0.0, inclusive=False, high=None):
+    """An argparse type: a finite number above low (or from low on, if inclusive), at most
+    high if given."""
+    def parse(text):
+        value = kind(text)
+        if not (math.isfinite(value) and (value >= low if inclusive else value > low)
+                and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(
+                f"must be a number {'>=' if inclusive else '>'} {low:g}"
+                f"{f' and <= {high}' if high is not None else ''}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
+    return parse
+
+
 class InputError(Exception):
     """A problem the user can fix (no network, a bad file, a wrong flag). The scripts print
     its message as one sentence and exit with status 1 instead of a traceback."""
 
 
-def run_main(main):
-    """How the scripts run: an InputError ends as one line on stderr and exit status 1."""
+def run_main(main, interrupted="interrupted"):
+    """How the scripts run: an InputError ends as one line on stderr and exit status 1; Ctrl-C
+    as the line interrupted (what was kept) and status 130."""
     sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
     try:
         main()
     except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        sys.exit(130)
+        print(f"\n{interrupted}", file=sys.stderr)  # a new line: a progress line may be open
+        sys.exit(130)  # the shell's code for Ctrl-C
 
 
 @contextmanager
@@ -422,7 +459,8 @@ class Progress:
         line = f"{self.what}: {done:{fmt}}"
         if self.total:  # unknown (0) for a download without a Content-Length
             line += f"/{self.total:{fmt}} {self.unit} ({done / self.total:.0%})"
-            line += f", {rate:{fmt}} {self.unit}/s, {(self.total - done) / max(rate, 1e-9):.0f} s left"
+            left = (self.total - done) / max(rate, 1e-9)
+            line += f", {rate:{fmt}} {self.unit}/s, {left:.0f} s left"
         else:
             line += f" {self.unit}, {rate:{fmt}} {self.unit}/s"
         print(f"\r{line}\033[K" if self.tty else line, end="" if self.tty else "\n",

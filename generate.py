@@ -10,7 +10,7 @@ import codecs
 
 import torch
 
-from data import InputError, run_main
+from data import HelpFormatter, InputError, number, run_main
 from load_gpt2 import get_tokenizer, load_gpt2, pick_device
 
 
@@ -18,12 +18,13 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     """(B, V) logits for the next token -> (B, 1) chosen token ids."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # greedy
-    logits = logits.float() / temperature  # in float32: fp16 logits / a small temperature overflow
+    logits = logits.double()  # float64: even a temperature of 1e-300 stays above zero
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    # Subtracting the row max keeps exp() finite whatever the logits' size.
-    probs = torch.softmax(logits - logits.amax(dim=-1, keepdim=True), dim=-1)  # (B, V)
+    # The row max is subtracted before dividing: every value is then <= 0, so no temperature,
+    # however small, and no logit, however large, overflows.
+    probs = torch.softmax((logits - logits.amax(dim=-1, keepdim=True)) / temperature, dim=-1)
     if top_p is not None and top_p < 1.0:
         # Nucleus: keep the most likely tokens until their probability reaches top_p.
         sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -34,10 +35,11 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 
 def check_settings(max_new_tokens, temperature, top_k, top_p):
     # written so that NaN fails too: every comparison with NaN is False
-    if max_new_tokens < 0 or not 0 <= temperature < float("inf") or (top_k is not None and top_k < 1) \
-            or (top_p is not None and not 0 < top_p <= 1):
+    if max_new_tokens < 0 or not 0 <= temperature < float("inf") \
+            or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
         raise ValueError("need max_new_tokens >= 0, temperature >= 0 (0 = greedy), top_k >= 1 "
-                         f"and 0 < top_p <= 1; got {max_new_tokens}, {temperature}, {top_k}, {top_p}")
+                         f"and 0 < top_p <= 1; got {max_new_tokens}, {temperature}, {top_k}, "
+                         f"{top_p}")
 
 
 @torch.inference_mode()
@@ -86,18 +88,21 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("prompt", nargs="?", default="Every effort moves you",
                    help="text to continue (empty: start from <|endoftext|>)")
-    p.add_argument("--model", default="gpt2-small", help="size name (gpt2, gpt2-medium, 774M, ...) "
-                   "or a folder with model.safetensors")
+    p.add_argument("--model", default="gpt2-small",
+                   help="size (gpt2, gpt2-medium, 774M, ...) or a folder with model.safetensors")
     p.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
                    help="random: untrained weights of that size, no download (for trying offline)")
     p.add_argument("--max-new-tokens", type=int, default=50, help="how many tokens to add")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; higher = more random")
-    p.add_argument("--top-k", type=int, default=50, help="sample from the k likeliest tokens (0 = all)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="0 = greedy; higher = more random")
+    p.add_argument("--top-k", type=int, default=50,
+                   help="sample from the k likeliest tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--seed", type=int, default=None, help="fix the random choices")
+    p.add_argument("--seed", type=number(int, 0, inclusive=True, high=2**32 - 1), default=None,
+                   help="fix the random choices (default: different each run)")
     p.add_argument("--ignore-eos", action="store_true", help="go on past <|endoftext|>")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     args = p.parse_args(argv)

@@ -13,7 +13,7 @@ import tiktoken
 import torch
 
 from data import CACHE_DIR, InputError, download
-from model import ALIASES, BASE_CONFIG, GPT_CONFIGS, GPTModel, get_config, model_name
+from model import ALIASES, BASE_CONFIG, GPT_CONFIGS, GPTModel, check_config, get_config, model_name
 
 URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.safetensors"
 REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
@@ -88,11 +88,29 @@ def read_safetensors(path):
     covered = 0
     for begin, end in sorted(ranges):
         if begin != covered:
-            raise damaged(f"bytes {min(begin, covered)}..{max(begin, covered)} are not one tensor's")
+            raise damaged(f"bytes {min(begin, covered)}..{max(begin, covered)} are not one "
+                          "tensor's")
         covered = end
     if covered != data_size:
         raise damaged(f"{data_size - covered} bytes at the end belong to no tensor")
     return tensors
+
+
+def read_small(path, limit):
+    """The text of a regular file of at most limit bytes: never a device, a pipe or a huge file
+    (a symlink to /dev/zero would otherwise read forever)."""
+    if not path.is_file() or path.stat().st_size > limit:
+        raise ValueError(f"not a regular file of at most {limit:,} bytes")
+    return path.read_text(encoding="utf-8")
+
+
+def check_finite(model, path):
+    """Weights that are NaN or infinite would load and compute garbage: refuse them."""
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise InputError(f"{path}: tensor {name} holds NaN or infinite values; the file is "
+                             "damaged or from a diverged training run")
+    return model
 
 
 def config_from_folder(folder, tensors):
@@ -101,16 +119,15 @@ def config_from_folder(folder, tensors):
     config_file = folder / "config.json"
     if config_file.exists():
         try:
-            hf = json.loads(config_file.read_text(encoding="utf-8"))
+            hf = json.loads(read_small(config_file, 1_000_000))
             cfg = {**BASE_CONFIG, "vocab_size": hf["vocab_size"], "emb_dim": hf["n_embd"],
                    "context_length": hf.get("n_positions", hf.get("n_ctx")),
                    "n_layers": hf["n_layer"], "n_heads": hf["n_head"]}
-            sizes = [cfg[k] for k in ("vocab_size", "emb_dim", "context_length", "n_layers", "n_heads")]
-            if not all(isinstance(v, int) and v > 0 for v in sizes) or cfg["emb_dim"] % cfg["n_heads"]:
-                raise ValueError("sizes must be positive integers, n_embd a multiple of n_head")
+            check_config(cfg)  # before anything is allocated from these numbers
             return cfg
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise InputError(f"{config_file} is not a GPT-2 config.json ({e!r})") from None
+            why = f"no {e} field" if isinstance(e, KeyError) else str(e)
+            raise InputError(f"{config_file} is not a usable GPT-2 config.json ({why})") from None
     names = {k.removeprefix("transformer."): v.shape for k, v in tensors.items()}
     n_layers = len({k.split(".")[1] for k in names if k.startswith("h.")})
     emb_dim = names["wte.weight"][1] if "wte.weight" in names else None
@@ -206,4 +223,4 @@ def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, cache_dir=CACHE_DIR
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
         model = GPTModel(cfg)
     model.load_state_dict(gpt2_state_dict(tensors, cfg, path, dtype), assign=True)
-    return model.eval()
+    return check_finite(model, path).eval()

@@ -39,6 +39,30 @@ def get_config(name, **overrides):
     return {**BASE_CONFIG, **GPT_CONFIGS[model_name(name)], **overrides}
 
 
+def check_config(cfg):
+    """Raise ValueError unless cfg describes a model GPTModel can build: every size a positive
+    integer in a sane range, the total within reach (a cfg read from a file is untrusted)."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"a config is a dict, not {type(cfg).__name__}")
+    limits = {"vocab_size": 10**6, "context_length": 10**6, "emb_dim": 2**16, "n_layers": 1000,
+              "n_heads": 2**16}
+    for key, high in limits.items():
+        if type(cfg.get(key)) is not int or not 1 <= cfg[key] <= high:  # type(): True is no int
+            raise ValueError(f"{key} must be an integer from 1 to {high:,}, not {cfg.get(key)!r}")
+    if cfg["emb_dim"] % cfg["n_heads"]:
+        raise ValueError(f"emb_dim {cfg['emb_dim']} is not divisible by n_heads {cfg['n_heads']}")
+    rate = cfg.get("drop_rate")
+    if type(rate) not in (int, float) or not 0 <= rate < 1:
+        raise ValueError(f"drop_rate must be a number from 0 to below 1, not {rate!r}")
+    if type(cfg.get("qkv_bias")) is not bool:
+        raise ValueError(f"qkv_bias must be true or false, not {cfg.get('qkv_bias')!r}")
+    C = cfg["emb_dim"]
+    n_params = (2 * cfg["vocab_size"] + cfg["context_length"]) * C + cfg["n_layers"] * 12 * C * C
+    if n_params > 10**10:
+        raise ValueError(f"the sizes describe {n_params:.2g} parameters; GPT-2's largest has "
+                         "1.6e+09")
+
+
 class LayerNorm(nn.Module):
     """Normalise each token's vector to zero mean and unit variance, then scale and shift.
     GPT-2 uses eps 1e-5 and the biased variance, which is what F.layer_norm computes."""
@@ -58,8 +82,6 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
-        if d_out % num_heads:
-            raise ValueError(f"emb_dim {d_out} is not divisible by n_heads {num_heads}")
         self.num_heads, self.head_dim = num_heads, d_out // num_heads
         self.context_length = context_length
         self.dropout = nn.Dropout(dropout)  # its rate is applied inside the fused call below
@@ -137,6 +159,7 @@ class GPTModel(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
+        check_config(cfg)
         self.cfg = dict(cfg)
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])

@@ -8,13 +8,17 @@ matplotlib is installed, metrics.png; the split files; and classifier.pt, writte
 back safely. Plain torch, no new dependency.
 """
 import json
+import os
 import pickle
+import shutil
 import zipfile
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from data import InputError, atomic_write, write_splits
+from load_gpt2 import check_finite
 from model import GPTModel
 
 
@@ -86,13 +90,13 @@ def unused_lines(unused, test, labels, n_examples):
 
 
 def save_metrics(history, out):
-    """metrics.jsonl (one JSON record per line) and metrics.png; returns a line for the log."""
+    """metrics.jsonl (one JSON record per line) and, with matplotlib, metrics.png."""
     with atomic_write(out / "metrics.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
     try:  # the Figure class alone: no pyplot, no change to the user's plotting backend
         from matplotlib.figure import Figure
     except ImportError:
-        return f"metrics: {out / 'metrics.jsonl'} (pip install matplotlib to get metrics.png)"
+        return
     evals, epochs = [r for r in history if "val_loss" in r], [r for r in history if "val_acc" in r]
     final = history[-1]
     fig = Figure(figsize=(15, 4.5))
@@ -115,37 +119,62 @@ def save_metrics(history, out):
     fig.tight_layout()
     with atomic_write(out / "metrics.png") as tmp:
         fig.savefig(tmp, format="png")
-    return f"metrics: {out / 'metrics.jsonl'}, {out / 'metrics.png'}"
 
 
 def save_run(out, model, labels, max_length, splits, history):
-    """Write the run's files together, at the end; returns what was written, for the log."""
-    write_splits(splits, out / "splits")
-    with atomic_write(out / "classifier.pt") as tmp:
-        torch.save({"model": model.state_dict(), "cfg": model.cfg, "labels": labels,
-                    "max_length": max_length}, tmp)
-    return f"saved {out / 'classifier.pt'}; {save_metrics(history, out)}"
+    """Write the run's files together, at the end: each first into a folder of its own, then
+    all moved into out at once. So out never mixes two runs, and a run that fails or is
+    interrupted leaves the last one's files as they were. Returns a line for the log."""
+    staged = out / f".incomplete-{os.getpid()}"
+    try:
+        write_splits(splits, staged / "splits")
+        with atomic_write(staged / "classifier.pt") as tmp:
+            torch.save({"model": model.state_dict(), "cfg": model.cfg, "labels": labels,
+                        "max_length": max_length}, tmp)
+        save_metrics(history, staged)
+        new = sorted(p.relative_to(staged) for p in staged.rglob("*") if p.is_file())
+        for old in [*out.glob("splits/*.tsv"), out / "metrics.png"]:  # files of an older run
+            if old.is_file() and old.relative_to(out) not in new:  # that this one has not
+                old.unlink()
+        for name in new:
+            (out / name).parent.mkdir(exist_ok=True)
+            os.replace(staged / name, out / name)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    plot = "" if Path("metrics.png") in new else " (pip install matplotlib for metrics.png)"
+    return f"saved in {out}: {', '.join(map(str, new))}{plot}"
 
 
 def load_classifier(path, device="cpu"):
-    """(model, label names, max_length) from save_run's classifier.pt; plain tensors and
-    dicts only (weights_only=True), never arbitrary pickled code."""
+    """(model, label names, max_length) from save_run's classifier.pt. Plain tensors and data
+    only (weights_only=True), never arbitrary pickled code; every value checked before use."""
+    if not path.exists():
+        raise InputError(f"no trained classifier at {path}; train one first with "
+                         "python train_classifier.py, or point --out at its folder")
     try:
+        if not path.is_file():
+            raise ValueError("not a regular file")
         with zipfile.ZipFile(path) as z:  # torch.load does not check the CRCs; a damaged file
             damaged = z.testzip()          # would load and predict garbage
         if damaged:
-            raise RuntimeError(f"{damaged} fails its checksum")
+            raise ValueError(f"{damaged} fails its checksum")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        labels, max_length = ckpt["labels"], ckpt["max_length"]
+        labels, max_length, cfg = ckpt["labels"], ckpt["max_length"], ckpt["cfg"]
+        if not (type(labels) is list and len(labels) >= 2 and len(set(labels)) == len(labels)
+                and all(type(label) is str and label for label in labels)):
+            raise ValueError("its labels are not two or more different names")
         with torch.device("meta"):  # no memory for weights about to be replaced
-            model = GPTModel(ckpt["cfg"])
+            model = GPTModel(cfg)  # checks every size in cfg
             model.out_head = nn.Linear(model.cfg["emb_dim"], len(labels))
-        model.load_state_dict(ckpt["model"], assign=True)
-    except FileNotFoundError:
-        raise InputError(f"no trained classifier at {path}; train one first with "
-                         "python train_classifier.py, or point --out at its folder") from None
-    except (RuntimeError, KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile,
-            pickle.UnpicklingError) as e:
-        raise InputError(f"{path} is not a classifier saved by this script "
-                         f"({str(e)[:200]})") from None
-    return model.to(device).eval(), labels, max_length
+        if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"]:
+            raise ValueError(f"max_length {max_length!r} is not within the context length")
+        model.load_state_dict(ckpt["model"], assign=True)  # names and shapes must all match
+    except (RuntimeError, KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile) as e:
+        # One line: torch's messages can run over many.
+        why = f"no {e} entry" if isinstance(e, KeyError) else " ".join(str(e).split())[:200]
+        raise InputError(f"{path} is not a classifier saved by this script ({why})") from None
+    except pickle.UnpicklingError:
+        raise InputError(f"{path} is not a classifier saved by this script (it holds Python "
+                         "objects other than tensors and plain data; those are never loaded)"
+                         ) from None
+    return check_finite(model, path).to(device).eval(), labels, max_length

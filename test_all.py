@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import unittest
+import unittest.mock
 import zipfile
 from pathlib import Path
 
@@ -347,11 +348,31 @@ class TestLoadGPT2(unittest.TestCase):
 
     def test_bad_config_json_is_a_clear_error(self):
         folder = write_checkpoint(tmpdir(self), random_hf_arrays(), 4)
-        for config in ({"n_embd": 32}, {"vocab_size": 64, "n_embd": 32, "n_layer": 2, "n_head": 5, "n_positions": 16}):
-            with self.subTest(config=config):
+        good = {"vocab_size": 64, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 16}
+        cases = {"no 'vocab_size' field": {"n_embd": 32},
+                 "not divisible by n_heads 5": dict(good, n_head=5),
+                 "n_layers must be an integer from 1 to 1,000, not True": dict(good, n_layer=True),
+                 "emb_dim must be an integer from 1 to 65,536, not 32.0": dict(good, n_embd=32.0),
+                 "vocab_size must be an integer from 1 to 1,000,000, not -64": dict(good, vocab_size=-64),
+                 "parameters; GPT-2's largest": dict(good, n_embd=65536, n_layer=1000, n_head=1)}
+        for message, config in cases.items():
+            with self.subTest(message):
                 (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-                with self.assertRaisesRegex(data.InputError, "is not a GPT-2 config.json"):
-                    load_gpt2.load_gpt2(folder)
+                for pretrained in (True, False):  # checked before anything is allocated
+                    with self.assertRaisesRegex(data.InputError, "is not a usable GPT-2 config.json "
+                                                f".*{re.escape(message)}"):
+                        load_gpt2.load_gpt2(folder, pretrained=pretrained)
+        (folder / "config.json").unlink()
+        (folder / "config.json").symlink_to(os.devnull)  # a device: never read
+        with self.assertRaisesRegex(data.InputError, "not a regular file of at most 1,000,000"):
+            load_gpt2.load_gpt2(folder)
+
+    def test_weights_that_are_not_finite_are_refused(self):
+        arrays = random_hf_arrays()
+        arrays["h.1.mlp.c_fc.weight"][3, 5] = np.nan
+        folder = write_checkpoint(tmpdir(self), arrays, 4)
+        with self.assertRaisesRegex(data.InputError, "trf_blocks.1.ff.layers.0.weight holds NaN"):
+            load_gpt2.load_gpt2(folder)
 
     def test_tokenizer_ids(self):
         tok = tokenizer()
@@ -471,18 +492,24 @@ class TestData(unittest.TestCase):
         self.assertEqual((both.count("a"), both.count("b")), (10, 10))
         self.assertEqual(sorted(unused + [ex for split in balanced.values() for ex in split]),
                          sorted(data.read_examples(path)))  # every example in exactly one split
+        path = self.write("rare.tsv", "".join(f"a\ttext {i}\n" for i in range(30)) + "b\tonly one\n")
+        with self.assertRaisesRegex(data.InputError, "keeps 1 example.* as many as 'b' has"):
+            data.load_dataset(path, balance_classes=True)
 
     def test_malformed_lines_name_the_file_and_line(self):
         cases = {"no separator": ("ham\tok\nspam no tab here\n", "line 2: expected label<TAB>text"),
                  "unclosed quote": ("a,ok\nb,\"open quote\nc,more\nd,rows\n", "line 2: malformed CSV"),
                  "empty text": ("ham\tok\n\nspam\t   \n", "line 3: empty text"),
-                 "not utf-8": (b"ham\tok\nham\tok\nspam\tcaf\xe9\n", "line 3: bytes that are not UTF-8")}
+                 "not utf-8": (b"ham\tok\nham\tok\nspam\tcaf\xe9\n", "line 3: bytes that are not UTF-8"),
+                 "tab in a label": ('a,ok\n"b\tc",text\n', "line 2: label 'b\\tc' holds a TAB"),
+                 "CR-only lines": ("ham\tok\rspam\tno\r", "its lines end in a carriage return alone")}
         for what, (content, message) in cases.items():
             with self.subTest(what):
-                path = self.write("bad.csv" if what == "unclosed quote" else "bad.tsv", content)
+                path = self.write("bad.csv" if "quote" in what or "tab" in what else "bad.tsv", content)
                 with self.assertRaises(data.InputError) as e:
                     data.read_examples(path)
-                self.assertIn(f"{path}, {message}", str(e.exception))
+                self.assertIn(message, str(e.exception))
+                self.assertTrue(str(e.exception).startswith(str(path)))
 
     def test_label_order_is_sorted_and_numeric_when_numbers(self):
         self.assertEqual(data.label_names([("spam", ""), ("ham", "")]), ["ham", "spam"])
@@ -736,6 +763,11 @@ class TestGenerate(unittest.TestCase):
         out = gen.generate(self.model, self.prompt, 5, temperature=0.0, eos_id=first)
         self.assertEqual(out.shape, (1, 11))
 
+    def test_a_tiny_temperature_is_greedy_not_an_error(self):
+        logits = torch.tensor([[1.0, 3.0, 2.0]])
+        for temperature in (1e-30, 1e-320):
+            self.assertEqual(gen.sample_next(logits, temperature=temperature).item(), 1)
+
     def test_sampling_is_stable_in_half_precision(self):
         logits = torch.tensor([[60000.0, -60000.0, 0.0, 65000.0]], dtype=torch.float16)
         token = gen.sample_next(logits, temperature=0.5, generator=torch.Generator().manual_seed(0))
@@ -931,17 +963,26 @@ class TestTrainClassifier(unittest.TestCase):
             (["--batch-size", "0"], "must be a number > 0"),
             (["--lr", "nan"], "must be a number > 0"),
             (["--trainable", "bottom"], "use head, all, lora or last-N"),
-            (["--out", self.data, "--predict", "hi"], "is not a classifier saved by this script"),
+            (["--out", self.data, "--predict", "hi"], "no trained classifier at"),
             (["--data", self.dir / "one_label.tsv", "--out", empty], "has a single label"),
             (["--init", "random", "--model", "gpt-7", "--data", self.data, "--out", empty], "unknown model 'gpt-7'"),
             (["--max-length", "65", "--model", self.model_dir, "--data", self.data, "--out", empty], "exceeds the model's context length 64"),
         ]
+        cases += [(["--seed", "99999999999999999999999"], "must be a number >= 0 and <= 4294967295"),
+                  (["--eval-iter", "x"], "invalid int value: 'x'")]
         for args, message in cases:
             with self.subTest(message):
                 code, _, err = run_script("train_classifier.py", *args)
                 self.assertNotEqual(code, 0)
                 self.assertIn(message, err)
                 self.assertNotIn("Traceback", err)
+        # variables torchrun sets, set by hand
+        for env in ({"RANK": "0"}, {"RANK": "0", "LOCAL_RANK": "x", "WORLD_SIZE": "2"}):
+            code, _, err = run_script("train_classifier.py", "--data", self.data, "--model",
+                                      self.model_dir, "--out", empty, env=env)
+            self.assertEqual(code, 1)
+            self.assertIn("looks like a torchrun process", err)
+            self.assertEqual(len(err.strip().splitlines()), 1)
 
     def test_no_network_ends_with_a_clear_message(self):
         # An empty cache and a proxy that refuses every connection: no network, even on a machine that has one.
@@ -951,6 +992,97 @@ class TestTrainClassifier(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("could not download https://archive.ics.uci.edu/", err)
         self.assertNotIn("Traceback", err)
+
+
+class TestNothingLost(unittest.TestCase):
+    """A failed, diverged or interrupted run leaves --out as the last complete run left it."""
+
+    def setUp(self):
+        self.tok = tokenizer()
+        self.dir = tmpdir(self)
+        self.common = ["--model", tiny_gpt2_folder(self.dir / "tiny"), "--data",
+                       spam_like(self.dir), "--batch-size", "4"]
+        self.out = self.dir / "out"
+        self.main("--epochs", "1")
+        self.before = self.snapshot()
+
+    def main(self, *args):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return tc.main([str(a) for a in [*self.common, "--out", self.out, *args]])
+
+    def snapshot(self):
+        return {p.relative_to(self.out): p.read_bytes() for p in self.out.rglob("*") if p.is_file()}
+
+    def test_failed_and_diverged_runs_write_nothing(self):
+        cases = {"exceeds the model's context length 64": ["--max-length", "5000"],
+                 "last-N with 1 <= N <= 2": ["--trainable", "last-99"],
+                 "training diverged; try a smaller --lr": ["--lr", "1e30", "--trainable", "all"],
+                 "is more than the 16 texts of the training split": ["--batch-size", "17"]}
+        for message, args in cases.items():
+            with self.subTest(message), self.assertRaisesRegex(data.InputError, re.escape(message)):
+                self.main(*args)
+            self.assertEqual(self.snapshot(), self.before)
+        self.assertEqual(list(self.out.glob(".incomplete*")), [])
+
+    def test_an_interrupted_run_writes_nothing(self):
+        calls = []
+
+        def interrupt_on_third_batch(*args):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return real(*args)
+        real = tc.calc_loss_batch
+        with unittest.mock.patch.object(tc, "calc_loss_batch", interrupt_on_third_batch), \
+                self.assertRaises(KeyboardInterrupt):
+            self.main("--epochs", "3", "--seed", "7")
+        self.assertEqual(self.snapshot(), self.before)
+
+    @unittest.skipIf(sys.platform == "win32", "SIGINT to a child process is POSIX")
+    def test_ctrl_c_stops_the_script_at_once_and_says_what_was_kept(self):
+        import signal
+        child = subprocess.Popen([sys.executable, "train_classifier.py", *map(str, self.common),
+                                  "--out", self.out, "--epochs", "1000", "--eval-freq", "1"],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in child.stdout:  # wait until training runs
+            if line.startswith("Ep 1"):
+                break
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=10)
+        self.assertEqual(child.returncode, 130)
+        self.assertIn("interrupted: nothing was written; --out still holds", err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(self.snapshot(), self.before)
+
+    def test_the_way_must_be_clear_before_training(self):
+        (self.dir / "blocked" / "classifier.pt").mkdir(parents=True)
+        self.out = self.dir / "blocked"
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), self.assertRaisesRegex(data.InputError, "in the way"):
+            tc.main([str(a) for a in [*self.common, "--out", self.out]])
+        self.assertNotIn("Ep 1", printed.getvalue())
+
+    def test_a_classifier_file_is_checked_before_use(self):
+        good = torch.load(self.out / "classifier.pt", weights_only=True)
+        nan_model = dict(good["model"])
+        nan_model["out_head.weight"] = torch.full_like(nan_model["out_head.weight"], float("nan"))
+        cases = {"max_length 0 is not within": dict(good, max_length=0),
+                 "max_length 'x' is not within": dict(good, max_length="x"),
+                 "labels are not two or more different names": dict(good, labels=["a", "a"]),
+                 "labels are not two or more different names ": dict(good, labels="ab"),
+                 "size mismatch": dict(good, labels=["a", "b", "c"]),
+                 "n_layers must be an integer": dict(good, cfg=dict(good["cfg"], n_layers=True)),
+                 "no 'labels' entry": {k: v for k, v in good.items() if k != "labels"},
+                 "out_head.weight holds NaN": dict(good, model=nan_model)}
+        for message, ckpt in cases.items():
+            with self.subTest(message):
+                path = self.dir / "bad.pt"
+                torch.save(ckpt, path)
+                with self.assertRaisesRegex(data.InputError, re.escape(message.strip())):
+                    report.load_classifier(path)
+        (self.dir / "zero.pt").symlink_to(os.devnull)
+        with self.assertRaisesRegex(data.InputError, "not a regular file"):
+            report.load_classifier(self.dir / "zero.pt")
 
 
 class TestGenerateCLI(unittest.TestCase):
@@ -968,6 +1100,9 @@ class TestGenerateCLI(unittest.TestCase):
             code, _, err = run_script("generate.py", "--temperature", bad)
             self.assertEqual(code, 2)
             self.assertIn("temperature >= 0", err)
+        code, _, err = run_script("generate.py", "--seed", str(10**30))
+        self.assertEqual(code, 2)
+        self.assertIn("must be a number >= 0", err)
 
 
 class TestDistributed(unittest.TestCase):

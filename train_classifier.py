@@ -28,15 +28,16 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data import (InputError, Progress, by_length, encode, encode_examples, load_dataset,
-                  pad_batch, run_main)
+from data import (HelpFormatter, InputError, Progress, by_length, encode, encode_examples,
+                  load_dataset, number, pad_batch, run_main)
 from load_gpt2 import get_tokenizer, load_gpt2, pick_device
 from report import (class_metrics, confusion_matrix, format_table, load_classifier, save_run,
                     unused_lines)
 from speed import FastClassifier, adamw, use_bf16
 
-EXAMPLES = ["You are a winner you have been specially selected to receive $1000 cash or a $2000 "
-            "award.", "Hey, just wanted to check if we're still on for dinner tonight? Let me know!"]
+EXAMPLES = [  # the chapter's two examples
+    "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
+    "Hey, just wanted to check if we're still on for dinner tonight? Let me know!"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def check_trainable(trainable, n_layers):
 
 
 def check_fits(args, model, tokenizer, sets, max_length, world_size):
-    """Stop before training, not after, when the data and the model do not fit together."""
+    """Stop before training, not after, when the data, the model and --out do not fit."""
     if max_length > model.cfg["context_length"]:
         raise InputError(f"--max-length {max_length} exceeds the model's context length "
                          f"{model.cfg['context_length']}")
@@ -317,6 +318,12 @@ def check_fits(args, model, tokenizer, sets, max_length, world_size):
     if len(sets["train"]) < args.batch_size * world_size:
         raise InputError(f"--batch-size {args.batch_size} x {world_size} process(es) is more than "
                          f"the {len(sets['train'])} texts of the training split; use a smaller one")
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder (it holds the run's files)")
+    for name in ("classifier.pt", "metrics.jsonl", "metrics.png", "splits"):
+        if (out / name).exists() and (out / name).is_dir() != (name == "splits"):
+            raise InputError(f"{out / name} is in the way of this run's {name}; move it away")
 
 
 def check_finite(loss, step):
@@ -333,7 +340,15 @@ def distributed(args):
     if "RANK" not in os.environ:
         yield False, 0, 1, device
         return
-    dist.init_process_group(args.backend or ("nccl" if device.startswith("cuda") else "gloo"))
+    env = {name: os.environ.get(name, "") for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    if not all(value.isdigit() for value in env.values()) or "MASTER_ADDR" not in os.environ:
+        raise InputError(f"RANK is set, so this looks like a torchrun process, but {env} and "
+                         "MASTER_ADDR are not what torchrun sets; start it with torchrun, or "
+                         "unset RANK")
+    try:
+        dist.init_process_group(args.backend or ("nccl" if device.startswith("cuda") else "gloo"))
+    except (RuntimeError, ValueError) as e:
+        raise InputError(f"the torchrun process group could not start ({str(e)[:150]})") from None
     if device.startswith("cuda"):
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
@@ -395,31 +410,11 @@ def line_chunks(stream, size=1024):
         yield chunk
 
 
-def number(kind, low=0.0, inclusive=False):
-    """An argparse type: a finite number above low (or from low on, if inclusive)."""
-    def parse(text):
-        value = kind(text)
-        if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
-            raise argparse.ArgumentTypeError(
-                f"must be a number {'>=' if inclusive else '>'} {low:g}, got {text}")
-        return value
-    return parse
-
-
 def trainable_spec(text):
     if text not in ("head", "all", "lora") and not re.fullmatch(r"last-[1-9][0-9]*", text):
         raise argparse.ArgumentTypeError(f"use head, all, lora or last-N (such as last-2), "
                                          f"got {text}")
     return text
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help keeps the docstring's layout and shows every default (in words where it is None)."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, argparse.SUPPRESS) or "(default" in action.help:
-            return action.help
-        return f"{action.help} (default: %(default)s)"
 
 
 def parse_args(argv=None):
@@ -436,11 +431,12 @@ def parse_args(argv=None):
     a("--label-column", default=None, help="the label's column (or JSON key) in --data "
       "(default: found by name in a header, else the first column)")
     a("--balance", action=argparse.BooleanOptionalAction, default=None,
-      help="undersample every label to the rarest (default: only for a file named SMSSpamCollection)")
+      help="undersample every label to the rarest; the left-out examples are then tested on their "
+      "own (default: only for a file named SMSSpamCollection)")
     a("--trainable", type=trainable_spec, default="last-1",
       help="head, last-N (last N blocks + final_norm + head), all, or lora (low-rank updates of "
       "every Linear layer, appendix E)")
-    a("--lora-rank", type=number(int), default=16, help="rank of the LoRA updates")
+    a("--lora-rank", type=number(int, high=4096), default=16, help="rank of the LoRA updates")
     a("--lora-alpha", type=number(float), default=16, help="LoRA scale: updates x alpha / rank")
     a("--epochs", type=number(int, inclusive=True), default=5, help="passes over the training data")
     a("--batch-size", type=number(int), default=8,
@@ -454,7 +450,8 @@ def parse_args(argv=None):
       help="every N steps, log training and validation loss")
     a("--eval-iter", type=number(int), default=5,
       help="batches of each split behind those losses")
-    a("--seed", type=int, default=123, help="seed for the split, the shuffling and the new head")
+    a("--seed", type=number(int, 0, inclusive=True, high=2**32 - 1), default=123,
+      help="seed for the split, the shuffling and the new head")
     a("--out", type=Path, default=Path("out"), help="folder for classifier.pt, metrics and splits")
     a("--fast", action=argparse.BooleanOptionalAction, default=True,
       help="the speed layer (same results); --no-fast runs the chapter's plain path")
@@ -474,4 +471,5 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, interrupted="interrupted: nothing was written; --out still holds the files "
+             "of its last complete run, if any")
