@@ -14,34 +14,25 @@ number. Labels are strings (a JSON integer becomes its digits), numbered in sort
 (numerically when every label is an integer).
 
 This file imports neither model.py nor load_gpt2.py: it hands token ids and lengths onward.
-Its last section is the plumbing every script shares (errors a user can fix, safe writes,
-downloads, progress lines): it lives here because every script already imports data.py.
 """
-import argparse
 import csv
 import functools
-import http.client
 import io
 import json
-import math
-import os
 import random
-import sys
-import time
-import urllib.error
-import urllib.request
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from utils import CACHE_DIR, InputError, atomic_write, download
+
 SMS_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
 
 
-def sms_spam_file(cache_dir=None):
+def sms_spam_file(cache_dir=CACHE_DIR):
     """Path of SMSSpamCollection, downloaded and extracted from the UCI zip on first use."""
-    path = Path(cache_dir or CACHE_DIR) / "sms_spam" / "SMSSpamCollection"
+    path = Path(cache_dir) / "sms_spam" / "SMSSpamCollection"
     if not path.exists():
         zip_path = path.with_name("sms_spam_collection.zip")
         if not zip_path.exists():
@@ -352,121 +343,3 @@ def pad_batch(batch, pad_id):
     for row, (ids, _) in enumerate(batch):
         input_batch[row, :len(ids)] = torch.tensor(ids)
     return input_batch, torch.tensor([label for _, label in batch]), lengths
-
-
-# ---------------------------------------------------------------------------------------------
-# Plumbing every script shares: errors a user can fix, safe writes, downloads, progress lines.
-
-# Everything this project downloads (GPT-2 weights, the SMS data) goes here.
-CACHE_DIR = Path(os.environ.get("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help keeps a script's docstring layout and shows every default (in words if None)."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, argparse.SUPPRESS) or "(default" in action.help:
-            return action.help
-        return f"{action.help} (default: %(default)s)"
-
-
-def number(kind, low=0.0, inclusive=False, high=None):
-    """An argparse type: a finite number above low (or from low on, if inclusive), at most
-    high if given."""
-    def parse(text):
-        value = kind(text)
-        if not (math.isfinite(value) and (value >= low if inclusive else value > low)
-                and (high is None or value <= high)):
-            raise argparse.ArgumentTypeError(
-                f"must be a number {'>=' if inclusive else '>'} {low:g}"
-                f"{f' and <= {high}' if high is not None else ''}, got {text}")
-        return value
-    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
-    return parse
-
-
-class InputError(Exception):
-    """A problem the user can fix (no network, a bad file, a wrong flag). The scripts print
-    its message as one sentence and exit with status 1 instead of a traceback."""
-
-
-def run_main(main, interrupted="interrupted"):
-    """How the scripts run: an InputError ends as one line on stderr and exit status 1; Ctrl-C
-    as the line interrupted (what was kept) and status 130."""
-    sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
-    try:
-        main()
-    except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        print(f"\n{interrupted}", file=sys.stderr)  # a new line: a progress line may be open
-        sys.exit(130)  # the shell's code for Ctrl-C
-
-
-@contextmanager
-def atomic_write(dest, suffix=".tmp"):
-    """Yield a temporary path beside dest; it becomes dest only if the block completes, so an
-    interrupted run never leaves a half-written file that looks finished."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}{suffix}")  # pid: two runs never share one
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def download(url, dest, hint=""):
-    """Fetch url into dest (via dest.part), showing progress on stderr. hint: what else the user
-    can do, added to the no-network message."""
-    dest = Path(dest)
-    try:
-        with atomic_write(dest, ".part") as part, \
-                urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0)
-            progress, done = Progress(f"downloading {dest.name}", total / 1e6, "MB"), 0
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                done += len(chunk)
-                progress.show(done / 1e6)
-            progress.end()
-            if total and done != total:
-                raise http.client.IncompleteRead(b"", total - done)
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
-        reason = getattr(e, "reason", None) or e.__class__.__name__
-        raise InputError(f"could not download {url} ({reason}); check the network, or download "
-                         f"it another way and place it at {dest}{hint}") from None
-    except OSError as e:  # the network was fine; the disk was not
-        raise InputError(f"could not write {dest} ({e.strerror or e})") from None
-
-
-class Progress:
-    """One status line on stderr for a long phase: done/total, rate and time left. On a terminal
-    it is redrawn in place; in a log file or CI it is printed every few seconds instead."""
-
-    def __init__(self, what, total, unit):
-        self.what, self.total, self.unit = what, total, unit
-        self.start = self.shown = time.time()
-        self.tty, self.drawn = sys.stderr.isatty(), False
-
-    def show(self, done):
-        now, finished = time.time(), self.total and done >= self.total
-        if now - self.shown < (0.2 if self.tty else 5.0) and not finished:
-            return
-        rate = done / max(now - self.start, 1e-9)
-        fmt = ".1f" if self.unit == "MB" else ",.0f"
-        line = f"{self.what}: {done:{fmt}}"
-        if self.total:  # unknown (0) for a download without a Content-Length
-            line += f"/{self.total:{fmt}} {self.unit} ({done / self.total:.0%})"
-            left = (self.total - done) / max(rate, 1e-9)
-            line += f", {rate:{fmt}} {self.unit}/s, {left:.0f} s left"
-        else:
-            line += f" {self.unit}, {rate:{fmt}} {self.unit}/s"
-        print(f"\r{line}\033[K" if self.tty else line, end="" if self.tty else "\n",
-              file=sys.stderr, flush=True)
-        self.shown, self.drawn = now, True
-
-    def end(self):
-        if self.tty and self.drawn:
-            print(file=sys.stderr)

@@ -10,7 +10,7 @@ import codecs
 
 import torch
 
-from data import HelpFormatter, InputError, number, run_main
+from utils import HelpFormatter, InputError, number, run_main
 from load_gpt2 import get_tokenizer, load_gpt2, pick_device
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import tiktoken
 import torch
 
-from data import CACHE_DIR, InputError, download
+from utils import CACHE_DIR, InputError, download
 from model import ALIASES, BASE_CONFIG, GPT_CONFIGS, GPTModel, check_config, get_config, model_name
 
 URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.safetensors"

@@ -17,17 +17,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from data import InputError, atomic_write, write_splits
+from data import write_splits
 from load_gpt2 import check_finite
 from model import GPTModel
+from utils import InputError, atomic_write, tracked
 
 
 @torch.no_grad()
-def confusion_matrix(data_loader, model, device, num_classes):
+def confusion_matrix(data_loader, model, device, num_classes, what="evaluating"):
     """(num_classes, num_classes) counts: row = true label, column = predicted label."""
     model.eval()
     counts = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for input_batch, target_batch, lengths in data_loader:
+    for input_batch, target_batch, lengths in tracked(data_loader, what, "batches"):
         logits = model(input_batch.to(device))[torch.arange(len(lengths)), lengths - 1]
         pairs = target_batch * num_classes + logits.argmax(dim=-1).cpu()
         counts += torch.bincount(pairs, minlength=num_classes ** 2).view(num_classes, num_classes)

@@ -7,40 +7,68 @@ saves, and why the numbers stay the same:
   - Frozen-prefix cache. The frozen bottom (embeddings and the blocks below the first trainable
     one) has no dropout and takes no gradient, so it maps a text to the same output every time.
     It runs once per text, in length-sorted batches (almost no padding), and is kept; every step
-    and every epoch then runs only the trainable top. In float32: tokens x emb_dim x 4 bytes.
+    and every epoch then runs only the trainable top. In float32: tokens x emb_dim x 4 bytes,
+    kept in RAM when that fits --cache-mb, otherwise in a memory-mapped temporary file: reading
+    it back costs far less than recomputing the blocks.
   - The last block at the last token only: the head reads nothing else, so that block computes
     one query per text (its keys and values still come from every position).
   - bfloat16 autocast on GPUs that support it, optional torch.compile, fused AdamW.
 Tests check that losses and weights with and without it agree to 1e-5 in float32.
 """
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import Progress, pad_batch
+from data import pad_batch
+from utils import Progress
 
 
 class FastClassifier(nn.Module):
-    """A classifier from train_classifier.build_classifier, computed with less work."""
+    """A classifier from train_classifier.build_classifier, computed with less work.
+    cache: "auto" keeps the frozen bottom's outputs in RAM when they fit cache_mb and in a
+    temporary file in cache_dir (memory-mapped, deleted at exit) when not; "ram", "disk", "off"."""
 
-    def __init__(self, model, pad_id, bf16=False, compile=False, cache_mb=2048, texts=()):
+    def __init__(self, model, pad_id, bf16=False, compile=False, texts=(), cache="auto",
+                 cache_mb=2048, cache_dir="."):
         super().__init__()
         self.model, self.pad_id, self.bf16 = model, pad_id, bf16
         self.n_bottom = frozen_bottom(model)
-        emb_bytes = model.cfg["emb_dim"] * model.tok_emb.weight.element_size()
-        mb = sum(map(len, texts)) * emb_bytes / 2**20
+        n_tokens, C = sum(map(len, texts)), model.cfg["emb_dim"]
+        mb = n_tokens * C * 4 / 2**20  # float32
+        if cache == "auto":
+            cache = "ram" if mb <= cache_mb else "disk"
         why_not = ("no frozen blocks" if self.n_bottom == 0
                    else "dropout is on" if model.cfg["drop_rate"]
-                   else f"{mb:.0f} MB > --cache-mb {cache_mb:g}" if mb > cache_mb else None)
-        self.cache = None if why_not else {}  # a text's token ids (bytes) -> its (T, C) output
-        self.note = "frozen-prefix cache " + (f"off ({why_not})" if why_not else
-                                              f"on ({self.n_bottom} blocks, {mb:.0f} MB)")
+                   else "not asked for" if cache == "off" or not texts else None)
+        if not why_not and cache == "disk":
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(cache_dir).free < 1.1 * mb * 2**20:
+                why_not = f"{mb:,.0f} MB do not fit the free disk space in {cache_dir}"
+        # Every cached text's rows, one after another in one (tokens, C) buffer; index: a text's
+        # token ids (as bytes) -> (first row, length). On disk, the OS pages the file in and out.
+        self.index, self.store = {}, None
+        if why_not:
+            self.note = f"frozen-prefix cache off ({why_not})"
+        elif cache == "ram":
+            self.store = torch.empty(n_tokens, C, device=model.tok_emb.weight.device)
+            self.note = f"frozen-prefix cache in RAM ({self.n_bottom} blocks, {mb:,.0f} MB)"
+        else:
+            self.file = tempfile.TemporaryFile(dir=cache_dir, prefix="prefix-cache-")
+            self.store = torch.from_numpy(np.memmap(self.file, np.float32, "w+",
+                                                    shape=(n_tokens, C)))
+            self.note = (f"frozen-prefix cache on disk ({self.n_bottom} blocks, {mb:,.0f} MB in a "
+                         f"temporary file in {cache_dir}, deleted at exit)")
         self.note += "; last block at the last token only" + ("; bfloat16" if bf16 else "")
         if compile:
             for block in model.trf_blocks[self.n_bottom:-1]:
                 block.compile()
             self.note += "; compiled"
-        if self.cache is not None:
+        if self.store is not None:
             self.fill(texts)
 
     def forward(self, input_batch):  # (B, T) -> (B, T, num_classes), set at last tokens only
@@ -57,11 +85,13 @@ class FastClassifier(nn.Module):
         return out.index_put((rows, last), logits)  # NaN where the loop never reads
 
     def bottom(self, input_batch, lengths):  # (B, T) -> (B, T, C), from the cache if on
-        if self.cache is not None:
-            ids = input_batch.cpu().numpy()
-            keys = [ids[row, :n].tobytes() for row, n in enumerate(lengths.tolist())]
-            if all(key in self.cache for key in keys):  # zeros after each end: never read
-                return nn.utils.rnn.pad_sequence([self.cache[k] for k in keys], batch_first=True)
+        ids = input_batch.cpu().numpy()
+        keys = [ids[row, :n].tobytes() for row, n in enumerate(lengths.tolist())]
+        if self.store is not None and all(key in self.index for key in keys):
+            parts = [self.store[start:start + n] for start, n in map(self.index.get, keys)]
+            # zeros after each text's end: causal attention never reads them
+            x = nn.utils.rnn.pad_sequence(parts, batch_first=True)
+            return x.to(input_batch.device, self.model.tok_emb.weight.dtype)
         with torch.no_grad():  # a text not cached (not trained on): computed, not kept
             return self.run_bottom(input_batch)
 
@@ -76,15 +106,17 @@ class FastClassifier(nn.Module):
         """Compute every text's bottom output once, before training, with a progress line."""
         texts = sorted(texts, key=len)  # similar lengths together: little padding
         progress = Progress("caching the frozen blocks", len(texts), "texts")
-        device = self.model.tok_emb.weight.device
+        device, end = self.model.tok_emb.weight.device, 0
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
             input_batch, _, _ = pad_batch([(t, 0) for t in batch], self.pad_id)
             with torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
                 out = self.run_bottom(input_batch.to(device))  # (B, T, C)
-            for row, t in enumerate(batch):  # a copy: a view would keep the whole batch alive
+            for row, t in enumerate(batch):
                 key = torch.tensor(t).numpy().tobytes()
-                self.cache[key] = out[row, :len(t)].to(self.model.tok_emb.weight.dtype, copy=True)
+                if key not in self.index:  # a text that occurs twice is kept once
+                    self.store[end:end + len(t)] = out[row, :len(t)]
+                    self.index[key], end = (end, len(t)), end + len(t)
             progress.show(start + len(batch))
         progress.end()
 

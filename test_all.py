@@ -31,6 +31,7 @@ import model as gpt
 import report
 import speed
 import train_classifier as tc
+import utils
 
 ROOT = Path(__file__).resolve().parent
 FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tiny"
@@ -41,7 +42,7 @@ SMS = ROOT.parent / "shared" / "data" / "SMSSpamCollection"
 def real_tokenizer():
     try:
         return load_gpt2.get_tokenizer()
-    except data.InputError as e:
+    except utils.InputError as e:
         return str(e)
 
 
@@ -171,7 +172,7 @@ class TestModel(unittest.TestCase):
         self.assertEqual(sum(p.numel() for p in model.parameters() if p.requires_grad), 7_090_946)
         for bad in ("last-13", "last-0", "last-x", "bottom"):
             with self.subTest(bad), torch.device("meta"), \
-                    self.assertRaisesRegex(data.InputError, "last-N with 1 <= N <= 12"):
+                    self.assertRaisesRegex(utils.InputError, "last-N with 1 <= N <= 12"):
                 tc.build_classifier(gpt.GPTModel(gpt.get_config("gpt2-small")), 2, bad)
 
     def test_lora_trainable_count_matches_appendix_e(self):
@@ -297,7 +298,7 @@ class TestLoadGPT2(unittest.TestCase):
 
     def test_without_config_json_a_non_released_size_is_a_clear_error(self):
         folder = write_checkpoint(tmpdir(self), random_hf_arrays(), 4, config=False)
-        with self.assertRaisesRegex(data.InputError, "no config.json and its tensors match no released"):
+        with self.assertRaisesRegex(utils.InputError, "no config.json and its tensors match no released"):
             load_gpt2.load_gpt2(folder)
 
     def test_damaged_files_are_clear_errors(self):
@@ -324,7 +325,7 @@ class TestLoadGPT2(unittest.TestCase):
                 folder = tmpdir(self)
                 (folder / "model.safetensors").write_bytes(content)
                 (folder / "config.json").write_bytes((good.parent / "config.json").read_bytes())
-                with self.assertRaises(data.InputError) as e:
+                with self.assertRaises(utils.InputError) as e:
                     load_gpt2.load_gpt2(folder)
                 self.assertIn(str(folder / "model.safetensors"), str(e.exception))
                 self.assertIn("delete it and download it again", str(e.exception))
@@ -338,12 +339,12 @@ class TestLoadGPT2(unittest.TestCase):
                          (extra, "h.0.attn.rotary")):
             with self.subTest(key):
                 folder = write_checkpoint(tmpdir(self), bad, 4)
-                with self.assertRaisesRegex(data.InputError, f"{re.escape(str(folder))}.*{re.escape(key)}"):
+                with self.assertRaisesRegex(utils.InputError, f"{re.escape(str(folder))}.*{re.escape(key)}"):
                     load_gpt2.load_gpt2(folder)
 
     def test_unknown_model_name_lists_the_valid_ones(self):
         for pretrained in (True, False):
-            with self.assertRaisesRegex(data.InputError, "unknown model 'gpt-5'.*gpt2-xl.*or a folder"):
+            with self.assertRaisesRegex(utils.InputError, "unknown model 'gpt-5'.*gpt2-xl.*or a folder"):
                 load_gpt2.load_gpt2("gpt-5", pretrained=pretrained)
 
     def test_bad_config_json_is_a_clear_error(self):
@@ -359,19 +360,19 @@ class TestLoadGPT2(unittest.TestCase):
             with self.subTest(message):
                 (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
                 for pretrained in (True, False):  # checked before anything is allocated
-                    with self.assertRaisesRegex(data.InputError, "is not a usable GPT-2 config.json "
+                    with self.assertRaisesRegex(utils.InputError, "is not a usable GPT-2 config.json "
                                                 f".*{re.escape(message)}"):
                         load_gpt2.load_gpt2(folder, pretrained=pretrained)
         (folder / "config.json").unlink()
         (folder / "config.json").symlink_to(os.devnull)  # a device: never read
-        with self.assertRaisesRegex(data.InputError, "not a regular file of at most 1,000,000"):
+        with self.assertRaisesRegex(utils.InputError, "not a regular file of at most 1,000,000"):
             load_gpt2.load_gpt2(folder)
 
     def test_weights_that_are_not_finite_are_refused(self):
         arrays = random_hf_arrays()
         arrays["h.1.mlp.c_fc.weight"][3, 5] = np.nan
         folder = write_checkpoint(tmpdir(self), arrays, 4)
-        with self.assertRaisesRegex(data.InputError, "trf_blocks.1.ff.layers.0.weight holds NaN"):
+        with self.assertRaisesRegex(utils.InputError, "trf_blocks.1.ff.layers.0.weight holds NaN"):
             load_gpt2.load_gpt2(folder)
 
     def test_tokenizer_ids(self):
@@ -414,23 +415,23 @@ class TestDownloads(unittest.TestCase):
         dest = tmpdir(self) / "sub" / "file.bin"
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            data.download(self.serve(body), dest)
+            utils.download(self.serve(body), dest)
         self.assertEqual(dest.read_bytes(), body)
         self.assertFalse(dest.with_name("file.bin.part").exists())
         self.assertIn("3.0/3.0 MB (100%)", err.getvalue())
 
     def test_a_cut_download_leaves_no_file(self):
         dest = tmpdir(self) / "file.bin"
-        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(data.InputError) as e:
-            data.download(self.serve(b"x" * 1000, lie=500), dest)
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(utils.InputError) as e:
+            utils.download(self.serve(b"x" * 1000, lie=500), dest)
         self.assertIn("place it at", str(e.exception))
         self.assertEqual(list(dest.parent.iterdir()), [])  # neither file.bin nor file.bin.part
 
     def test_no_network_names_the_url_and_the_place_for_the_file(self):
         dest = tmpdir(self) / "file.bin"
         url = "http://127.0.0.1:9/model.safetensors"  # port 9 (discard): connection refused
-        with self.assertRaises(data.InputError) as e:
-            data.download(url, dest)
+        with self.assertRaises(utils.InputError) as e:
+            utils.download(url, dest)
         self.assertIn(url, str(e.exception))
         self.assertIn(str(dest), str(e.exception))
 
@@ -455,7 +456,7 @@ class TestDownloads(unittest.TestCase):
         (cache / "sms_spam").mkdir()
         with zipfile.ZipFile(cache / "sms_spam" / "sms_spam_collection.zip", "w") as z:
             z.writestr("../../evil", "x")
-        with self.assertRaisesRegex(data.InputError, "delete it and run again"):
+        with self.assertRaisesRegex(utils.InputError, "delete it and run again"):
             data.sms_spam_file(cache)
         self.assertEqual(sorted(p.name for p in (cache / "sms_spam").iterdir()), ["sms_spam_collection.zip"])
 
@@ -482,7 +483,7 @@ class TestData(unittest.TestCase):
 
     def test_too_few_examples_and_optional_balancing(self):
         path = self.write("small.tsv", "".join(f"{'ab'[i % 2]}\ttext {i}\n" for i in range(6)))
-        with self.assertRaisesRegex(data.InputError, "leave the validation or test split empty"):
+        with self.assertRaisesRegex(utils.InputError, "leave the validation or test split empty"):
             data.load_dataset(path)
         path = self.write("skewed.tsv", "".join(f"{'a' if i < 30 else 'b'}\ttext {i}\n" for i in range(40)))
         self.assertEqual(sum(len(v) for v in data.load_dataset(path)[0].values()), 40)  # off for custom data
@@ -493,7 +494,7 @@ class TestData(unittest.TestCase):
         self.assertEqual(sorted(unused + [ex for split in balanced.values() for ex in split]),
                          sorted(data.read_examples(path)))  # every example in exactly one split
         path = self.write("rare.tsv", "".join(f"a\ttext {i}\n" for i in range(30)) + "b\tonly one\n")
-        with self.assertRaisesRegex(data.InputError, "keeps 1 example.* as many as 'b' has"):
+        with self.assertRaisesRegex(utils.InputError, "keeps 1 example.* as many as 'b' has"):
             data.load_dataset(path, balance_classes=True)
 
     def test_malformed_lines_name_the_file_and_line(self):
@@ -506,7 +507,7 @@ class TestData(unittest.TestCase):
         for what, (content, message) in cases.items():
             with self.subTest(what):
                 path = self.write("bad.csv" if "quote" in what or "tab" in what else "bad.tsv", content)
-                with self.assertRaises(data.InputError) as e:
+                with self.assertRaises(utils.InputError) as e:
                     data.read_examples(path)
                 self.assertIn(message, str(e.exception))
                 self.assertTrue(str(e.exception).startswith(str(path)))
@@ -524,7 +525,7 @@ class TestData(unittest.TestCase):
         splits, labels = data.load_dataset(folder)
         self.assertEqual((labels, [len(splits[k]) for k in ("train", "validation", "test")]), (["a", "b"], [2, 1, 1]))
         (folder / "test.tsv").write_text("b\tfour\nc\tfive\n", encoding="utf-8")
-        with self.assertRaisesRegex(data.InputError, r"test.tsv, line 2: label 'c' never appears"):
+        with self.assertRaisesRegex(utils.InputError, r"test.tsv, line 2: label 'c' never appears"):
             data.load_dataset(folder)
 
     def test_split_files_round_trip(self):
@@ -561,7 +562,7 @@ class TestData(unittest.TestCase):
         self.assertNotIn(tok.eot_token, ids[0])
         self.assertEqual(tok.decode(ids[0]), "win <|endoftext|> now")
         self.assertEqual(ids[1], tok.encode_ordinary("word " * 500)[:100])  # the start is kept
-        with self.assertRaisesRegex(data.InputError, "empty text"):
+        with self.assertRaisesRegex(utils.InputError, "empty text"):
             data.encode(tok, [""], 10)
 
     def test_batches_are_padded_to_their_own_longest_row(self):
@@ -583,7 +584,7 @@ class TestDataLayouts(unittest.TestCase):
         return path
 
     def assert_error(self, path, message, **columns):
-        with self.assertRaises(data.InputError) as e:
+        with self.assertRaises(utils.InputError) as e:
             data.load_dataset(path, **columns)
         self.assertEqual(str(e.exception), f"{path}{message}")
 
@@ -626,7 +627,7 @@ class TestDataLayouts(unittest.TestCase):
         path = self.write("keys.jsonl", '{"body": "hi", "stars": 5}\n')
         self.assertEqual(data.read_examples(path, text_column="body", label_column="stars"),
                          [("5", "hi")])
-        with self.assertRaisesRegex(data.InputError, "both column 'stars'; name two different"):
+        with self.assertRaisesRegex(utils.InputError, "both column 'stars'; name two different"):
             data.read_examples(path, text_column="stars", label_column="stars")
 
     def test_unclear_or_missing_columns_give_a_one_line_hint(self):
@@ -679,7 +680,7 @@ class TestDataLayouts(unittest.TestCase):
         for what, (name, content, message) in cases.items():
             with self.subTest(what):
                 path = self.write(name, content)
-                with self.assertRaises(data.InputError) as e:
+                with self.assertRaises(utils.InputError) as e:
                     data.read_examples(path)
                 self.assertEqual(str(e.exception), f"{path}, {message}")
 
@@ -694,7 +695,7 @@ class TestDataLayouts(unittest.TestCase):
             {"train": [("1", "one"), ("2", "two")], "validation": [("1", "three")],
              "test": [("2", "four")]}, ["1", "2"]))
         self.write("test.jsonl", line("four", 2) + line("five", 3), folder)
-        with self.assertRaisesRegex(data.InputError, r"test.jsonl, line 2: label '3' never appears"):
+        with self.assertRaisesRegex(utils.InputError, r"test.jsonl, line 2: label '3' never appears"):
             data.load_dataset(folder, **columns)
 
 
@@ -850,7 +851,9 @@ class TestTrainClassifier(unittest.TestCase):
                 losses = lambda out: [(r["train_loss"], r["val_loss"]) for r in self.records(out)
                                       if "val_loss" in r]
                 self.assertEqual(len(losses("plain")), 2 * 4)
-                for fast_flags, note in ((), "frozen-prefix cache on"), (("--cache-mb", "0"), "cache off"):
+                for fast_flags, note in (((), "frozen-prefix cache in RAM"),
+                                         (("--cache-mb", "0"), "frozen-prefix cache on disk"),
+                                         (("--cache", "off"), "frozen-prefix cache off")):
                     fast, log = self.train(*flags, *fast_flags, out="fast")
                     self.assertIn(note, log)
                     for x, y in zip(losses("fast"), losses("plain"), strict=True):
@@ -1019,7 +1022,7 @@ class TestNothingLost(unittest.TestCase):
                  "training diverged; try a smaller --lr": ["--lr", "1e30", "--trainable", "all"],
                  "is more than the 16 texts of the training split": ["--batch-size", "17"]}
         for message, args in cases.items():
-            with self.subTest(message), self.assertRaisesRegex(data.InputError, re.escape(message)):
+            with self.subTest(message), self.assertRaisesRegex(utils.InputError, re.escape(message)):
                 self.main(*args)
             self.assertEqual(self.snapshot(), self.before)
         self.assertEqual(list(self.out.glob(".incomplete*")), [])
@@ -1058,7 +1061,7 @@ class TestNothingLost(unittest.TestCase):
         (self.dir / "blocked" / "classifier.pt").mkdir(parents=True)
         self.out = self.dir / "blocked"
         printed = io.StringIO()
-        with contextlib.redirect_stdout(printed), self.assertRaisesRegex(data.InputError, "in the way"):
+        with contextlib.redirect_stdout(printed), self.assertRaisesRegex(utils.InputError, "in the way"):
             tc.main([str(a) for a in [*self.common, "--out", self.out]])
         self.assertNotIn("Ep 1", printed.getvalue())
 
@@ -1078,10 +1081,10 @@ class TestNothingLost(unittest.TestCase):
             with self.subTest(message):
                 path = self.dir / "bad.pt"
                 torch.save(ckpt, path)
-                with self.assertRaisesRegex(data.InputError, re.escape(message.strip())):
+                with self.assertRaisesRegex(utils.InputError, re.escape(message.strip())):
                     report.load_classifier(path)
         (self.dir / "zero.pt").symlink_to(os.devnull)
-        with self.assertRaisesRegex(data.InputError, "not a regular file"):
+        with self.assertRaisesRegex(utils.InputError, "not a regular file"):
             report.load_classifier(self.dir / "zero.pt")
 
 
@@ -1122,7 +1125,7 @@ class TestDistributed(unittest.TestCase):
         ranks = [torch.load(folder / "ranks" / f"{r}.pt", weights_only=True) for r in (0, 1)]
         with contextlib.redirect_stdout(io.StringIO()):
             single = tc.main([str(a) for a in [*common, "--batch-size", "4", "--out", folder / "one"]]).state_dict()
-        self.assertIn("frozen-prefix cache on", out)
+        self.assertIn("frozen-prefix cache in RAM", out)
         for name, p in ranks[0].items():
             self.assertTrue(torch.equal(p, ranks[1][name]), name)
         assert_same_weights(self, ranks[0], single)

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data import (HelpFormatter, InputError, Progress, by_length, encode, encode_examples,
-                  load_dataset, number, pad_batch, run_main)
+from data import by_length, encode, encode_examples, load_dataset, pad_batch
 from load_gpt2 import get_tokenizer, load_gpt2, pick_device
 from report import (class_metrics, confusion_matrix, format_table, load_classifier, save_run,
                     unused_lines)
 from speed import FastClassifier, adamw, use_bf16
+from utils import HelpFormatter, InputError, Progress, number, run_main, tracked
 
 EXAMPLES = [  # the chapter's two examples
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -145,6 +145,11 @@ def calc_accuracy_loader(data_loader, model, device, num_batches=None):
     return correct / total
 
 
+def num_batches(data_loader, eval_iter, whole_up_to=5000):
+    """Batches to measure after each epoch: all of a split of up to 5,000 texts, else eval_iter."""
+    return None if len(data_loader.dataset) <= whole_up_to else eval_iter
+
+
 def evaluate_model(model, train_loader, val_loader, device, eval_iter):
     """Training and validation loss over eval_iter batches each, in eval mode."""
     model.eval()
@@ -165,7 +170,8 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
     for epoch in range(1, num_epochs + 1):
         model.train()
         train_loader.sampler.set_epoch(epoch)  # a new seeded shuffle each epoch
-        for input_batch, target_batch, lengths in train_loader:
+        for input_batch, target_batch, lengths in tracked(train_loader, f"epoch {epoch}",
+                                                          "batches", show=master_process):
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, lengths, model, device)
             loss.backward()  # under torchrun, gradients are averaged across processes here
@@ -184,9 +190,12 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
                       f"{record['examples_per_s']:.1f} ex/s | {time.time() - start:.1f} s")
                 tick, seen_at_tick = time.time(), examples_seen  # ex/s: training steps only
         if master_process:
-            # The chapter measures accuracy on eval_iter batches here; we take whole splits.
-            train_accuracy = calc_accuracy_loader(train_loader, model, device)
-            val_accuracy = calc_accuracy_loader(val_loader, model, device)
+            # The chapter measures accuracy on eval_iter batches here; we take whole splits
+            # unless they are large (IMDB-sized): the final report always takes them whole.
+            train_accuracy = calc_accuracy_loader(train_loader, model, device,
+                                                  num_batches(train_loader, eval_iter))
+            val_accuracy = calc_accuracy_loader(val_loader, model, device,
+                                                num_batches(val_loader, eval_iter))
             history.append({"epoch": epoch, "train_acc": train_accuracy, "val_acc": val_accuracy,
                             "elapsed_s": time.time() - start})
             print(f"Training accuracy: {train_accuracy:.2%} | Validation accuracy: "
@@ -216,7 +225,7 @@ def classify(model, tokenizer, texts, label_names, max_length, batch_size=32):
 def final_report(model, loaders, labels, device, start):
     """Every split in full: accuracy, and for validation and test the confusion matrix with
     precision, recall and F1 per label (report.py). Returns the last record of metrics.jsonl."""
-    confusion = {name: confusion_matrix(loader, model, device, len(labels))
+    confusion = {name: confusion_matrix(loader, model, device, len(labels), f"evaluating {name}")
                  for name, loader in loaders.items() if len(loader.dataset)}
     record = {"final": True, "labels": labels, "elapsed_s": time.time() - start}
     for name, counts in confusion.items():
@@ -276,7 +285,7 @@ def main(argv=None):
         if args.fast:  # speed.py: the same logits, computed with less work
             texts = [ids for name in ("train", "validation", "test") for ids, _ in sets[name]]
             net = FastClassifier(model, tokenizer.eot_token, use_bf16(args.dtype, device),
-                                 args.compile, args.cache_mb, texts)
+                                 args.compile, texts, args.cache, args.cache_mb, args.out)
             log(f"speed layer: {net.note}")
         optimizer = adamw(params, args.fast, lr=args.lr, weight_decay=args.weight_decay)
 
@@ -449,7 +458,8 @@ def parse_args(argv=None):
     a("--eval-freq", type=number(int), default=50,
       help="every N steps, log training and validation loss")
     a("--eval-iter", type=number(int), default=5,
-      help="batches of each split behind those losses")
+      help="batches of each split behind those losses, and behind the accuracies after each "
+      "epoch for a split of over 5,000 texts (smaller splits are measured whole)")
     a("--seed", type=number(int, 0, inclusive=True, high=2**32 - 1), default=123,
       help="seed for the split, the shuffling and the new head")
     a("--out", type=Path, default=Path("out"), help="folder for classifier.pt, metrics and splits")
@@ -459,8 +469,10 @@ def parse_args(argv=None):
     a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
       help="bfloat16 autocast with --fast (auto: on CUDA when supported)")
     a("--compile", action="store_true", help="torch.compile the trained blocks (worth it on GPUs)")
+    a("--cache", choices=["auto", "ram", "disk", "off"], default="auto",
+      help="where the frozen-prefix cache lives (auto: in RAM up to --cache-mb, else on disk)")
     a("--cache-mb", type=number(float, inclusive=True), default=2048,
-      help="memory budget of the frozen-prefix cache; 0 turns it off")
+      help="RAM budget of the frozen-prefix cache, in MB")
     a("--backend", default=None, help="torchrun process-group backend (default: nccl on CUDA, "
       "else gloo)")
     a("--predict", nargs="+", metavar="TEXT", help="label these texts with the saved classifier "

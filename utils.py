@@ -1,0 +1,142 @@
+"""What every script shares: errors a user can fix, safe writes, downloads, progress lines,
+and argparse helpers. Nothing here knows about GPT-2 or data; skip it on a first reading.
+"""
+import argparse
+import http.client
+import math
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+# Everything this project downloads (GPT-2 weights, the SMS data) goes here.
+CACHE_DIR = Path(os.environ.get("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help keeps a script's docstring layout and shows every default (in words if None)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, argparse.SUPPRESS) or "(default" in action.help:
+            return action.help
+        return f"{action.help} (default: %(default)s)"
+
+
+def number(kind, low=0.0, inclusive=False, high=None):
+    """An argparse type: a finite number above low (or from low on, if inclusive), at most
+    high if given."""
+    def parse(text):
+        value = kind(text)
+        if not (math.isfinite(value) and (value >= low if inclusive else value > low)
+                and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(
+                f"must be a number {'>=' if inclusive else '>'} {low:g}"
+                f"{f' and <= {high}' if high is not None else ''}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
+    return parse
+
+
+class InputError(Exception):
+    """A problem the user can fix (no network, a bad file, a wrong flag). The scripts print
+    its message as one sentence and exit with status 1 instead of a traceback."""
+
+
+def run_main(main, interrupted="interrupted"):
+    """How the scripts run: an InputError ends as one line on stderr and exit status 1; Ctrl-C
+    as the line interrupted (what was kept) and status 130."""
+    sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
+    try:
+        main()
+    except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print(f"\n{interrupted}", file=sys.stderr)  # a new line: a progress line may be open
+        sys.exit(130)  # the shell's code for Ctrl-C
+
+
+@contextmanager
+def atomic_write(dest, suffix=".tmp"):
+    """Yield a temporary path beside dest; it becomes dest only if the block completes, so an
+    interrupted run never leaves a half-written file that looks finished."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}{suffix}")  # pid: two runs never share one
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download(url, dest, hint=""):
+    """Fetch url into dest (via dest.part), showing progress on stderr. hint: what else the user
+    can do, added to the no-network message."""
+    dest = Path(dest)
+    try:
+        with atomic_write(dest, ".part") as part, \
+                urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0)
+            progress, done = Progress(f"downloading {dest.name}", total / 1e6, "MB", 0), 0
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                done += len(chunk)
+                progress.show(done / 1e6)
+            progress.end()
+            if total and done != total:
+                raise http.client.IncompleteRead(b"", total - done)
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
+        reason = getattr(e, "reason", None) or e.__class__.__name__
+        raise InputError(f"could not download {url} ({reason}); check the network, or download "
+                         f"it another way and place it at {dest}{hint}") from None
+    except OSError as e:  # the network was fine; the disk was not
+        raise InputError(f"could not write {dest} ({e.strerror or e})") from None
+
+
+class Progress:
+    """One status line on stderr for a long phase: done/total, rate and time left. Silent for
+    phases shorter than quiet_s seconds; then redrawn in place on a terminal (and cleared when
+    the phase ends), or printed every few seconds in a log file or CI."""
+
+    def __init__(self, what, total, unit, quiet_s=2.0):
+        self.what, self.total, self.unit = what, total, unit
+        self.start = time.time()
+        self.shown = self.start + quiet_s - (0.2 if sys.stderr.isatty() else 5.0)
+        self.tty, self.drawn = sys.stderr.isatty(), False
+
+    def show(self, done):
+        now, finished = time.time(), self.total and done >= self.total
+        if now - self.shown < (0.2 if self.tty else 5.0) and not (finished and self.drawn):
+            return
+        rate = done / max(now - self.start, 1e-9)
+        fmt = ".1f" if self.unit == "MB" else ",.0f"
+        line = f"{self.what}: {done:{fmt}}"
+        if self.total:  # unknown (0) for a download without a Content-Length
+            line += f"/{self.total:{fmt}} {self.unit} ({done / self.total:.0%})"
+            left = (self.total - done) / max(rate, 1e-9)
+            line += f", {rate:{fmt}} {self.unit}/s, {left:.0f} s left"
+        else:
+            line += f" {self.unit}, {rate:{fmt}} {self.unit}/s"
+        # On a terminal the cursor goes back to the line's start: the next line printed on
+        # stdout overwrites it.
+        print(f"\r{line}\033[K\r" if self.tty else line, end="" if self.tty else "\n",
+              file=sys.stderr, flush=True)
+        self.shown, self.drawn = now, True
+
+    def end(self):
+        if self.tty and self.drawn:
+            print("\033[K", end="", file=sys.stderr, flush=True)
+
+
+def tracked(items, what, unit, show=True):
+    """Iterate over items (a list or a DataLoader) with a Progress line."""
+    progress = Progress(what, len(items), unit) if show else None
+    for done, item in enumerate(items, 1):
+        yield item
+        if progress:
+            progress.show(done)
+    if progress:
+        progress.end()
