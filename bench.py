@@ -31,7 +31,8 @@ from model import GPTModel, get_config
 
 
 def machine():
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")
 
 
 def textbook_recipe(data, epochs=5, batch_size=8, max_length=120, seed=123):
@@ -49,7 +50,8 @@ def textbook_recipe(data, epochs=5, batch_size=8, max_length=120, seed=123):
 
     train, val = tensors("train"), tensors("validation")
     torch.manual_seed(seed)
-    model = train_classifier.build_classifier(GPTModel(get_config("gpt2-small")), len(labels), "last-1")
+    model = train_classifier.build_classifier(GPTModel(get_config("gpt2-small")),
+                                              len(labels), "last-1")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5,
                                   weight_decay=0.1)  # the textbook's, not fused
 
@@ -92,7 +94,8 @@ def bench_train(args):
         train_classifier.main(["--init", "random", "--out", out]
                               + (["--data", args.data] if args.data else []))
         ours = time.time() - start
-    print(f"\nours (whole run: load, 5 epochs, full-split accuracies, save): {ours:.1f} s", flush=True)
+    print(f"\nours (whole run: load, 5 epochs, full-split accuracies, save): {ours:.1f} s",
+          flush=True)
     recipe, steps = textbook_recipe(args.data)
     print(f"textbook recipe (training loop only, {steps} steps): {recipe:.1f} s")
     print(f"speed-up: {recipe / ours:.1f}x")
@@ -136,8 +139,9 @@ def bench_generate(args):
             t_hf, ids_hf = timed(lambda: hf.generate(
                 prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
                 do_sample=False, use_cache=True, pad_token_id=0))
-        print(f"  transformers generate (cache): {n / t_hf:6.1f} tokens/s -> ours is {t_hf / t_cache:.2f}x "
-              f"its speed; same tokens: {torch.equal(ids, ids_hf)}")
+        print(f"  transformers generate (cache): {n / t_hf:6.1f} tokens/s "
+              f"-> ours is {t_hf / t_cache:.2f}x its speed; "
+              f"same tokens: {torch.equal(ids, ids_hf)}")
 
 
 def bench_memory(args):
@@ -145,7 +149,8 @@ def bench_memory(args):
     C, L, V, T = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"], cfg["context_length"]
     shapes = {"wte.weight": [V, C], "wpe.weight": [T, C], "ln_f.weight": [C], "ln_f.bias": [C]}
     for i in range(L):
-        for name, shape in {"ln_1.weight": [C], "ln_1.bias": [C], "ln_2.weight": [C], "ln_2.bias": [C],
+        for name, shape in {"ln_1.weight": [C], "ln_1.bias": [C],
+                            "ln_2.weight": [C], "ln_2.bias": [C],
                             "attn.c_attn.weight": [C, 3 * C], "attn.c_attn.bias": [3 * C],
                             "attn.c_proj.weight": [C, C], "attn.c_proj.bias": [C],
                             "mlp.c_fc.weight": [C, 4 * C], "mlp.c_fc.bias": [4 * C],
@@ -164,13 +169,15 @@ def bench_memory(args):
                 f.write(bytes(info["data_offsets"][1] - info["data_offsets"][0]))
         print(f"machine: {machine()}; checkpoint: {offset / 1e9:.2f} GB")
         code = ("import resource, time, load_gpt2; t = time.time(); m = load_gpt2.load_gpt2(%r); "
-                "print(f'loaded {sum(p.numel() for p in m.parameters()):,} parameters in {time.time() - t:.1f} s, "
-                "peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB')" % folder)
+                "print(f'loaded {sum(p.numel() for p in m.parameters()):,} parameters "
+                "in {time.time() - t:.1f} s, peak resident memory "
+                "{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB')" % folder)
         subprocess.run([sys.executable, "-c", code], check=True)
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["train", "generate", "memory"])
     p.add_argument("--data", default=None, help="SMS file for 'train' (default: download it)")
     p.add_argument("--new-tokens", type=int, default=200, help="tokens to generate for 'generate'")

@@ -1,4 +1,5 @@
-"""All tests, offline, in about a minute on 2 CPU cores:  python test_all.py  (or pytest test_all.py).
+"""All tests, offline, in about a minute on 2 CPU cores:  python test_all.py
+(or pytest test_all.py).
 
 Every test builds what it needs in a temporary folder: tiny random checkpoints written in the real
 safetensors layout, small labelled files, zips. Tests that need GPT-2's real vocabulary (tiktoken
@@ -67,7 +68,8 @@ def write_safetensors(path, arrays, dtype="F32", header_pad=0):
         a = np.asarray(a, dtype=np.float32)
         raw = {"F32": lambda: a.tobytes(), "F16": lambda: a.astype(np.float16).tobytes(),
                "BF16": lambda: (a.view(np.uint32) >> 16).astype(np.uint16).tobytes()}[dtype]()
-        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {"dtype": dtype, "shape": list(a.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
         blobs.append(raw)
         offset += len(raw)
     head = json.dumps(header).encode() + b" " * header_pad
@@ -118,11 +120,14 @@ def numpy_gpt2(w, ids, n_head):
     mask = np.triu(np.full((T, T), -1e10), 1)
     for i in range(sum(k.endswith("ln_1.weight") for k in w)):
         p = f"h.{i}."
-        qkv = ln(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"]) @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]
+        qkv = (ln(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"]) @ w[p + "attn.c_attn.weight"]
+               + w[p + "attn.c_attn.bias"])
         heads = [softmax(q @ k.T / np.sqrt(q.shape[-1]) + mask) @ v
-                 for q, k, v in zip(*(np.split(a, n_head, axis=-1) for a in np.split(qkv, 3, axis=-1)))]
+                 for q, k, v in zip(*(np.split(a, n_head, axis=-1)
+                                      for a in np.split(qkv, 3, axis=-1)))]
         x = x + np.hstack(heads) @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
-        h = gelu(ln(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"]) @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"])
+        h = gelu(ln(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"]) @ w[p + "mlp.c_fc.weight"]
+                 + w[p + "mlp.c_fc.bias"])
         x = x + h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
     return ln(x, w["ln_f.weight"], w["ln_f.bias"]) @ w["wte.weight"].T
 
@@ -133,12 +138,14 @@ def write_checkpoint(folder, arrays, n_head, dtype="F32", prefix="transformer.",
     named = {prefix + k: v for k, v in arrays.items()}
     C = arrays["wte.weight"].shape[1]
     for name in extras:  # the causal-mask buffers old checkpoints carry, or a tied lm_head
-        named[name] = arrays["wte.weight"] if name == "lm_head.weight" else np.tril(np.ones((4, 4), np.float32))
+        named[name] = (arrays["wte.weight"] if name == "lm_head.weight"
+                       else np.tril(np.ones((4, 4), np.float32)))
     write_safetensors(folder / "model.safetensors", named, dtype, header_pad=3)  # unaligned data
     if config:
         (folder / "config.json").write_text(json.dumps({
-            "vocab_size": arrays["wte.weight"].shape[0], "n_positions": arrays["wpe.weight"].shape[0],
-            "n_embd": C, "n_layer": sum(k.endswith("ln_1.weight") for k in arrays), "n_head": n_head}))
+            "vocab_size": arrays["wte.weight"].shape[0],
+            "n_positions": arrays["wpe.weight"].shape[0], "n_embd": C,
+            "n_layer": sum(k.endswith("ln_1.weight") for k in arrays), "n_head": n_head}))
     return folder
 
 
@@ -184,7 +191,8 @@ class TestModel(unittest.TestCase):
 
     def test_lora_starts_at_the_base_model_and_merges_exactly(self):
         torch.manual_seed(0)
-        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=16, vocab_size=50)
+        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=16,
+                             vocab_size=50)
         model = tc.build_classifier(gpt.GPTModel(cfg), 3, "head").eval()
         idx = torch.randint(0, 50, (2, 9))
         with torch.no_grad():
@@ -236,13 +244,15 @@ class TestModel(unittest.TestCase):
         self.assertLess((ff.layers[1](x) - tanh_gelu).abs().max().item(), 1e-6)
 
     def test_context_length_overflow_is_a_clear_error(self):
-        model = gpt.GPTModel(gpt.get_config("gpt2", emb_dim=8, n_heads=2, n_layers=1, context_length=8, vocab_size=10))
+        model = gpt.GPTModel(gpt.get_config("gpt2", emb_dim=8, n_heads=2, n_layers=1,
+                                            context_length=8, vocab_size=10))
         with self.assertRaisesRegex(ValueError, "context length of 8"):
             model(torch.zeros(1, 9, dtype=torch.long))
 
     def test_kv_cache_gives_the_same_logits_as_a_full_pass(self):
         torch.manual_seed(0)
-        model = gpt.GPTModel(gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=32, vocab_size=50)).eval()
+        model = gpt.GPTModel(gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2,
+                                            context_length=32, vocab_size=50)).eval()
         idx = torch.randint(0, 50, (2, 20))
         with torch.no_grad():
             full = model(idx)
@@ -268,7 +278,8 @@ class TestModel(unittest.TestCase):
         att = gpt.MultiHeadAttention(32, 32, 16, 0.0, num_heads=4, qkv_bias=True).eval()
         x = torch.randn(2, 7, 32)
         B, T, C, nh, hs = 2, 7, 32, 4, 8
-        q, k, v = (W(x).view(B, T, nh, hs).transpose(1, 2) for W in (att.W_query, att.W_key, att.W_value))
+        q, k, v = (W(x).view(B, T, nh, hs).transpose(1, 2)
+                   for W in (att.W_query, att.W_key, att.W_value))
         attn_scores = q @ k.transpose(2, 3)  # (B, nh, T, T)
         mask = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
         attn_scores.masked_fill_(mask, -torch.inf)
@@ -282,8 +293,10 @@ class TestLoadGPT2(unittest.TestCase):
     def test_checkpoint_variants_load_exactly(self):
         arrays = random_hf_arrays()
         ids = [3, 17, 42, 5, 63, 0, 9]
-        variants = [("F32", "transformer.", ()), ("F32", "", ("h.0.attn.bias", "h.1.attn.masked_bias")),
-                    ("F16", "", ("lm_head.weight",)), ("BF16", "transformer.", ("transformer.h.0.attn.bias",))]
+        variants = [("F32", "transformer.", ()),
+                    ("F32", "", ("h.0.attn.bias", "h.1.attn.masked_bias")),
+                    ("F16", "", ("lm_head.weight",)),
+                    ("BF16", "transformer.", ("transformer.h.0.attn.bias",))]
         for dtype, prefix, extras in variants:
             with self.subTest(dtype=dtype, prefix=prefix, extras=extras):
                 folder = write_checkpoint(tmpdir(self) / "ckpt", arrays, 4, dtype, prefix, extras)
@@ -298,7 +311,8 @@ class TestLoadGPT2(unittest.TestCase):
 
     def test_without_config_json_a_non_released_size_is_a_clear_error(self):
         folder = write_checkpoint(tmpdir(self), random_hf_arrays(), 4, config=False)
-        with self.assertRaisesRegex(utils.InputError, "no config.json and its tensors match no released"):
+        with self.assertRaisesRegex(utils.InputError,
+                                    "no config.json and its tensors match no released"):
             load_gpt2.load_gpt2(folder)
 
     def test_damaged_files_are_clear_errors(self):
@@ -339,12 +353,14 @@ class TestLoadGPT2(unittest.TestCase):
                          (extra, "h.0.attn.rotary")):
             with self.subTest(key):
                 folder = write_checkpoint(tmpdir(self), bad, 4)
-                with self.assertRaisesRegex(utils.InputError, f"{re.escape(str(folder))}.*{re.escape(key)}"):
+                with self.assertRaisesRegex(utils.InputError,
+                                            f"{re.escape(str(folder))}.*{re.escape(key)}"):
                     load_gpt2.load_gpt2(folder)
 
     def test_unknown_model_name_lists_the_valid_ones(self):
         for pretrained in (True, False):
-            with self.assertRaisesRegex(utils.InputError, "unknown model 'gpt-5'.*gpt2-xl.*or a folder"):
+            with self.assertRaisesRegex(utils.InputError,
+                                        "unknown model 'gpt-5'.*gpt2-xl.*or a folder"):
                 load_gpt2.load_gpt2("gpt-5", pretrained=pretrained)
 
     def test_bad_config_json_is_a_clear_error(self):
@@ -354,13 +370,15 @@ class TestLoadGPT2(unittest.TestCase):
                  "not divisible by n_heads 5": dict(good, n_head=5),
                  "n_layers must be an integer from 1 to 1,000, not True": dict(good, n_layer=True),
                  "emb_dim must be an integer from 1 to 65,536, not 32.0": dict(good, n_embd=32.0),
-                 "vocab_size must be an integer from 1 to 1,000,000, not -64": dict(good, vocab_size=-64),
+                 "vocab_size must be an integer from 1 to 1,000,000, not -64":
+                     dict(good, vocab_size=-64),
                  "parameters; GPT-2's largest": dict(good, n_embd=65536, n_layer=1000, n_head=1)}
         for message, config in cases.items():
             with self.subTest(message):
                 (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
                 for pretrained in (True, False):  # checked before anything is allocated
-                    with self.assertRaisesRegex(utils.InputError, "is not a usable GPT-2 config.json "
+                    with self.assertRaisesRegex(utils.InputError,
+                                                "is not a usable GPT-2 config.json "
                                                 f".*{re.escape(message)}"):
                         load_gpt2.load_gpt2(folder, pretrained=pretrained)
         (folder / "config.json").unlink()
@@ -448,7 +466,8 @@ class TestDownloads(unittest.TestCase):
             path = data.sms_spam_file(cache)
         data.SMS_URL = "http://127.0.0.1:9/unreachable.zip"
         self.assertEqual(path.read_bytes(), content)
-        self.assertEqual(sorted(p.name for p in path.parent.iterdir()), ["SMSSpamCollection", "sms_spam_collection.zip"])
+        self.assertEqual(sorted(p.name for p in path.parent.iterdir()),
+                         ["SMSSpamCollection", "sms_spam_collection.zip"])
         self.assertEqual(data.sms_spam_file(cache), path)  # no network needed any more
 
     def test_a_zip_without_the_file_is_a_clear_error(self):
@@ -458,7 +477,8 @@ class TestDownloads(unittest.TestCase):
             z.writestr("../../evil", "x")
         with self.assertRaisesRegex(utils.InputError, "delete it and run again"):
             data.sms_spam_file(cache)
-        self.assertEqual(sorted(p.name for p in (cache / "sms_spam").iterdir()), ["sms_spam_collection.zip"])
+        self.assertEqual(sorted(p.name for p in (cache / "sms_spam").iterdir()),
+                         ["sms_spam_collection.zip"])
 
 
 class TestData(unittest.TestCase):
@@ -478,35 +498,44 @@ class TestData(unittest.TestCase):
             ("spam", "Windows line end"), ("ham", "  leading spaces kept")])
 
     def test_csv_with_header_and_quoting(self):
-        path = self.write("news.csv", 'label,text\n3,"Stocks, bonds ""rally"""\n1,World news, more\n')
-        self.assertEqual(data.read_examples(path), [("3", 'Stocks, bonds "rally"'), ("1", "World news, more")])
+        path = self.write("news.csv",
+                          'label,text\n3,"Stocks, bonds ""rally"""\n1,World news, more\n')
+        self.assertEqual(data.read_examples(path),
+                         [("3", 'Stocks, bonds "rally"'), ("1", "World news, more")])
 
     def test_too_few_examples_and_optional_balancing(self):
         path = self.write("small.tsv", "".join(f"{'ab'[i % 2]}\ttext {i}\n" for i in range(6)))
         with self.assertRaisesRegex(utils.InputError, "leave the validation or test split empty"):
             data.load_dataset(path)
-        path = self.write("skewed.tsv", "".join(f"{'a' if i < 30 else 'b'}\ttext {i}\n" for i in range(40)))
-        self.assertEqual(sum(len(v) for v in data.load_dataset(path)[0].values()), 40)  # off for custom data
+        path = self.write("skewed.tsv",
+                          "".join(f"{'a' if i < 30 else 'b'}\ttext {i}\n" for i in range(40)))
+        unbalanced, _ = data.load_dataset(path)
+        self.assertEqual(sum(len(v) for v in unbalanced.values()), 40)  # off for custom data
         balanced, _ = data.load_dataset(path, balance_classes=True)
         unused = balanced.pop("unused")
         both = [label for split in balanced.values() for label, _ in split]
         self.assertEqual((both.count("a"), both.count("b")), (10, 10))
         self.assertEqual(sorted(unused + [ex for split in balanced.values() for ex in split]),
                          sorted(data.read_examples(path)))  # every example in exactly one split
-        path = self.write("rare.tsv", "".join(f"a\ttext {i}\n" for i in range(30)) + "b\tonly one\n")
+        path = self.write("rare.tsv",
+                          "".join(f"a\ttext {i}\n" for i in range(30)) + "b\tonly one\n")
         with self.assertRaisesRegex(utils.InputError, "keeps 1 example.* as many as 'b' has"):
             data.load_dataset(path, balance_classes=True)
 
     def test_malformed_lines_name_the_file_and_line(self):
         cases = {"no separator": ("ham\tok\nspam no tab here\n", "line 2: expected label<TAB>text"),
-                 "unclosed quote": ("a,ok\nb,\"open quote\nc,more\nd,rows\n", "line 2: malformed CSV"),
+                 "unclosed quote": ("a,ok\nb,\"open quote\nc,more\nd,rows\n",
+                                    "line 2: malformed CSV"),
                  "empty text": ("ham\tok\n\nspam\t   \n", "line 3: empty text"),
-                 "not utf-8": (b"ham\tok\nham\tok\nspam\tcaf\xe9\n", "line 3: bytes that are not UTF-8"),
+                 "not utf-8": (b"ham\tok\nham\tok\nspam\tcaf\xe9\n",
+                               "line 3: bytes that are not UTF-8"),
                  "tab in a label": ('a,ok\n"b\tc",text\n', "line 2: label 'b\\tc' holds a TAB"),
-                 "CR-only lines": ("ham\tok\rspam\tno\r", "its lines end in a carriage return alone")}
+                 "CR-only lines": ("ham\tok\rspam\tno\r",
+                                   "its lines end in a carriage return alone")}
         for what, (content, message) in cases.items():
             with self.subTest(what):
-                path = self.write("bad.csv" if "quote" in what or "tab" in what else "bad.tsv", content)
+                path = self.write("bad.csv" if "quote" in what or "tab" in what else "bad.tsv",
+                                  content)
                 with self.assertRaises(utils.InputError) as e:
                     data.read_examples(path)
                 self.assertIn(message, str(e.exception))
@@ -523,13 +552,15 @@ class TestData(unittest.TestCase):
         (folder / "val.tsv").write_text("a\tthree\n", encoding="utf-8")
         (folder / "test.tsv").write_text("b\tfour\n", encoding="utf-8")
         splits, labels = data.load_dataset(folder)
-        self.assertEqual((labels, [len(splits[k]) for k in ("train", "validation", "test")]), (["a", "b"], [2, 1, 1]))
+        self.assertEqual((labels, [len(splits[k]) for k in ("train", "validation", "test")]),
+                         (["a", "b"], [2, 1, 1]))
         (folder / "test.tsv").write_text("b\tfour\nc\tfive\n", encoding="utf-8")
         with self.assertRaisesRegex(utils.InputError, r"test.tsv, line 2: label 'c' never appears"):
             data.load_dataset(folder)
 
     def test_split_files_round_trip(self):
-        splits = {"train": [("a", "x\ty"), ("b", "w")], "validation": [("b", "two\nlines")], "test": [("a", "z")]}
+        splits = {"train": [("a", "x\ty"), ("b", "w")], "validation": [("b", "two\nlines")],
+                  "test": [("a", "z")]}
         folder = tmpdir(self)
         data.write_splits(splits, folder)
         again, _ = data.load_dataset(folder)
@@ -541,7 +572,8 @@ class TestData(unittest.TestCase):
             self.skipTest(f"{SMS} not present")
         examples = data.read_examples(SMS)
         labels = [label for label, _ in examples]
-        self.assertEqual((len(examples), labels.count("ham"), labels.count("spam")), (5574, 4827, 747))
+        self.assertEqual((len(examples), labels.count("ham"), labels.count("spam")),
+                         (5574, 4827, 747))
         first, _ = data.load_dataset(SMS, seed=123)
         again, labels = data.load_dataset(SMS, seed=123)
         self.assertEqual({k: len(v) for k, v in first.items()},
@@ -695,7 +727,8 @@ class TestDataLayouts(unittest.TestCase):
             {"train": [("1", "one"), ("2", "two")], "validation": [("1", "three")],
              "test": [("2", "four")]}, ["1", "2"]))
         self.write("test.jsonl", line("four", 2) + line("five", 3), folder)
-        with self.assertRaisesRegex(utils.InputError, r"test.jsonl, line 2: label '3' never appears"):
+        with self.assertRaisesRegex(utils.InputError,
+                                    r"test.jsonl, line 2: label '3' never appears"):
             data.load_dataset(folder, **columns)
 
 
@@ -729,7 +762,8 @@ class TestReport(unittest.TestCase):
 class TestGenerate(unittest.TestCase):
     def setUp(self):
         torch.manual_seed(0)
-        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=16, vocab_size=40)
+        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=16,
+                             vocab_size=40)
         self.model = gpt.GPTModel(cfg).eval()
         with torch.no_grad():  # sharper logits than GPT-2's small init, so greedy is not all ties
             self.model.out_head.weight.mul_(30)
@@ -755,7 +789,8 @@ class TestGenerate(unittest.TestCase):
 
     def test_top_p_keeps_the_smallest_set_reaching_p(self):
         logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-        picks = {gen.sample_next(logits, top_p=0.8, generator=torch.Generator().manual_seed(s)).item()
+        picks = {gen.sample_next(logits, top_p=0.8,
+                                 generator=torch.Generator().manual_seed(s)).item()
                  for s in range(200)}
         self.assertEqual(picks, {0, 1})  # 0.5 + 0.3 reaches 0.8: tokens 2 and 3 are cut
 
@@ -803,7 +838,8 @@ def assert_same_weights(test, a, b):
 
 def spam_like(folder, n=24):
     """A trivially separable two-label file: the label is the last word."""
-    rows = [f"{'spam' if i % 2 else 'ham'}\tmessage number {i} says {'apple' if i % 2 else 'zebra'}" for i in range(n)]
+    rows = [f"{'spam' if i % 2 else 'ham'}\tmessage number {i} says {'apple' if i % 2 else 'zebra'}"
+            for i in range(n)]
     path = folder / "toy.tsv"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
@@ -818,17 +854,20 @@ class TestTrainClassifier(unittest.TestCase):
 
     def train(self, *extra, out="out"):
         """Run train_classifier.main in this process; returns (model, what it printed)."""
-        args = ["--model", self.model_dir, "--data", self.data, "--out", self.dir / out, "--batch-size", "4"]
+        args = ["--model", self.model_dir, "--data", self.data, "--out", self.dir / out,
+                "--batch-size", "4"]
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             model = tc.main([str(a) for a in [*args, *extra]])
         return model, printed.getvalue()
 
     def records(self, out="out"):
-        return [json.loads(line) for line in (self.dir / out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        lines = (self.dir / out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines]
 
     def test_loss_falls_and_accuracy_reaches_100(self):
-        _, log = self.train("--trainable", "all", "--lr", "3e-3", "--epochs", "6", "--eval-freq", "1")
+        _, log = self.train("--trainable", "all", "--lr", "3e-3", "--epochs", "6",
+                            "--eval-freq", "1")
         records = self.records()
         losses = [r["train_loss"] for r in records if "train_loss" in r]
         val_losses = [r["val_loss"] for r in records if "val_loss" in r]
@@ -845,7 +884,8 @@ class TestTrainClassifier(unittest.TestCase):
     def test_prefix_cache_gives_the_same_losses_and_weights(self):
         for trainable in ("last-1", "head"):
             with self.subTest(trainable):
-                flags = ["--epochs", "2", "--eval-freq", "1", "--trainable", trainable, "--lr", "1e-3"]
+                flags = ["--epochs", "2", "--eval-freq", "1", "--trainable", trainable,
+                         "--lr", "1e-3"]
                 plain, log_plain = self.train(*flags, "--no-fast", out="plain")
                 self.assertNotIn("speed layer", log_plain)
                 losses = lambda out: [(r["train_loss"], r["val_loss"]) for r in self.records(out)
@@ -865,10 +905,12 @@ class TestTrainClassifier(unittest.TestCase):
         tc.build_classifier(model, 3, "last-1")
         text = "Call now to claim your prize"
         alone = tc.classify(model, self.tok, [text], ["a", "b", "c"], 64)[0]
-        mixed = tc.classify(model, self.tok, ["x " * 60, text, "y " * 30], ["a", "b", "c"], 64, batch_size=3)[1]
+        mixed = tc.classify(model, self.tok, ["x " * 60, text, "y " * 30], ["a", "b", "c"], 64,
+                            batch_size=3)[1]
         self.assertEqual(alone[0], mixed[0])
         self.assertAlmostEqual(alone[1], mixed[1], delta=1e-5)
-        # and the class is read at the last real token: the same as the whole model on the text alone
+        # and the class is read at the last real token: the same as the whole model on the
+        # text alone
         ids = torch.tensor([self.tok.encode(text)])
         with torch.no_grad():
             direct = torch.softmax(model(ids)[0, -1], -1).max().item()
@@ -876,8 +918,9 @@ class TestTrainClassifier(unittest.TestCase):
 
     def test_lora_trains_and_saves_a_plain_classifier(self):
         model, log = self.train("--trainable", "lora", "--lora-rank", "4", "--epochs", "3")
-        lora_params = sum(4 * (m.in_features + m.out_features) for m in
-                          load_gpt2.load_gpt2(self.model_dir).modules() if isinstance(m, torch.nn.Linear))
+        lora_params = sum(4 * (m.in_features + m.out_features)
+                          for m in load_gpt2.load_gpt2(self.model_dir).modules()
+                          if isinstance(m, torch.nn.Linear))
         lora_params += 4 * (16 + 2) - 4 * (16 + 50257)  # the head has 2 outputs, not 50,257
         self.assertIn(f"{lora_params:,} of", log)
         self.assertIn("frozen-prefix cache off (no frozen blocks)", log)
@@ -897,8 +940,9 @@ class TestTrainClassifier(unittest.TestCase):
         self.assertEqual(sum(map(sum, final["unused_confusion"])), 24)  # 36 - 12 ham left out
         self.assertEqual(final["unused_confusion"][1], [0, 0])
         self.assertEqual(sum(map(sum, final["test_confusion"])), 6)  # 20% of 24
-        self.assertEqual(set(final["test_metrics"]), {"accuracy", "precision", "recall", "f1",
-                                                      "macro_precision", "macro_recall", "macro_f1"})
+        self.assertEqual(set(final["test_metrics"]),
+                         {"accuracy", "precision", "recall", "f1",
+                          "macro_precision", "macro_recall", "macro_f1"})
         wrong = final["unused_confusion"][0][1]
         self.assertIn(f"unused ham: {wrong} of 24 classified as spam", log)
         self.assertIn("rows: true label, columns: predicted", log)
@@ -931,14 +975,16 @@ class TestTrainClassifier(unittest.TestCase):
         self.data.write_text("id,body,stars\n" + rows, encoding="utf-8")
         _, log = self.train("--epochs", "0", "--text-column", "body", "--label-column", "stars")
         self.assertIn("labels: ['ham', 'spam']", log)
-        self.assertEqual((self.dir / "out" / "splits" / "test.tsv").read_text(encoding="utf-8")
-                         .split("\t")[0], data.load_dataset(self.data, 123, None, "body", "stars")[0]["test"][0][0])
+        written = (self.dir / "out" / "splits" / "test.tsv").read_text(encoding="utf-8")
+        splits = data.load_dataset(self.data, 123, None, "body", "stars")[0]
+        self.assertEqual(written.split("\t")[0], splits["test"][0][0])
 
     def test_checkpoint_reloads_and_predicts_the_same(self):
         model, _ = self.train("--epochs", "1")
         texts = ["message number 99 says apple", "message number 98 says zebra"]
         before = tc.classify(model, self.tok, texts, ["ham", "spam"], 64)
-        code, out, err = run_script("train_classifier.py", "--out", self.dir / "out", "--predict", *texts)
+        code, out, err = run_script("train_classifier.py", "--out", self.dir / "out",
+                                    "--predict", *texts)
         self.assertEqual(code, 0, err)
         self.assertEqual(len(out.splitlines()), 2)
         for line, (label, prob) in zip(out.splitlines(), before):
@@ -951,16 +997,19 @@ class TestTrainClassifier(unittest.TestCase):
         raw[len(raw) // 2:len(raw) // 2 + 64] = bytes(64)
         (self.dir / "bad").mkdir()
         (self.dir / "bad" / "classifier.pt").write_bytes(bytes(raw))
-        code, _, err = run_script("train_classifier.py", "--out", self.dir / "bad", "--predict", texts[0])
+        code, _, err = run_script("train_classifier.py", "--out", self.dir / "bad",
+                                  "--predict", texts[0])
         self.assertEqual(code, 1)
         self.assertIn("is not a classifier saved by this script", err)
 
     def test_cli_errors_are_one_clear_line(self):
         empty = self.dir / "empty"
-        (self.dir / "one_label.tsv").write_text("".join(f"a\ttext {i}\n" for i in range(20)), encoding="utf-8")
+        (self.dir / "one_label.tsv").write_text("".join(f"a\ttext {i}\n" for i in range(20)),
+                                                encoding="utf-8")
         cases = [
             (["--predict", "hi", "--out", empty], "no trained classifier at"),
-            (["--trainable", "last-9", "--model", self.model_dir, "--data", self.data, "--out", empty], "last-N with 1 <= N <= 2"),
+            (["--trainable", "last-9", "--model", self.model_dir, "--data", self.data,
+              "--out", empty], "last-N with 1 <= N <= 2"),
             (["--model", "gpt-7", "--data", self.data, "--out", empty], "unknown model 'gpt-7'"),
             (["--data", empty / "nope.tsv", "--out", empty], "no data file at"),
             (["--batch-size", "0"], "must be a number > 0"),
@@ -968,10 +1017,13 @@ class TestTrainClassifier(unittest.TestCase):
             (["--trainable", "bottom"], "use head, all, lora or last-N"),
             (["--out", self.data, "--predict", "hi"], "no trained classifier at"),
             (["--data", self.dir / "one_label.tsv", "--out", empty], "has a single label"),
-            (["--init", "random", "--model", "gpt-7", "--data", self.data, "--out", empty], "unknown model 'gpt-7'"),
-            (["--max-length", "65", "--model", self.model_dir, "--data", self.data, "--out", empty], "exceeds the model's context length 64"),
+            (["--init", "random", "--model", "gpt-7", "--data", self.data, "--out", empty],
+             "unknown model 'gpt-7'"),
+            (["--max-length", "65", "--model", self.model_dir, "--data", self.data,
+              "--out", empty], "exceeds the model's context length 64"),
         ]
-        cases += [(["--seed", "99999999999999999999999"], "must be a number >= 0 and <= 4294967295"),
+        cases += [(["--seed", "99999999999999999999999"],
+                   "must be a number >= 0 and <= 4294967295"),
                   (["--eval-iter", "x"], "invalid int value: 'x'")]
         for args, message in cases:
             with self.subTest(message):
@@ -988,9 +1040,10 @@ class TestTrainClassifier(unittest.TestCase):
             self.assertEqual(len(err.strip().splitlines()), 1)
 
     def test_no_network_ends_with_a_clear_message(self):
-        # An empty cache and a proxy that refuses every connection: no network, even on a machine that has one.
-        no_network = {"GPT2_CACHE_DIR": str(self.dir / "cache"), "https_proxy": "http://127.0.0.1:9",
-                      "HTTPS_PROXY": "http://127.0.0.1:9"}
+        # An empty cache and a proxy that refuses every connection: no network, even on a
+        # machine that has one.
+        no_network = {"GPT2_CACHE_DIR": str(self.dir / "cache"),
+                      "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
         code, _, err = run_script("train_classifier.py", "--out", self.dir / "o", env=no_network)
         self.assertEqual(code, 1)
         self.assertIn("could not download https://archive.ics.uci.edu/", err)
@@ -1022,7 +1075,8 @@ class TestNothingLost(unittest.TestCase):
                  "training diverged; try a smaller --lr": ["--lr", "1e30", "--trainable", "all"],
                  "is more than the 16 texts of the training split": ["--batch-size", "17"]}
         for message, args in cases.items():
-            with self.subTest(message), self.assertRaisesRegex(utils.InputError, re.escape(message)):
+            with self.subTest(message), self.assertRaisesRegex(utils.InputError,
+                                                               re.escape(message)):
                 self.main(*args)
             self.assertEqual(self.snapshot(), self.before)
         self.assertEqual(list(self.out.glob(".incomplete*")), [])
@@ -1046,7 +1100,8 @@ class TestNothingLost(unittest.TestCase):
         import signal
         child = subprocess.Popen([sys.executable, "train_classifier.py", *map(str, self.common),
                                   "--out", self.out, "--epochs", "1000", "--eval-freq", "1"],
-                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
         for line in child.stdout:  # wait until training runs
             if line.startswith("Ep 1"):
                 break
@@ -1061,7 +1116,8 @@ class TestNothingLost(unittest.TestCase):
         (self.dir / "blocked" / "classifier.pt").mkdir(parents=True)
         self.out = self.dir / "blocked"
         printed = io.StringIO()
-        with contextlib.redirect_stdout(printed), self.assertRaisesRegex(utils.InputError, "in the way"):
+        with contextlib.redirect_stdout(printed), self.assertRaisesRegex(utils.InputError,
+                                                                         "in the way"):
             tc.main([str(a) for a in [*self.common, "--out", self.out]])
         self.assertNotIn("Ep 1", printed.getvalue())
 
@@ -1094,8 +1150,8 @@ class TestGenerateCLI(unittest.TestCase):
         folder = tiny_gpt2_folder(tmpdir(self))
         for prompt in ("Every effort moves you", "", "a <|endoftext|> b"):
             with self.subTest(prompt=prompt):
-                code, out, err = run_script("generate.py", prompt, "--model", folder, "--max-new-tokens", "5",
-                                            "--seed", "1", "--ignore-eos")
+                code, out, err = run_script("generate.py", prompt, "--model", folder,
+                                            "--max-new-tokens", "5", "--seed", "1", "--ignore-eos")
                 self.assertEqual(code, 0, err)
                 self.assertTrue(out.startswith(prompt))
                 self.assertGreater(len(out), len(prompt) + 1)
@@ -1113,8 +1169,10 @@ class TestDistributed(unittest.TestCase):
         tokenizer()
         folder = tmpdir(self)
         model_dir, toy = tiny_gpt2_folder(folder / "tiny"), spam_like(folder, n=40)
-        common = ["--model", model_dir, "--data", toy, "--epochs", "2", "--lr", "1e-3", "--trainable", "last-1"]
-        code, out, err = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        common = ["--model", model_dir, "--data", toy, "--epochs", "2", "--lr", "1e-3",
+                  "--trainable", "last-1"]
+        code, out, err = run_script("-m", "torch.distributed.run",
+                                    "--standalone", "--nproc_per_node=2",
                                     "test_all.py", "--ddp-worker", folder / "ranks", *common,
                                     "--batch-size", "2", "--out", folder / "ddp",
                                     env={"USE_LIBUV": "0"} if sys.platform == "win32" else None)
@@ -1124,13 +1182,15 @@ class TestDistributed(unittest.TestCase):
         self.assertEqual(out.count("final |"), 1)  # only rank 0 logs
         ranks = [torch.load(folder / "ranks" / f"{r}.pt", weights_only=True) for r in (0, 1)]
         with contextlib.redirect_stdout(io.StringIO()):
-            single = tc.main([str(a) for a in [*common, "--batch-size", "4", "--out", folder / "one"]]).state_dict()
+            argv = [str(a) for a in [*common, "--batch-size", "4", "--out", folder / "one"]]
+            single = tc.main(argv).state_dict()
         self.assertIn("frozen-prefix cache in RAM", out)
         for name, p in ranks[0].items():
             self.assertTrue(torch.equal(p, ranks[1][name]), name)
         assert_same_weights(self, ranks[0], single)
         trained = ranks[0]["trf_blocks.1.ff.layers.0.weight"]
-        self.assertFalse(torch.equal(trained, load_gpt2.load_gpt2(model_dir).state_dict()["trf_blocks.1.ff.layers.0.weight"]))
+        initial = load_gpt2.load_gpt2(model_dir).state_dict()["trf_blocks.1.ff.layers.0.weight"]
+        self.assertFalse(torch.equal(trained, initial))
 
 
 def ddp_worker(argv):
