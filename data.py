@@ -128,9 +128,10 @@ def jsonl_records(path, content, text_column, label_column):
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}, line {n}: not valid JSON ({e.msg}); write one JSON "
-                             "object per line") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            why = getattr(e, "msg", "nested too deeply")
+            raise InputError(f"{path}, line {n}: not valid JSON ({why}); write one JSON object "
+                             "per line") from None
         if not isinstance(record, dict):
             raise InputError(f"{path}, line {n}: expected a JSON object {{...}}, found "
                              f"{json.dumps(record)[:40]}")

@@ -30,7 +30,9 @@ def pick_device(name=None):
         return "cuda" if torch.cuda.is_available() else \
             "mps" if torch.backends.mps.is_available() else "cpu"
     try:
-        torch.empty(0, device=name)  # fails for unknown names and absent hardware
+        if torch.device(name).type not in ("cpu", "cuda", "mps"):
+            raise RuntimeError("not a device to compute on")
+        torch.empty(0, device=name)  # fails for absent hardware
     except (RuntimeError, AssertionError) as e:
         raise InputError(f"device {name!r} is not usable here ({str(e).splitlines()[0]}); "
                          "try cpu") from None
@@ -79,7 +81,8 @@ def read_safetensors(path):
             raise damaged(f"tensor {name!r} has an unsupported dtype or a malformed entry; "
                           f"supported dtypes: {', '.join(DTYPES)}") from None
         nbytes = math.prod(shape) * np.dtype(np_type).itemsize
-        if not 0 <= begin <= end <= data_size or end - begin != nbytes or min(shape, default=0) < 0:
+        if not 0 <= begin <= end <= data_size or end - begin != nbytes \
+                or not all(0 <= d <= 2**31 for d in shape):
             raise damaged(f"tensor {name!r} claims bytes {begin}..{end} of {data_size}")
         array = data[begin:end].view(np_type).reshape(shape)
         tensors[name] = torch.from_numpy(array).view(torch_type)
@@ -104,12 +107,11 @@ def read_small(path, limit):
     return path.read_text(encoding="utf-8")
 
 
-def check_finite(model, path):
-    """Weights that are NaN or infinite would load and compute garbage: refuse them."""
+def check_finite(model, where, why="the file is damaged or from a diverged training run"):
+    """Weights that are NaN or infinite would compute garbage: refuse them."""
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
-            raise InputError(f"{path}: tensor {name} holds NaN or infinite values; the file is "
-                             "damaged or from a diverged training run")
+            raise InputError(f"{where}: tensor {name} holds NaN or infinite values; {why}")
     return model
 
 
@@ -125,7 +127,7 @@ def config_from_folder(folder, tensors):
                    "n_layers": hf["n_layer"], "n_heads": hf["n_head"]}
             check_config(cfg)  # before anything is allocated from these numbers
             return cfg
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             why = f"no {e} field" if isinstance(e, KeyError) else str(e)
             raise InputError(f"{config_file} is not a usable GPT-2 config.json ({why})") from None
     names = {k.removeprefix("transformer."): v.shape for k, v in tensors.items()}

@@ -160,6 +160,8 @@ def load_classifier(path, device="cpu"):
         if damaged:
             raise ValueError(f"{damaged} fails its checksum")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if type(ckpt) is not dict:
+            raise ValueError(f"it holds a {type(ckpt).__name__}, not a dict")
         labels, max_length, cfg = ckpt["labels"], ckpt["max_length"], ckpt["cfg"]
         if not (type(labels) is list and len(labels) >= 2 and len(set(labels)) == len(labels)
                 and all(type(label) is str and label for label in labels)):

@@ -732,6 +732,33 @@ class TestDataLayouts(unittest.TestCase):
             data.load_dataset(folder, **columns)
 
 
+class TestProgress(unittest.TestCase):
+    def test_quiet_for_short_phases_then_every_few_seconds_in_a_log(self):
+        clock = [100.0]
+        err = io.StringIO()
+        with unittest.mock.patch.object(utils.time, "time", lambda: clock[0]), \
+                unittest.mock.patch.object(utils.sys, "stderr", err):
+            progress = utils.Progress("caching", 10, "texts")
+            for t, done in ((101, 1), (102.5, 3), (103, 4), (108, 8), (109, 10)):
+                clock[0] = t
+                progress.show(done)
+            progress.end()
+            short = utils.Progress("short", 5, "texts")
+            short.show(5)  # done within quiet_s: nothing at all
+        self.assertEqual(err.getvalue().splitlines(), [
+            "caching: 3/10 texts (30%), 1.2 texts/s, 6 s left",
+            "caching: 8/10 texts (80%), 1.0 texts/s, 2 s left",
+            "caching: 10/10 texts (100%), 1.1 texts/s, 0 s left"])
+
+    def test_tracked_yields_every_item(self):
+        self.assertEqual(list(utils.tracked([1, 2, 3], "x", "items")), [1, 2, 3])
+
+    def test_large_splits_are_measured_on_eval_iter_batches_during_training(self):
+        small, large = [0] * 5000, [0] * 5001
+        self.assertIsNone(tc.num_batches(torch.utils.data.DataLoader(small), 5))
+        self.assertEqual(tc.num_batches(torch.utils.data.DataLoader(large), 5), 5)
+
+
 class TestReport(unittest.TestCase):
     def test_metrics_from_a_hand_made_confusion_matrix(self):
         counts = torch.tensor([[5, 1, 0, 0], [2, 3, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
@@ -896,6 +923,7 @@ class TestTrainClassifier(unittest.TestCase):
                                          (("--cache", "off"), "frozen-prefix cache off")):
                     fast, log = self.train(*flags, *fast_flags, out="fast")
                     self.assertIn(note, log)
+                    self.assertEqual(list((self.dir / "fast").glob("prefix-cache-*")), [])
                     for x, y in zip(losses("fast"), losses("plain"), strict=True):
                         self.assertLess(max(abs(x[0] - y[0]), abs(x[1] - y[1])), 1e-5)
                     assert_same_weights(self, fast.state_dict(), plain.state_dict())

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data import by_length, encode, encode_examples, load_dataset, pad_batch
-from load_gpt2 import get_tokenizer, load_gpt2, pick_device
+from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
 from report import (class_metrics, confusion_matrix, format_table, load_classifier, save_run,
                     unused_lines)
 from speed import FastClassifier, adamw, use_bf16
@@ -178,7 +178,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
             optimizer.step()
             examples_seen += input_batch.shape[0]
             global_step += 1
-            check_finite(loss, global_step)
+            stop_if_diverged(loss, global_step)
             if global_step % eval_freq == 0 and master_process:
                 record = {"epoch": epoch, "step": global_step, "examples_seen": examples_seen,
                           "examples_per_s": (examples_seen - seen_at_tick) / (time.time() - tick)}
@@ -225,12 +225,15 @@ def classify(model, tokenizer, texts, label_names, max_length, batch_size=32):
 def final_report(model, loaders, labels, device, start):
     """Every split in full: accuracy, and for validation and test the confusion matrix with
     precision, recall and F1 per label (report.py). Returns the last record of metrics.jsonl."""
-    confusion = {name: confusion_matrix(loader, model, device, len(labels), f"evaluating {name}")
-                 for name, loader in loaders.items() if len(loader.dataset)}
-    record = {"final": True, "labels": labels, "elapsed_s": time.time() - start}
-    for name, counts in confusion.items():
-        record[f"{name}_acc"] = class_metrics(counts)["accuracy"]
-        record[f"{name}_confusion"] = counts.tolist()
+    record, confusion = {"final": True, "labels": labels}, {}
+    for name, loader in loaders.items():
+        if len(loader.dataset):
+            tick = time.time()
+            confusion[name] = confusion_matrix(loader, model, device, len(labels), name)
+            record[f"{name}_acc"] = class_metrics(confusion[name])["accuracy"]
+            record[f"{name}_confusion"] = confusion[name].tolist()
+            record[f"{name}_eval_s"] = time.time() - tick
+    record["elapsed_s"] = time.time() - start
     print("final | " + " | ".join(f"{name} {record[f'{name}_acc']:.2%}" for name in confusion)
           + f" | {record['elapsed_s']:.1f} s")
     for name in ("validation", "test"):
@@ -293,6 +296,7 @@ def main(argv=None):
         history, _ = train_classifier_simple(
             DDP(net) if ddp else net, train_loader, val_loader, optimizer, device, args.epochs,
             args.eval_freq, args.eval_iter, master_process)
+        check_finite(model, "after training", "training diverged; try a smaller --lr")
         if master_process:
             loaders = {"train": train_loader, "validation": val_loader, "test": test_loader,
                        "unused": DataLoader(by_length(sets.get("unused", [])), 64,
@@ -335,7 +339,7 @@ def check_fits(args, model, tokenizer, sets, max_length, world_size):
             raise InputError(f"{out / name} is in the way of this run's {name}; move it away")
 
 
-def check_finite(loss, step):
+def stop_if_diverged(loss, step):
     if not math.isfinite(loss.item()):
         raise InputError(f"the loss became {loss.item()} at step {step}: training diverged; "
                          "try a smaller --lr")
@@ -399,11 +403,13 @@ def predict(args):
     return model
 
 
-def line_chunks(stream, size=1024):
+def line_chunks(stream, size=1024, longest=1_000_000):
     """Lists of up to size texts, one per line of a binary stream (UTF-8), in order. An empty
-    line is skipped with a note on stderr."""
+    line is skipped with a note on stderr; a line of over a million bytes stops the run."""
     chunk = []
-    for n, raw in enumerate(stream, 1):
+    for n, raw in enumerate(iter(lambda: stream.readline(longest + 1), b""), 1):
+        if len(raw) > longest:
+            raise InputError(f"standard input, line {n}: over {longest:,} bytes; one text a line")
         try:
             text = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:

@@ -27,7 +27,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def number(kind, low=0.0, inclusive=False, high=None):
     """An argparse type: a finite number above low (or from low on, if inclusive), at most
-    high if given."""
+    high (for integers, 10**9 unless given: no count or size here needs more)."""
+    high = 10**9 if high is None and kind is int else high
     def parse(text):
         value = kind(text)
         if not (math.isfinite(value) and (value >= low if inclusive else value > low)
@@ -113,13 +114,14 @@ class Progress:
             return
         rate = done / max(now - self.start, 1e-9)
         fmt = ".1f" if self.unit == "MB" else ",.0f"
+        speed = f"{rate:{'.1f' if rate < 10 else ',.0f'}} {self.unit}/s"
         line = f"{self.what}: {done:{fmt}}"
         if self.total:  # unknown (0) for a download without a Content-Length
-            line += f"/{self.total:{fmt}} {self.unit} ({done / self.total:.0%})"
             left = (self.total - done) / max(rate, 1e-9)
-            line += f", {rate:{fmt}} {self.unit}/s, {left:.0f} s left"
+            line += f"/{self.total:{fmt}} {self.unit} ({done / self.total:.0%}), {speed}, " \
+                    f"{left:.0f} s left"
         else:
-            line += f" {self.unit}, {rate:{fmt}} {self.unit}/s"
+            line += f" {self.unit}, {speed}"
         # On a terminal the cursor goes back to the line's start: the next line printed on
         # stdout overwrites it.
         print(f"\r{line}\033[K\r" if self.tty else line, end="" if self.tty else "\n",
