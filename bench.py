@@ -281,7 +281,7 @@ if __name__ == "__main__":
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["train", "predict", "scale", "generate", "memory"])
     p.add_argument("--data", default=None, help="the SMS file (default: download it)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128],
+    p.add_argument("--sizes", type=int, nargs="+", default=[24, 48, 96],
                    help="numbers of texts for 'scale'")
     p.add_argument("--new-tokens", type=int, default=200, help="tokens to generate for 'generate'")
     args = p.parse_args()

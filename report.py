@@ -9,6 +9,7 @@ back safely. Plain torch, no new dependency.
 """
 import json
 import os
+import time
 import pickle
 import shutil
 import zipfile
@@ -90,6 +91,33 @@ def unused_lines(unused, test, labels, n_examples):
     return lines
 
 
+def final_report(model, loaders, labels, device, start):
+    """Every split in full: accuracy, and for validation and test the confusion matrix with
+    precision, recall and F1 per label; what balancing left out. Printed, and returned as the
+    last record of metrics.jsonl."""
+    record, confusion = {"final": True, "labels": labels}, {}
+    for name, loader in loaders.items():
+        if len(loader.dataset):
+            tick = time.time()
+            confusion[name] = confusion_matrix(loader, model, device, len(labels), name)
+            record[f"{name}_acc"] = class_metrics(confusion[name])["accuracy"]
+            record[f"{name}_confusion"] = confusion[name].tolist()
+            record[f"{name}_eval_s"] = time.time() - tick
+    record["elapsed_s"] = time.time() - start
+    print("final | " + " | ".join(f"{name} {record[f'{name}_acc']:.2%}" for name in confusion)
+          + f" | {record['elapsed_s']:.1f} s")
+    for name in ("validation", "test"):
+        record[f"{name}_metrics"] = class_metrics(confusion[name])
+        print(format_table(name, confusion[name], labels))
+    if "unused" in confusion:  # what balancing left out: realistic false positives
+        n_examples = [sum(y == i for loader in loaders.values() for _, y in loader.dataset)
+                      for i in range(len(labels))]  # per label, in the whole data set
+        record["unused_lines"] = unused_lines(confusion["unused"], confusion["test"], labels,
+                                              n_examples)
+        print("\n".join(record["unused_lines"]))
+    return record
+
+
 def save_metrics(history, out):
     """metrics.jsonl (one JSON record per line) and, with matplotlib, metrics.png."""
     with atomic_write(out / "metrics.jsonl") as tmp:
@@ -114,9 +142,11 @@ def save_metrics(history, out):
     ax3.imshow(counts, cmap="Blues")
     ax3.set(xticks=range(len(labels)), xticklabels=labels, yticks=range(len(labels)),
             yticklabels=labels, xlabel="predicted", ylabel="true label", title="test")
+    darkest = max(map(max, counts))
     for i, row in enumerate(counts):
         for j, count in enumerate(row):
-            ax3.text(j, i, f"{count:,}", ha="center", va="center")
+            ax3.text(j, i, f"{count:,}", ha="center", va="center",
+                     color="white" if count > darkest / 2 else "black")
     fig.tight_layout()
     with atomic_write(out / "metrics.png") as tmp:
         fig.savefig(tmp, format="png")
@@ -126,20 +156,21 @@ def save_run(out, model, labels, max_length, splits, history):
     """Write the run's files together, at the end: each first into a folder of its own, then
     all moved into out at once. So out never mixes two runs, and a run that fails or is
     interrupted leaves the last one's files as they were. Returns a line for the log."""
+    for left in out.glob(".incomplete-*"):  # from a run that was killed while saving
+        shutil.rmtree(left, ignore_errors=True)
     staged = out / f".incomplete-{os.getpid()}"
     try:
         write_splits(splits, staged / "splits")
-        with atomic_write(staged / "classifier.pt") as tmp:
-            torch.save({"model": model.state_dict(), "cfg": model.cfg, "labels": labels,
-                        "max_length": max_length}, tmp)
+        torch.save({"model": model.state_dict(), "cfg": model.cfg, "labels": labels,
+                    "max_length": max_length}, staged / "classifier.pt")
         save_metrics(history, staged)
         new = sorted(p.relative_to(staged) for p in staged.rglob("*") if p.is_file())
-        for old in [*out.glob("splits/*.tsv"), out / "metrics.png"]:  # files of an older run
-            if old.is_file() and old.relative_to(out) not in new:  # that this one has not
-                old.unlink()
-        for name in new:
+        for name in new:  # renames: nothing is copied, so this takes a moment
             (out / name).parent.mkdir(exist_ok=True)
             os.replace(staged / name, out / name)
+        for old in [*out.glob("splits/*.tsv"), out / "metrics.png"]:  # an older run's files
+            if old.is_file() and old.relative_to(out) not in new:  # that this one lacks
+                old.unlink()
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     plot = "" if Path("metrics.png") in new else " (pip install matplotlib for metrics.png)"

@@ -15,6 +15,7 @@ saves, and why the numbers stay the same:
   - bfloat16 autocast on GPUs that support it, optional torch.compile, fused AdamW.
 Tests check that losses and weights with and without it agree to 1e-5 in float32.
 """
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -54,8 +55,8 @@ class FastClassifier(nn.Module):
         self.index, self.store = {}, None
         if why_not:
             self.note = f"frozen-prefix cache off ({why_not})"
-        elif cache == "ram":
-            self.store = torch.empty(n_tokens, C, device=model.tok_emb.weight.device)
+        elif cache == "ram":  # the computer's memory, also when the model is on a GPU
+            self.store = torch.empty(n_tokens, C)
             self.note = f"frozen-prefix cache in RAM ({self.n_bottom} blocks, {mb:,.0f} MB)"
         else:
             self.file = tempfile.TemporaryFile(dir=cache_dir, prefix="prefix-cache-")
@@ -64,9 +65,11 @@ class FastClassifier(nn.Module):
             self.note = (f"frozen-prefix cache on disk ({self.n_bottom} blocks, {mb:,.0f} MB in a "
                          f"temporary file in {cache_dir}, deleted at exit)")
         self.note += "; last block at the last token only" + ("; bfloat16" if bf16 else "")
-        if compile:
+        self.top = last_token_block
+        if compile:  # the blocks that run every step; nn.Module.compile keeps the weights' names
             for block in model.trf_blocks[self.n_bottom:-1]:
                 block.compile()
+            self.top = torch.compile(last_token_block)
             self.note += "; compiled"
         if self.store is not None:
             self.fill(texts)
@@ -75,11 +78,11 @@ class FastClassifier(nn.Module):
         # <|endoftext|> pads the batch and never comes out of encode_ordinary: it marks the ends.
         lengths = (input_batch != self.pad_id).sum(dim=1)
         rows, last = torch.arange(len(lengths), device=input_batch.device), lengths - 1
-        with torch.autocast(input_batch.device.type, torch.bfloat16, enabled=self.bf16):
+        with self.autocast(input_batch.device):
             x = self.bottom(input_batch, lengths)  # (B, T, C)
             for block in self.model.trf_blocks[self.n_bottom:-1]:
                 x = block(x)
-            x = last_token_block(self.model.trf_blocks[-1], x, last)  # (B, C)
+            x = self.top(self.model.trf_blocks[-1], x, last)  # (B, C)
             logits = self.model.out_head(self.model.final_norm(x)).float()  # (B, num_classes)
         out = logits.new_full((*input_batch.shape, logits.size(-1)), float("nan"))
         return out.index_put((rows, last), logits)  # NaN where the loop never reads
@@ -92,8 +95,14 @@ class FastClassifier(nn.Module):
             # zeros after each text's end: causal attention never reads them
             x = nn.utils.rnn.pad_sequence(parts, batch_first=True)
             return x.to(input_batch.device, self.model.tok_emb.weight.dtype)
-        with torch.no_grad():  # a text not cached (not trained on): computed, not kept
-            return self.run_bottom(input_batch)
+        return self.run_bottom(input_batch)  # no cache, or a text not cached: computed, not kept
+
+    def autocast(self, device):
+        """bfloat16 autocast if asked for; otherwise nothing (older torch refuses autocast on
+        some devices even when disabled)."""
+        if self.bf16:
+            return torch.autocast(device.type, torch.bfloat16)
+        return contextlib.nullcontext()
 
     def run_bottom(self, input_batch):  # (B, T) -> (B, T, C)
         x = self.model.embed(input_batch)
@@ -110,7 +119,7 @@ class FastClassifier(nn.Module):
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
             input_batch, _, _ = pad_batch([(t, 0) for t in batch], self.pad_id)
-            with torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
+            with self.autocast(device):
                 out = self.run_bottom(input_batch.to(device))  # (B, T, C)
             for row, t in enumerate(batch):
                 key = torch.tensor(t).numpy().tobytes()

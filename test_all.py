@@ -755,8 +755,8 @@ class TestProgress(unittest.TestCase):
 
     def test_large_splits_are_measured_on_eval_iter_batches_during_training(self):
         small, large = [0] * 5000, [0] * 5001
-        self.assertIsNone(tc.num_batches(torch.utils.data.DataLoader(small), 5))
-        self.assertEqual(tc.num_batches(torch.utils.data.DataLoader(large), 5), 5)
+        self.assertIsNone(tc.accuracy_batches(torch.utils.data.DataLoader(small), 5))
+        self.assertEqual(tc.accuracy_batches(torch.utils.data.DataLoader(large), 5), 5)
 
 
 class TestReport(unittest.TestCase):
@@ -909,7 +909,11 @@ class TestTrainClassifier(unittest.TestCase):
         self.assertEqual(log.count("Validation accuracy"), 6)
 
     def test_prefix_cache_gives_the_same_losses_and_weights(self):
-        for trainable in ("last-1", "head"):
+        cached = (((), "frozen-prefix cache in RAM"),
+                  (("--cache-mb", "0"), "frozen-prefix cache on disk"),
+                  (("--cache", "off"), "frozen-prefix cache off"))
+        initial = load_gpt2.load_gpt2(self.model_dir).tok_emb.weight
+        for trainable in ("last-1", "head", "all", "lora"):
             with self.subTest(trainable):
                 flags = ["--epochs", "2", "--eval-freq", "1", "--trainable", trainable,
                          "--lr", "1e-3"]
@@ -918,9 +922,11 @@ class TestTrainClassifier(unittest.TestCase):
                 losses = lambda out: [(r["train_loss"], r["val_loss"]) for r in self.records(out)
                                       if "val_loss" in r]
                 self.assertEqual(len(losses("plain")), 2 * 4)
-                for fast_flags, note in (((), "frozen-prefix cache in RAM"),
-                                         (("--cache-mb", "0"), "frozen-prefix cache on disk"),
-                                         (("--cache", "off"), "frozen-prefix cache off")):
+                variants = cached if trainable in ("last-1", "head") else (
+                    ((), "frozen-prefix cache off (no frozen blocks)"),)
+                trains_embeddings = not torch.equal(plain.tok_emb.weight, initial)
+                self.assertEqual(trains_embeddings, trainable == "all")
+                for fast_flags, note in variants:
                     fast, log = self.train(*flags, *fast_flags, out="fast")
                     self.assertIn(note, log)
                     self.assertEqual(list((self.dir / "fast").glob("prefix-cache-*")), [])
@@ -1136,7 +1142,7 @@ class TestNothingLost(unittest.TestCase):
         child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=10)
         self.assertEqual(child.returncode, 130)
-        self.assertIn("interrupted: nothing was written; --out still holds", err)
+        self.assertIn("interrupted: nothing was written; the files in --out are as they were", err)
         self.assertNotIn("Traceback", err)
         self.assertEqual(self.snapshot(), self.before)
 

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,8 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from data import by_length, encode, encode_examples, load_dataset, pad_batch
 from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
-from report import (class_metrics, confusion_matrix, format_table, load_classifier, save_run,
-                    unused_lines)
+from report import final_report, load_classifier, save_run
 from speed import FastClassifier, adamw, use_bf16
 from utils import HelpFormatter, InputError, Progress, number, run_main, tracked
 
@@ -77,7 +77,9 @@ class LoRALayer(nn.Module):
         self.A = nn.Parameter(torch.empty(in_dim, rank))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initialises its weight
         self.B = nn.Parameter(torch.zeros(rank, out_dim))  # zeros: no change before training
-        self.scale = alpha / rank  # the appendix's current convention (see the README)
+        # The appendix's current scaling; its first version (and the bonus table's LoRA rows)
+        # used alpha alone: the same update needs alpha x rank here.
+        self.scale = alpha / rank
 
     def forward(self, x):  # (B, T, in_dim) -> (B, T, out_dim)
         return self.scale * (x @ self.A @ self.B)
@@ -145,7 +147,7 @@ def calc_accuracy_loader(data_loader, model, device, num_batches=None):
     return correct / total
 
 
-def num_batches(data_loader, eval_iter, whole_up_to=5000):
+def accuracy_batches(data_loader, eval_iter, whole_up_to=5000):
     """Batches to measure after each epoch: all of a split of up to 5,000 texts, else eval_iter."""
     return None if len(data_loader.dataset) <= whole_up_to else eval_iter
 
@@ -169,7 +171,8 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
     seen_at_tick = 0
     for epoch in range(1, num_epochs + 1):
         model.train()
-        train_loader.sampler.set_epoch(epoch)  # a new seeded shuffle each epoch
+        if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: without it, every
+            train_loader.sampler.set_epoch(epoch)      # epoch would repeat one shuffled order
         for input_batch, target_batch, lengths in tracked(train_loader, f"epoch {epoch}",
                                                           "batches", show=master_process):
             optimizer.zero_grad()
@@ -193,9 +196,9 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
             # The chapter measures accuracy on eval_iter batches here; we take whole splits
             # unless they are large (IMDB-sized): the final report always takes them whole.
             train_accuracy = calc_accuracy_loader(train_loader, model, device,
-                                                  num_batches(train_loader, eval_iter))
+                                                  accuracy_batches(train_loader, eval_iter))
             val_accuracy = calc_accuracy_loader(val_loader, model, device,
-                                                num_batches(val_loader, eval_iter))
+                                                accuracy_batches(val_loader, eval_iter))
             history.append({"epoch": epoch, "train_acc": train_accuracy, "val_acc": val_accuracy,
                             "elapsed_s": time.time() - start})
             print(f"Training accuracy: {train_accuracy:.2%} | Validation accuracy: "
@@ -220,32 +223,6 @@ def classify(model, tokenizer, texts, label_names, max_length, batch_size=32):
         for i, p in zip(ids, torch.softmax(logits.float(), dim=-1)):
             results[i] = (label_names[int(p.argmax())], float(p.max()))
     return results
-
-
-def final_report(model, loaders, labels, device, start):
-    """Every split in full: accuracy, and for validation and test the confusion matrix with
-    precision, recall and F1 per label (report.py). Returns the last record of metrics.jsonl."""
-    record, confusion = {"final": True, "labels": labels}, {}
-    for name, loader in loaders.items():
-        if len(loader.dataset):
-            tick = time.time()
-            confusion[name] = confusion_matrix(loader, model, device, len(labels), name)
-            record[f"{name}_acc"] = class_metrics(confusion[name])["accuracy"]
-            record[f"{name}_confusion"] = confusion[name].tolist()
-            record[f"{name}_eval_s"] = time.time() - tick
-    record["elapsed_s"] = time.time() - start
-    print("final | " + " | ".join(f"{name} {record[f'{name}_acc']:.2%}" for name in confusion)
-          + f" | {record['elapsed_s']:.1f} s")
-    for name in ("validation", "test"):
-        record[f"{name}_metrics"] = class_metrics(confusion[name])
-        print(format_table(name, confusion[name], labels))
-    if "unused" in confusion:  # what balancing left out: realistic false positives
-        n_examples = [sum(y == i for loader in loaders.values() for _, y in loader.dataset)
-                      for i in range(len(labels))]  # per label, in the whole data set
-        record["unused_lines"] = unused_lines(confusion["unused"], confusion["test"], labels,
-                                              n_examples)
-        print("\n".join(record["unused_lines"]))
-    return record
 
 
 def main(argv=None):
@@ -286,9 +263,9 @@ def main(argv=None):
             f"{sum(p.numel() for p in model.parameters()):,} parameters train ({args.trainable})")
         net = model
         if args.fast:  # speed.py: the same logits, computed with less work
-            texts = [ids for name in ("train", "validation", "test") for ids, _ in sets[name]]
+            token_lists = [ids for name in ("train", "validation", "test") for ids, _ in sets[name]]
             net = FastClassifier(model, tokenizer.eot_token, use_bf16(args.dtype, device),
-                                 args.compile, texts, args.cache, args.cache_mb, args.out)
+                                 args.compile, token_lists, args.cache, args.cache_mb, args.out)
             log(f"speed layer: {net.note}")
         optimizer = adamw(params, args.fast, lr=args.lr, weight_decay=args.weight_decay)
 
@@ -315,7 +292,8 @@ def main(argv=None):
 
 def check_trainable(trainable, n_layers):
     n = trainable.removeprefix("last-")
-    if trainable not in ("head", "all", "lora") and not (n.isdigit() and 1 <= int(n) <= n_layers):
+    if trainable not in ("head", "all", "lora") and not (
+            trainable.startswith("last-") and n.isdigit() and 1 <= int(n) <= n_layers):
         raise InputError(f"--trainable {trainable!r}: use head, all, lora or last-N with "
                          f"1 <= N <= {n_layers}")
 
@@ -337,12 +315,16 @@ def check_fits(args, model, tokenizer, sets, max_length, world_size):
     for name in ("classifier.pt", "metrics.jsonl", "metrics.png", "splits"):
         if (out / name).exists() and (out / name).is_dir() != (name == "splits"):
             raise InputError(f"{out / name} is in the way of this run's {name}; move it away")
+    out.mkdir(parents=True, exist_ok=True)
+    tempfile.TemporaryFile(dir=out).close()  # can we write there? (OSError: one clear line)
 
 
 def stop_if_diverged(loss, step):
     if not math.isfinite(loss.item()):
+        hint = "" if step else ("; or, if you changed how the logits are read: with --fast only "
+                                "each text's last real token has logits (try --no-fast)")
         raise InputError(f"the loss became {loss.item()} at step {step}: training diverged; "
-                         "try a smaller --lr")
+                         f"try a smaller --lr{hint}")
 
 
 @contextlib.contextmanager
@@ -392,7 +374,9 @@ def predict(args):
     net = FastClassifier(model, tokenizer.eot_token, use_bf16(args.dtype, device)) \
         if args.fast else model
     chunks = line_chunks(sys.stdin.buffer) if args.predict == ["-"] else [args.predict]
-    progress, done = Progress("classifying", 0, "texts"), 0
+    # A progress line only when the answers go to a file: on one terminal the two would mix.
+    quiet_s = float("inf") if sys.stdout.isatty() else 2.0
+    progress, done = Progress("classifying", 0, "texts", quiet_s), 0
     for texts in chunks:
         for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels,
                                                        max_length)):
@@ -489,5 +473,5 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main, interrupted="interrupted: nothing was written; --out still holds the files "
-             "of its last complete run, if any")
+    run_main(main, interrupted="interrupted: nothing was written; the files in --out are as "
+             "they were")
