@@ -1,4 +1,4 @@
-"""All tests, offline, in about a minute on 2 CPU cores:  python test_all.py
+"""All tests, offline, in about 100 s on 2 CPU cores:  python test_all.py
 (or pytest test_all.py).
 
 Every test builds what it needs in a temporary folder: tiny random checkpoints written in the real
