@@ -1132,10 +1132,14 @@ class TestNothingLost(unittest.TestCase):
     @unittest.skipIf(sys.platform == "win32", "SIGINT to a child process is POSIX")
     def test_ctrl_c_stops_the_script_at_once_and_says_what_was_kept(self):
         import signal
+        # A job started in the background by a script ignores SIGINT, and so would its children:
+        # give the child the default handling a terminal's Ctrl-C meets.
         child = subprocess.Popen([sys.executable, "train_classifier.py", *map(str, self.common),
                                   "--out", self.out, "--epochs", "1000", "--eval-freq", "1"],
                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True)
+                                 text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.addCleanup(child.kill)  # never left running, whatever fails below
         for line in child.stdout:  # wait until training runs
             if line.startswith("Ep 1"):
                 break
