@@ -308,21 +308,48 @@ def write_splits(splits, folder):
             tmp.write_text("".join(lines), encoding="utf-8", newline="\n")
 
 
-def encode(tokenizer, texts, max_length):
-    """Token ids of each text, truncated to max_length by keeping the start: the opening of a
-    message usually tells what it is about, and it matches the textbook recipe.
-    Special-token strings such as "<|endoftext|>" inside a text are ordinary text here:
+def encode(tokenizer, texts, max_length, truncate="start"):
+    """Token ids of each text, at most max_length of them: the first (truncate "start": the
+    opening of a message usually tells what it is about, as in the textbook) or the last ("end").
+    Only a window of words around the part kept is tokenized, so memory follows max_length, not
+    the text. Special-token strings such as "<|endoftext|>" inside a text are ordinary text:
     encode_ordinary never turns them into control tokens (plain encode() would raise)."""
-    ids = tokenizer.encode_ordinary_batch(list(texts))
+    ids, todo, window = [[] for _ in texts], range(len(texts)), 8 * max_length
+    while todo:  # a window that gave too few tokens, in a text that goes on, is widened
+        parts = [word_window(texts[i], window, truncate) for i in todo]
+        for i, tokens in zip(todo, tokenizer.encode_ordinary_batch(parts)):
+            ids[i] = tokens
+        todo = [i for i, part in zip(todo, parts)
+                if len(ids[i]) < max_length and len(part) < len(texts[i])]
+        window *= 4
     if any(len(t) == 0 for t in ids):
         raise InputError("cannot classify an empty text")
-    return [t[:max_length] for t in ids]
+    return [t[:max_length] if truncate == "start" else t[-max_length:] for t in ids]
 
 
-def encode_examples(tokenizer, examples, labels, max_length):
+def word_window(text, n_chars, keep="start"):
+    """The start (or the end) of text, at most about n_chars long, cut where GPT-2's tokenizer
+    always cuts too: at a space between two letters ("ab| cd"). So the part kept has exactly
+    the tokens the whole text has there. Without such a space, text is cut at n_chars."""
+    if len(text) <= n_chars:
+        return text
+    between_letters = lambda at: text[at - 1].isalpha() and text[at + 1:at + 2].isalpha()
+    if keep == "start":
+        at = text.rfind(" ", 0, n_chars)
+        while at > 0 and not between_letters(at):
+            at = text.rfind(" ", 0, at)
+        return text[:at] if at > 0 else text[:n_chars]
+    at = text.find(" ", len(text) - n_chars)
+    while at > 0 and not between_letters(at):
+        at = text.find(" ", at + 1)
+    return text[at:] if at > 0 else text[-n_chars:]
+
+
+def encode_examples(tokenizer, examples, labels, max_length, truncate="start"):
     """[(label, text), ...] -> [(token ids, label id), ...], the items a DataLoader batches."""
-    tokens = encode(tokenizer, [text for _, text in examples], max_length)
-    return [(ids, labels.index(label)) for ids, (label, _) in zip(tokens, examples)]
+    tokens = encode(tokenizer, [text for _, text in examples], max_length, truncate)
+    ids = {label: i for i, label in enumerate(labels)}
+    return [(t, ids[label]) for t, (label, _) in zip(tokens, examples)]
 
 
 def by_length(items):

@@ -4,6 +4,7 @@ The weights come from Hugging Face as model.safetensors (the Conv1D layout of Op
 TensorFlow code). We read that format by hand, map each tensor to its place in GPTModel,
 and check every name and shape on the way, so a damaged file is an error, never a wrong model.
 """
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import tiktoken
 import torch
 
-from utils import CACHE_DIR, InputError, download
+from utils import CACHE_DIR, InputError, atomic_write, download
 from model import ALIASES, BASE_CONFIG, GPT_CONFIGS, GPTModel, check_config, get_config, model_name
 
 URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.safetensors"
@@ -39,7 +40,7 @@ def pick_device(name=None):
     return name
 
 
-def get_tokenizer():
+def get_tokenizer(model=None):
     """GPT-2's byte-pair encoding, from tiktoken (downloaded once, then cached)."""
     try:
         return tiktoken.get_encoding("gpt2")
@@ -50,12 +51,13 @@ def get_tokenizer():
 
 
 def read_safetensors(path):
-    """{name: tensor} from a .safetensors file: an 8-byte little-endian header length N, N bytes
-    of JSON ({name: {dtype, shape, data_offsets}}), then the raw little-endian data.
-    The tensors are views of a memory map, so even gpt2-xl is never read into RAM twice."""
+    """({name: tensor}, {key: text}) from a .safetensors file: an 8-byte little-endian header
+    length N, N bytes of JSON ({name: {dtype, shape, data_offsets}}, and "__metadata__", a map of
+    strings), then the raw little-endian data. The tensors are views of a memory map, so even
+    gpt2-xl is never read into RAM twice. Every entry is checked before anything is mapped."""
     def damaged(why):
-        return InputError(f"{path} is damaged or truncated ({why}); delete it and download "
-                          "it again")
+        return InputError(f"{path} is damaged or not a safetensors file ({why}); if it was "
+                          "downloaded, delete it and download it again")
     size = path.stat().st_size
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
@@ -65,24 +67,29 @@ def read_safetensors(path):
             header = json.loads(f.read(n))
         except (ValueError, RecursionError):
             raise damaged("the header is not JSON") from None
-    if not isinstance(header, dict):
-        raise damaged("the header is not a JSON object")
-    header.pop("__metadata__", None)
+    if not isinstance(header, dict) or len(header) > 100_000:  # GPT-2 xl has 580 tensors
+        raise damaged("the header is not a JSON object of at most 100,000 tensors")
+    metadata = header.pop("__metadata__", {})
+    if not (isinstance(metadata, dict) and all(type(v) is str for v in metadata.values())):
+        raise damaged("its __metadata__ is not a map of strings")
     data_size = size - 8 - n
     # Copy-on-write map: writable views (torch wants those) that never touch the file.
     data = np.memmap(path, np.uint8, mode="c", offset=8 + n) if data_size else np.empty(0, np.uint8)
+    def sizes(xs, least, most, high):  # type(): neither true nor 32.9 is a size
+        return type(xs) is list and least <= len(xs) <= most and all(
+            type(x) is int and 0 <= x <= high for x in xs)
+
     tensors, ranges = {}, []
     for name, info in header.items():
-        try:
-            np_type, torch_type = DTYPES[info["dtype"]]
-            shape = [int(d) for d in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+        info = info if isinstance(info, dict) else {}
+        if not (str(info.get("dtype")) in DTYPES and sizes(info.get("shape"), 0, 8, 2**31)
+                and sizes(info.get("data_offsets"), 2, 2, data_size)):
             raise damaged(f"tensor {name!r} has an unsupported dtype or a malformed entry; "
-                          f"supported dtypes: {', '.join(DTYPES)}") from None
-        nbytes = math.prod(shape) * np.dtype(np_type).itemsize
-        if not 0 <= begin <= end <= data_size or end - begin != nbytes \
-                or not all(0 <= d <= 2**31 for d in shape):
+                          f"supported dtypes: {', '.join(DTYPES)}")
+        shape, offsets = info["shape"], info["data_offsets"]
+        np_type, torch_type = DTYPES[info["dtype"]]
+        (begin, end), nbytes = offsets, math.prod(shape) * np.dtype(np_type).itemsize
+        if begin > end or end - begin != nbytes:
             raise damaged(f"tensor {name!r} claims bytes {begin}..{end} of {data_size}")
         array = data[begin:end].view(np_type).reshape(shape)
         tensors[name] = torch.from_numpy(array).view(torch_type)
@@ -96,7 +103,31 @@ def read_safetensors(path):
         covered = end
     if covered != data_size:
         raise damaged(f"{data_size - covered} bytes at the end belong to no tensor")
-    return tensors
+    if "data_sha256" in metadata and hashlib.sha256(data).hexdigest() != metadata["data_sha256"]:
+        raise damaged("its data does not match the SHA-256 its header holds")  # ours hold one
+    return tensors, metadata
+
+
+def write_safetensors(path, tensors, metadata):
+    """The reverse: {name: tensor} and {key: text} into path, as the format defines it (the
+    header padded with spaces so the data starts 8-byte aligned), through a temporary file.
+    The metadata gains data_sha256, which read_safetensors checks: a damaged file is refused."""
+    raw = {name: t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+           for name, t in tensors.items()}  # views of the tensors' bytes, no copies
+    names, digest = {dtype: name for name, (_, dtype) in DTYPES.items()}, hashlib.sha256()
+    header, offset = {}, 0
+    for name, t in tensors.items():
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw[name])]}
+        offset += len(raw[name])
+        digest.update(raw[name])
+    header["__metadata__"] = {**metadata, "data_sha256": digest.hexdigest()}
+    head = json.dumps(header).encode("utf-8")
+    head += b" " * (-len(head) % 8)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(head).to_bytes(8, "little") + head)
+        for array in raw.values():
+            f.write(array)
 
 
 def read_small(path, limit):
@@ -145,8 +176,11 @@ def gpt2_state_dict(tensors, cfg, path, dtype=torch.float32):
     (the textbook's load_weights_into_gpt, for the safetensors names)."""
     # Accept both key styles ("transformer.h.0..." and "h.0..."); drop the causal-mask buffers
     # that older checkpoints store (attention builds its own mask).
-    left = {k.removeprefix("transformer."): v for k, v in tensors.items()
-            if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    kept = [k for k in tensors if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+    left = {k.removeprefix("transformer."): tensors[k] for k in kept}
+    if len(left) < len(kept):  # both "h.0..." and "transformer.h.0...": which one is meant?
+        twice = next(k for k in kept if "transformer." + k in tensors)
+        raise InputError(f"{path}: tensor {twice!r} is there twice, also as 'transformer.{twice}'")
 
     def take(key, *shape, transpose=False):
         if key not in left:
@@ -208,12 +242,12 @@ def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, cache_dir=CACHE_DIR
             download(URL.format(repo=REPOS[name]), path, hint=(
                 "; or go on offline: --init random trains from scratch, --model FOLDER reads "
                 "model.safetensors from FOLDER"))
-        tensors, cfg = read_safetensors(path), get_config(name)
+        (tensors, _), cfg = read_safetensors(path), get_config(name)
     elif folder.is_dir():
         path = folder / "model.safetensors"
         if not path.is_file():
             raise InputError(f"{folder} holds no model.safetensors")
-        tensors = read_safetensors(path)
+        tensors, _ = read_safetensors(path)
         cfg = config_from_folder(folder, tensors)
         if not pretrained:
             return GPTModel(cfg).to(dtype).eval()

@@ -4,57 +4,71 @@ Accuracy alone hides what a filter's user cares about most: how many real messag
 So each split also gets a confusion matrix (counts; rows: the true label, columns: the
 prediction), precision, recall and F1 per label, and their macro averages. The examples that
 balancing left out are a free, realistic test of false positives. Then metrics.jsonl and, when
-matplotlib is installed, metrics.png; the split files; and classifier.pt, written and read
-back safely. Plain torch, no new dependency.
+matplotlib is installed, metrics.png; the split files; and classifier.safetensors, written and
+read back with the checked safetensors code of load_gpt2.py: data, never code.
 """
 import json
 import os
-import time
-import pickle
 import shutil
-import zipfile
+import time
+from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from data import write_splits
-from load_gpt2 import check_finite
-from model import GPTModel
-from utils import InputError, atomic_write, tracked
+from load_gpt2 import read_safetensors, write_safetensors
+from model import check_config
+from utils import InputError, atomic_write, lock, tracked
+
+MANY = 20  # labels past which the tables and the plot summarise instead of showing every cell
 
 
 @torch.no_grad()
-def confusion_matrix(data_loader, model, device, num_classes, what="evaluating"):
-    """(num_classes, num_classes) counts: row = true label, column = predicted label."""
+def predictions(data_loader, model, device, read, what="evaluating"):
+    """(true labels, predicted labels), two (N,) tensors; read is select_logits."""
     model.eval()
-    counts = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    true, predicted = [], []
     for input_batch, target_batch, lengths in tracked(data_loader, what, "batches"):
-        logits = model(input_batch.to(device))[torch.arange(len(lengths)), lengths - 1]
-        pairs = target_batch * num_classes + logits.argmax(dim=-1).cpu()
-        counts += torch.bincount(pairs, minlength=num_classes ** 2).view(num_classes, num_classes)
-    return counts
+        predicted.append(read(model(input_batch.to(device)), lengths).argmax(dim=-1).cpu())
+        true.append(target_batch)
+    return torch.cat(true), torch.cat(predicted)
 
 
-def class_metrics(counts):
-    """Precision, recall and F1 per label from a confusion matrix, and their macro averages.
-    A label never predicted (or never present) has precision (recall) 0, not a division by 0."""
-    counts = counts.double()
-    hits = counts.diag()
-    precision = hits / counts.sum(dim=0).clamp(min=1)  # of the texts given this label
-    recall = hits / counts.sum(dim=1).clamp(min=1)     # of the texts that have this label
+def confusion_matrix(true, predicted, num_classes):
+    """(num_classes, num_classes) counts: row = true label, column = predicted label."""
+    pairs = true * num_classes + predicted
+    return torch.bincount(pairs, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def class_metrics(true, predicted, num_classes):
+    """Precision, recall and F1 per label, and their macro averages, in time and memory that
+    grow with the texts and the labels, not with labels squared. A label never predicted (or
+    never present) has precision (recall) 0, not a division by 0."""
+    hits = torch.bincount(true[true == predicted], minlength=num_classes).double()
+    precision = hits / torch.bincount(predicted, minlength=num_classes).clamp(min=1)
+    recall = hits / torch.bincount(true, minlength=num_classes).clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    return {"accuracy": (hits.sum() / counts.sum().clamp(min=1)).item(),
+    return {"accuracy": hits.sum().item() / max(len(true), 1),
             "precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
             "macro_precision": precision.mean().item(), "macro_recall": recall.mean().item(),
             "macro_f1": f1.mean().item()}
 
 
-def format_table(name, counts, labels):
-    """The confusion matrix and the per-label metrics, as aligned text for the log."""
-    m = class_metrics(counts)
+def format_table(name, true, predicted, labels):
+    """The confusion matrix and the per-label metrics, as aligned text for the log; past MANY
+    labels, the five with the lowest F1 instead."""
+    m = class_metrics(true, predicted, len(labels))
+    head = f"{name}: accuracy {m['accuracy']:.2%}"
+    macro = (f"macro precision {m['macro_precision']:.2%}, recall {m['macro_recall']:.2%}, "
+             f"F1 {m['macro_f1']:.2%}")
+    if len(labels) > MANY:
+        worst = sorted(range(len(labels)), key=lambda i: m["f1"][i])[:5]
+        return f"{head}; {macro} over {len(labels):,} labels; lowest F1: " + ", ".join(
+            f"{labels[i]} {m['f1'][i]:.2%}" for i in worst)
+    counts = confusion_matrix(true, predicted, len(labels))
     width = max(8, *(len(label) + 1 for label in labels))
-    lines = [f"{name}: accuracy {m['accuracy']:.2%}; rows: true label, columns: predicted",
+    lines = [f"{head}; rows: true label, columns: predicted",
              " " * width + "".join(f"{label:>{width}}" for label in labels)
              + "   precision  recall      f1"]
     for i, label in enumerate(labels):
@@ -68,20 +82,19 @@ def format_table(name, counts, labels):
 def unused_lines(unused, test, labels, n_examples):
     """How the classifier treats the examples balancing left out: per label, how many it gives
     another label. For two labels, where the unused ones are all of the common label (SMS: 4,080
-    ham), also the precision the filter would have at the data set's own ratio of labels."""
-    lines = []
-    for i, label in enumerate(labels):
-        n = int(unused[i].sum())
-        if n:
-            wrong = n - int(unused[i, i])
-            other = labels[1 - i] if len(labels) == 2 else "another label"
-            lines.append(f"unused {label}: {wrong:,} of {n:,} classified as {other} "
-                         f"({wrong / n:.2%})")
-    common = [i for i in range(len(labels)) if unused[i].sum()]
-    if len(labels) == 2 and len(common) == 1:
-        c, rare = common[0], 1 - common[0]
-        false_positive_rate = 1 - unused[c, c].item() / unused[c].sum().item()
-        recall = class_metrics(test)["recall"][rare]
+    ham), also the precision the filter would have at the data set's own ratio of labels.
+    unused, test: (true, predicted) pairs."""
+    lines, (true, predicted) = [], unused
+    present = Counter(true.tolist())
+    wrong = Counter(true[true != predicted].tolist())
+    for i, n in sorted(present.items()):
+        other = labels[1 - i] if len(labels) == 2 else "another label"
+        lines.append(f"unused {labels[i]}: {wrong[i]:,} of {n:,} classified as {other} "
+                     f"({wrong[i] / n:.2%})")
+    if len(labels) == 2 and len(present) == 1:
+        c, n = next(iter(present.items()))
+        rare, false_positive_rate = 1 - c, wrong[c] / n
+        recall = class_metrics(*test, 2)["recall"][rare]
         share = n_examples[rare] / sum(n_examples)  # e.g. 747 spam of 5,574 messages
         flagged = recall * share + false_positive_rate * (1 - share)
         precision = recall * share / flagged if flagged else 0.0
@@ -91,29 +104,29 @@ def unused_lines(unused, test, labels, n_examples):
     return lines
 
 
-def final_report(model, loaders, labels, device, start):
+def final_report(model, loaders, labels, device, read, start):
     """Every split in full: accuracy, and for validation and test the confusion matrix with
     precision, recall and F1 per label; what balancing left out. Printed, and returned as the
-    last record of metrics.jsonl."""
-    record, confusion = {"final": True, "labels": labels}, {}
+    last record of metrics.jsonl. read: select_logits, as the training used it."""
+    record, pairs = {"final": True, "labels": labels}, {}
     for name, loader in loaders.items():
         if len(loader.dataset):
             tick = time.time()
-            confusion[name] = confusion_matrix(loader, model, device, len(labels), name)
-            record[f"{name}_acc"] = class_metrics(confusion[name])["accuracy"]
-            record[f"{name}_confusion"] = confusion[name].tolist()
+            pairs[name] = predictions(loader, model, device, read, name)
+            record[f"{name}_acc"] = class_metrics(*pairs[name], len(labels))["accuracy"]
+            if len(labels) <= MANY:
+                record[f"{name}_confusion"] = confusion_matrix(*pairs[name], len(labels)).tolist()
             record[f"{name}_eval_s"] = time.time() - tick
     record["elapsed_s"] = time.time() - start
-    print("final | " + " | ".join(f"{name} {record[f'{name}_acc']:.2%}" for name in confusion)
+    print("final | " + " | ".join(f"{name} {record[f'{name}_acc']:.2%}" for name in pairs)
           + f" | {record['elapsed_s']:.1f} s")
     for name in ("validation", "test"):
-        record[f"{name}_metrics"] = class_metrics(confusion[name])
-        print(format_table(name, confusion[name], labels))
-    if "unused" in confusion:  # what balancing left out: realistic false positives
-        n_examples = [sum(y == i for loader in loaders.values() for _, y in loader.dataset)
-                      for i in range(len(labels))]  # per label, in the whole data set
-        record["unused_lines"] = unused_lines(confusion["unused"], confusion["test"], labels,
-                                              n_examples)
+        record[f"{name}_metrics"] = class_metrics(*pairs[name], len(labels))
+        print(format_table(name, *pairs[name], labels))
+    if "unused" in pairs:  # what balancing left out: realistic false positives
+        counts = Counter(y for loader in loaders.values() for _, y in loader.dataset)
+        record["unused_lines"] = unused_lines(pairs["unused"], pairs["test"], labels,
+                                              [counts[i] for i in range(len(labels))])
         print("\n".join(record["unused_lines"]))
     return record
 
@@ -138,77 +151,127 @@ def save_metrics(history, out):
     ax2.set(xlabel="epoch", ylabel="accuracy")
     for ax in (ax1, ax2):
         ax.legend()
-    counts, labels = final["test_confusion"], final["labels"]
-    ax3.imshow(counts, cmap="Blues")
-    ax3.set(xticks=range(len(labels)), xticklabels=labels, yticks=range(len(labels)),
-            yticklabels=labels, xlabel="predicted", ylabel="true label", title="test")
-    darkest = max(map(max, counts))
-    for i, row in enumerate(counts):
-        for j, count in enumerate(row):
-            ax3.text(j, i, f"{count:,}", ha="center", va="center",
-                     color="white" if count > darkest / 2 else "black")
+    if "test_confusion" not in final:  # too many labels for a readable matrix
+        ax3.set_axis_off()
+        ax3.text(0.5, 0.5, f"{len(final['labels']):,} labels: see metrics.jsonl", ha="center")
+    else:
+        counts = final["test_confusion"]
+        labels = [label.replace("$", r"\$") for label in final["labels"]]  # text, not math
+        ax3.imshow(counts, cmap="Blues")
+        ax3.set(xticks=range(len(labels)), xticklabels=labels, yticks=range(len(labels)),
+                yticklabels=labels, xlabel="predicted", ylabel="true label", title="test")
+        darkest = max(map(max, counts))
+        for i, row in enumerate(counts):
+            for j, count in enumerate(row):
+                ax3.text(j, i, f"{count:,}", ha="center", va="center",
+                         color="white" if count > darkest / 2 else "black")
     fig.tight_layout()
     with atomic_write(out / "metrics.png") as tmp:
         fig.savefig(tmp, format="png")
 
 
-def save_run(out, model, labels, max_length, splits, history):
-    """Write the run's files together, at the end: each first into a folder of its own, then
-    all moved into out at once. So out never mixes two runs, and a run that fails or is
-    interrupted leaves the last one's files as they were. Returns a line for the log."""
-    for left in out.glob(".incomplete-*"):  # from a run that was killed while saving
-        shutil.rmtree(left, ignore_errors=True)
-    staged = out / f".incomplete-{os.getpid()}"
+# The files a run writes in --out: the only ones it ever replaces or removes there.
+OWN_FILES = ("classifier.safetensors", "metrics.jsonl", "metrics.png",
+             *(f"splits/{name}.tsv" for name in ("train", "validation", "test", "unused")))
+
+
+def check_out(out):
+    """Before training: --out is a folder we can write to, with nothing in the way of OWN_FILES,
+    and no link that would take the split files outside it."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder (it holds the run's files)")
+    if (out / "splits").is_symlink() or (out / "splits").exists() and not (out / "splits").is_dir():
+        raise InputError(f"{out / 'splits'} is a link or a file, in the way of the run's split "
+                         "files; move it away")
+    for name in OWN_FILES:
+        if (out / name).is_dir():
+            raise InputError(f"{out / name} is a folder, in the way of this run's {name}; "
+                             "move it away")
+    folder = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"--out {out} cannot be written to; choose another folder")
+
+
+def save_run(out, model, settings, splits, history):
+    """Write the run's files together, at the end: first into a folder of their own, then moved
+    into out, the files they replace moved aside first; if any move fails, all are undone. So out
+    never mixes two runs, a failed or interrupted save leaves it as it was, and only OWN_FILES
+    are ever replaced or removed. Saves into one out wait for each other. Returns a log line."""
+    with lock(out, "another run is saving into"):
+        for left in out.glob(".incomplete-*"):  # a save that was killed: none runs but ours
+            shutil.rmtree(left, ignore_errors=True)
+        staged = out / f".incomplete-{os.getpid()}"
+        try:
+            write_splits(splits, staged / "splits")
+            metadata = {key: value if key in ("pooling", "truncate") else
+                        json.dumps(value, default=str)  # a Path in the flags as text
+                        for key, value in settings.items()}
+            write_safetensors(staged / "classifier.safetensors", model.state_dict(),
+                              {"format": "pt", **metadata})
+            save_metrics(history, staged)
+            new = [name for name in OWN_FILES if (staged / name).is_file()]
+            swap_in(out, staged, new)
+        except OSError as e:
+            raise InputError(f"could not save the run in {out} ({e.strerror or e}); the files "
+                             "there are as they were") from None
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+    plot = "" if "metrics.png" in new else " (pip install matplotlib for metrics.png)"
+    return f"saved in {out}: {', '.join(new)}{plot}"
+
+
+def swap_in(out, staged, new):
+    """Move every OWN_FILES file in out aside into staged/old, then staged's new files into out,
+    each a rename; on any failure (or Ctrl-C), undo the renames done, last first."""
+    done = []
+
+    def move(source, dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, dest)
+        done.append((source, dest))
     try:
-        write_splits(splits, staged / "splits")
-        torch.save({"model": model.state_dict(), "cfg": model.cfg, "labels": labels,
-                    "max_length": max_length}, staged / "classifier.pt")
-        save_metrics(history, staged)
-        new = sorted(p.relative_to(staged) for p in staged.rglob("*") if p.is_file())
-        for name in new:  # renames: nothing is copied, so this takes a moment
-            (out / name).parent.mkdir(exist_ok=True)
-            os.replace(staged / name, out / name)
-        for old in [*out.glob("splits/*.tsv"), out / "metrics.png"]:  # an older run's files
-            if old.is_file() and old.relative_to(out) not in new:  # that this one lacks
-                old.unlink()
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-    plot = "" if Path("metrics.png") in new else " (pip install matplotlib for metrics.png)"
-    return f"saved in {out}: {', '.join(map(str, new))}{plot}"
+        for name in OWN_FILES:
+            if (out / name).is_file() or (out / name).is_symlink():  # a link moves, not its file
+                move(out / name, staged / "old" / name)
+        for name in new:
+            move(staged / name, out / name)
+    except BaseException:
+        for source, dest in reversed(done):
+            os.replace(dest, source)
+        raise
 
 
-def load_classifier(path, device="cpu"):
-    """(model, label names, max_length) from save_run's classifier.pt. Plain tensors and data
-    only (weights_only=True), never arbitrary pickled code; every value checked before use."""
+POOLINGS, TRUNCATIONS = ("last", "first", "mean"), ("start", "end")
+
+
+def read_classifier(path):
+    """(tensors, settings) from a classifier.safetensors that save_run wrote (path: the file or
+    its folder), read as data by read_safetensors; every setting checked before use."""
+    path = path / "classifier.safetensors" if path.is_dir() else path
     if not path.exists():
+        if path.with_name("classifier.pt").exists():
+            raise InputError(f"{path.with_name('classifier.pt')} is from an older version of "
+                             "this script (a pickle, never opened here); retrain with this one")
         raise InputError(f"no trained classifier at {path}; train one first with "
-                         "python train_classifier.py, or point --out at its folder")
+                         "python train_classifier.py, or point --out or --classifier at it")
+    if not path.is_file():
+        raise InputError(f"{path} is not a regular file")
+    tensors, metadata = read_safetensors(path)
     try:
-        if not path.is_file():
-            raise ValueError("not a regular file")
-        with zipfile.ZipFile(path) as z:  # torch.load does not check the CRCs; a damaged file
-            damaged = z.testzip()          # would load and predict garbage
-        if damaged:
-            raise ValueError(f"{damaged} fails its checksum")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if type(ckpt) is not dict:
-            raise ValueError(f"it holds a {type(ckpt).__name__}, not a dict")
-        labels, max_length, cfg = ckpt["labels"], ckpt["max_length"], ckpt["cfg"]
+        settings = {key: metadata[key] if key in ("pooling", "truncate")
+                    else json.loads(metadata[key])
+                    for key in ("cfg", "labels", "max_length", "pooling", "truncate", "run")}
+        labels, max_length, cfg = settings["labels"], settings["max_length"], settings["cfg"]
         if not (type(labels) is list and len(labels) >= 2 and len(set(labels)) == len(labels)
-                and all(type(label) is str and label for label in labels)):
-            raise ValueError("its labels are not two or more different names")
-        with torch.device("meta"):  # no memory for weights about to be replaced
-            model = GPTModel(cfg)  # checks every size in cfg
-            model.out_head = nn.Linear(model.cfg["emb_dim"], len(labels))
+                and all(type(label) is str and label.isprintable() and label for label in labels)):
+            raise ValueError("its labels are not two or more different printable names")
+        check_config(cfg)
         if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"]:
             raise ValueError(f"max_length {max_length!r} is not within the context length")
-        model.load_state_dict(ckpt["model"], assign=True)  # names and shapes must all match
-    except (RuntimeError, KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile) as e:
-        # One line: torch's messages can run over many.
-        why = f"no {e} entry" if isinstance(e, KeyError) else " ".join(str(e).split())[:200]
+        if settings["pooling"] not in POOLINGS or settings["truncate"] not in TRUNCATIONS \
+                or type(settings["run"]) is not dict:
+            raise ValueError("its pooling, truncate or run settings are not ones this script has")
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
+        why = f"no {e} setting" if isinstance(e, KeyError) else " ".join(str(e).split())[:200]
         raise InputError(f"{path} is not a classifier saved by this script ({why})") from None
-    except pickle.UnpicklingError:
-        raise InputError(f"{path} is not a classifier saved by this script (it holds Python "
-                         "objects other than tensors and plain data; those are never loaded)"
-                         ) from None
-    return check_finite(model, path).to(device).eval(), labels, max_length
+    return tensors, settings

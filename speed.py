@@ -1,18 +1,18 @@
 """The speed layer of train_classifier.py: skip it on a first reading.
 
 train_classifier.main wraps the model in FastClassifier once, and the chapter's functions there
-cannot tell: it takes the same input_batch and gives the same logits at each text's last real
-token (in a (B, T, num_classes) tensor whose other positions, never read, are NaN). What it
-saves, and why the numbers stay the same:
+cannot tell: it takes the same input_batch and gives the same logits where select_logits reads
+them (for --pooling last, in a (B, T, num_classes) tensor whose other positions, never read,
+are NaN). What it saves, and why the numbers stay the same:
   - Frozen-prefix cache. The frozen bottom (embeddings and the blocks below the first trainable
     one) has no dropout and takes no gradient, so it maps a text to the same output every time.
     It runs once per text, in length-sorted batches (almost no padding), and is kept; every step
     and every epoch then runs only the trainable top. In float32: tokens x emb_dim x 4 bytes,
     kept in RAM when that fits --cache-mb, otherwise in a memory-mapped temporary file: reading
     it back costs far less than recomputing the blocks.
-  - The last block at the last token only: the head reads nothing else, so that block computes
-    one query per text (its keys and values still come from every position).
-  - bfloat16 autocast on GPUs that support it, optional torch.compile, fused AdamW.
+  - The last block at the last token only (--pooling last): the head reads nothing else, so
+    that block computes one query per text (its keys and values still come from every position).
+  - Optional torch.compile, fused AdamW. (bfloat16, --dtype, is autocast around both paths.)
 Tests check that losses and weights with and without it agree to 1e-5 in float32.
 """
 import contextlib
@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data import pad_batch
-from utils import Progress
+from utils import InputError, Progress
 
 
 class FastClassifier(nn.Module):
@@ -34,10 +34,10 @@ class FastClassifier(nn.Module):
     cache: "auto" keeps the frozen bottom's outputs in RAM when they fit cache_mb and in a
     temporary file in cache_dir (memory-mapped, deleted at exit) when not; "ram", "disk", "off"."""
 
-    def __init__(self, model, pad_id, bf16=False, compile=False, texts=(), cache="auto",
+    def __init__(self, model, pad_id, pooling="last", compile=False, texts=(), cache="auto",
                  cache_mb=2048, cache_dir="."):
         super().__init__()
-        self.model, self.pad_id, self.bf16 = model, pad_id, bf16
+        self.model, self.pad_id, self.last_only = model, pad_id, pooling == "last"
         self.n_bottom = frozen_bottom(model)
         n_tokens, C = sum(map(len, texts)), model.cfg["emb_dim"]
         mb = n_tokens * C * 4 / 2**20  # float32
@@ -52,38 +52,37 @@ class FastClassifier(nn.Module):
                 why_not = f"{mb:,.0f} MB do not fit the free disk space in {cache_dir}"
         # Every cached text's rows, one after another in one (tokens, C) buffer; index: a text's
         # token ids (as bytes) -> (first row, length). On disk, the OS pages the file in and out.
-        self.index, self.store = {}, None
+        self.index, self.store, self.file = {}, None, None
         if why_not:
             self.note = f"frozen-prefix cache off ({why_not})"
         elif cache == "ram":  # the computer's memory, also when the model is on a GPU
             self.store = torch.empty(n_tokens, C)
             self.note = f"frozen-prefix cache in RAM ({self.n_bottom} blocks, {mb:,.0f} MB)"
-        else:
+        else:  # written during the fill, mapped after it
             self.file = tempfile.TemporaryFile(dir=cache_dir, prefix="prefix-cache-")
-            self.store = torch.from_numpy(np.memmap(self.file, np.float32, "w+",
-                                                    shape=(n_tokens, C)))
             self.note = (f"frozen-prefix cache on disk ({self.n_bottom} blocks, {mb:,.0f} MB in a "
                          f"temporary file in {cache_dir}, deleted at exit)")
-        self.note += "; last block at the last token only" + ("; bfloat16" if bf16 else "")
+        self.note += "; last block at the last token only" if self.last_only else ""
         self.top = last_token_block
         if compile:  # the blocks that run every step; nn.Module.compile keeps the weights' names
-            for block in model.trf_blocks[self.n_bottom:-1]:
+            for block in model.trf_blocks[self.n_bottom:-1 if self.last_only else None]:
                 block.compile()
             self.top = torch.compile(last_token_block)
             self.note += "; compiled"
-        if self.store is not None:
-            self.fill(texts)
+        if not why_not:
+            self.fill(texts, cache_dir)
 
-    def forward(self, input_batch):  # (B, T) -> (B, T, num_classes), set at last tokens only
+    def forward(self, input_batch):  # (B, T) -> (B, T, num_classes)
         # <|endoftext|> pads the batch and never comes out of encode_ordinary: it marks the ends.
         lengths = (input_batch != self.pad_id).sum(dim=1)
+        x = self.bottom(input_batch, lengths)  # (B, T, C)
+        for block in self.model.trf_blocks[self.n_bottom:-1]:
+            x = block(x)
+        if not self.last_only:  # another pooling reads every position: all of them computed
+            return self.model.out_head(self.model.final_norm(self.model.trf_blocks[-1](x)))
         rows, last = torch.arange(len(lengths), device=input_batch.device), lengths - 1
-        with self.autocast(input_batch.device):
-            x = self.bottom(input_batch, lengths)  # (B, T, C)
-            for block in self.model.trf_blocks[self.n_bottom:-1]:
-                x = block(x)
-            x = self.top(self.model.trf_blocks[-1], x, last)  # (B, C)
-            logits = self.model.out_head(self.model.final_norm(x)).float()  # (B, num_classes)
+        x = self.top(self.model.trf_blocks[-1], x, last)  # (B, C)
+        logits = self.model.out_head(self.model.final_norm(x[:, None]))[:, 0]  # (B, num_classes)
         out = logits.new_full((*input_batch.shape, logits.size(-1)), float("nan"))
         return out.index_put((rows, last), logits)  # NaN where the loop never reads
 
@@ -97,13 +96,6 @@ class FastClassifier(nn.Module):
             return x.to(input_batch.device, self.model.tok_emb.weight.dtype)
         return self.run_bottom(input_batch)  # no cache, or a text not cached: computed, not kept
 
-    def autocast(self, device):
-        """bfloat16 autocast if asked for; otherwise nothing (older torch refuses autocast on
-        some devices even when disabled)."""
-        if self.bf16:
-            return torch.autocast(device.type, torch.bfloat16)
-        return contextlib.nullcontext()
-
     def run_bottom(self, input_batch):  # (B, T) -> (B, T, C)
         x = self.model.embed(input_batch)
         for block in self.model.trf_blocks[:self.n_bottom]:
@@ -111,7 +103,7 @@ class FastClassifier(nn.Module):
         return x
 
     @torch.no_grad()
-    def fill(self, texts, batch_size=64):
+    def fill(self, texts, cache_dir, batch_size=64):
         """Compute every text's bottom output once, before training, with a progress line."""
         texts = sorted(texts, key=len)  # similar lengths together: little padding
         progress = Progress("caching the frozen blocks", len(texts), "texts")
@@ -119,15 +111,27 @@ class FastClassifier(nn.Module):
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
             input_batch, _, _ = pad_batch([(t, 0) for t in batch], self.pad_id)
-            with self.autocast(device):
-                out = self.run_bottom(input_batch.to(device))  # (B, T, C)
+            out = self.run_bottom(input_batch.to(device)).float().cpu()  # (B, T, C)
             for row, t in enumerate(batch):
                 key = torch.tensor(t).numpy().tobytes()
-                if key not in self.index:  # a text that occurs twice is kept once
+                if key in self.index:  # a text that occurs twice is kept once
+                    continue
+                if self.file is None:
                     self.store[end:end + len(t)] = out[row, :len(t)]
-                    self.index[key], end = (end, len(t)), end + len(t)
+                else:  # a write, not a memory map: a full disk is an error, not a crash
+                    try:
+                        self.file.write(out[row, :len(t)].numpy().tobytes())
+                    except OSError as e:
+                        raise InputError(f"the frozen-prefix cache filled the disk in "
+                                         f"{cache_dir} ({e.strerror}); free space, or use "
+                                         "--cache ram or --cache off") from None
+                self.index[key], end = (end, len(t)), end + len(t)
             progress.show(start + len(batch))
         progress.end()
+        if self.file is not None:  # copy-on-write: readable, and never written back
+            self.file.flush()
+            self.store = torch.from_numpy(np.memmap(self.file, np.float32, "c",
+                                                    shape=(end, self.model.cfg["emb_dim"])))
 
 
 def frozen_bottom(model):
@@ -172,3 +176,11 @@ def adamw(params, fused, **settings):
 def use_bf16(dtype, device):
     return dtype == "bfloat16" or (dtype == "auto" and device.startswith("cuda")
                                    and torch.cuda.is_bf16_supported())
+
+
+def autocast(bf16, device):
+    """bfloat16 autocast around the chapter's functions, with or without the speed layer, if
+    asked for; otherwise nothing (older torch refuses autocast on some devices even when off)."""
+    if bf16:
+        return torch.autocast(torch.device(device).type, torch.bfloat16)
+    return contextlib.nullcontext()

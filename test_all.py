@@ -8,15 +8,18 @@ safetensors layout, small labelled files, zips. Tests that need GPT-2's real voc
 import contextlib
 import functools
 import http.server
+import importlib.util
 import io
 import json
 import math
 import re
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 import unittest.mock
 import zipfile
@@ -759,10 +762,18 @@ class TestProgress(unittest.TestCase):
         self.assertEqual(tc.accuracy_batches(torch.utils.data.DataLoader(large), 5), 5)
 
 
+def pairs(counts):
+    """(true, predicted) label tensors that a confusion matrix counts."""
+    cells = [(i, j) for i, row in enumerate(counts) for j, n in enumerate(row) for _ in range(n)]
+    return torch.tensor([i for i, _ in cells]), torch.tensor([j for _, j in cells])
+
+
 class TestReport(unittest.TestCase):
     def test_metrics_from_a_hand_made_confusion_matrix(self):
-        counts = torch.tensor([[5, 1, 0, 0], [2, 3, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
-        m = report.class_metrics(counts)  # label 2 is never predicted, label 3 never present
+        counts = [[5, 1, 0, 0], [2, 3, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+        true, predicted = pairs(counts)
+        self.assertEqual(report.confusion_matrix(true, predicted, 4).tolist(), counts)
+        m = report.class_metrics(true, predicted, 4)  # 2 is never predicted, 3 never present
         self.assertAlmostEqual(m["accuracy"], 8 / 12)
         for got, want in zip(m["precision"], [5 / 8, 3 / 4, 0, 0]):
             self.assertAlmostEqual(got, want)
@@ -772,18 +783,30 @@ class TestReport(unittest.TestCase):
             self.assertAlmostEqual(got, want)
         self.assertAlmostEqual(m["macro_precision"], (5 / 8 + 3 / 4) / 4)
         self.assertFalse(any(math.isnan(v) for v in m["f1"]))
-        table = report.format_table("test", counts, ["a", "b", "c", "d"]).splitlines()
+        table = report.format_table("test", true, predicted, ["a", "b", "c", "d"]).splitlines()
         self.assertEqual(table[2].split()[:5], ["a", "5", "1", "0", "0"])
         self.assertIn("62.50%", table[2])
 
     def test_unused_false_positives_and_precision_at_the_real_ratio(self):
-        unused, test = torch.tensor([[4043, 37], [0, 0]]), torch.tensor([[145, 5], [10, 140]])
+        unused, test = pairs([[4043, 37], [0, 0]]), pairs([[145, 5], [10, 140]])
         lines = report.unused_lines(unused, test, ["ham", "spam"], [4827, 747])
         self.assertEqual(lines[0], "unused ham: 37 of 4,080 classified as spam (0.91%)")
         share, recall, fpr = 747 / 5574, 140 / 150, 37 / 4080
         precision = recall * share / (recall * share + fpr * (1 - share))
         self.assertIn(f"spam precision would be about {precision:.1%}", lines[1])
         self.assertIn("(747 spam in 5,574)", lines[1])
+
+    def test_many_labels_are_summarised_in_time_that_grows_with_the_data(self):
+        n = 20_000  # labels: a confusion matrix would hold 400 million cells
+        true = torch.arange(n).repeat(2)
+        predicted = torch.where(true % 4 == 0, (true + 1) % n, true)
+        start = time.time()
+        m = report.class_metrics(true, predicted, n)
+        table = report.format_table("test", true, predicted, [f"label{i}" for i in range(n)])
+        self.assertLess(time.time() - start, 5)
+        self.assertAlmostEqual(m["accuracy"], 0.75)
+        self.assertEqual(len(table.splitlines()), 1)
+        self.assertIn("over 20,000 labels; lowest F1: label0 0.00%", table)
 
 
 class TestGenerate(unittest.TestCase):
@@ -846,21 +869,40 @@ class TestGenerate(unittest.TestCase):
 
 
 def run_script(*args, env=None):
-    """Run a script as a user would; returns (exit code, stdout, stderr)."""
+    """Run a script as a user would, in a new process; returns (exit code, stdout, stderr)."""
     env = {**os.environ, **(env or {}), "PYTHONIOENCODING": "utf-8"}
     result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
                             text=True, encoding="utf-8", env=env, timeout=120)
     return result.returncode, result.stdout, result.stderr
 
 
-def assert_same_weights(test, a, b):
-    """Two state_dicts agree to 1e-5. The key bias adds the same amount to every score of a
+def cli(main, *args, stdin=None, env=None):
+    """Run a script's main as its command line does (through utils.run_main), in this process:
+    the same code, without a second of torch import per call. Returns (exit code, stdout,
+    stderr); stdin: bytes for standard input."""
+    out, err = io.StringIO(), io.StringIO()
+    stream = io.TextIOWrapper(io.BytesIO(stdin or b""), encoding="utf-8")
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            unittest.mock.patch.object(sys, "stdin", stream), \
+            unittest.mock.patch.dict(os.environ, env or {}):
+        try:
+            utils.run_main(lambda: main([str(a) for a in args]))
+            code = 0
+        except SystemExit as e:  # what the interpreter does with sys.exit(code)
+            code = e.code if isinstance(e.code, int) else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_same_weights(test, a, b, tol=1e-5):
+    """Two state_dicts agree to tol. The key bias adds the same amount to every score of a
     query, which softmax ignores: its true gradient is 0, and Adam turns the float rounding left
     in it into lr-sized steps. It cannot change any output, so it is left out."""
     test.assertEqual(a.keys(), b.keys())
     for name, p in a.items():
         if not name.endswith("W_key.bias"):
-            test.assertLess((p - b[name]).abs().max().item(), 1e-5, name)
+            test.assertLess((p - b[name]).abs().max().item(), tol, name)
 
 
 def spam_like(folder, n=24):
@@ -908,6 +950,23 @@ class TestTrainClassifier(unittest.TestCase):
         self.assertIn("Ep 6 (Step 000023): Train loss", log)
         self.assertEqual(log.count("Validation accuracy"), 6)
 
+    def losses(self, out):
+        return [(r["train_loss"], r["val_loss"]) for r in self.records(out) if "val_loss" in r]
+
+    def assert_fast_matches_plain(self, flags, variants, tol=1e-5):
+        """The plain chapter path (--no-fast) and the speed layer with each of variants
+        ((flags, note in the log) pairs) give the same losses and weights; returns the log."""
+        plain, log_plain = self.train(*flags, "--no-fast", out="plain")
+        self.assertNotIn("speed layer", log_plain)
+        for fast_flags, note in variants:
+            fast, log = self.train(*flags, *fast_flags, out="fast")
+            self.assertIn(note, log)
+            self.assertEqual(list((self.dir / "fast").glob("prefix-cache-*")), [])
+            for x, y in zip(self.losses("fast"), self.losses("plain"), strict=True):
+                self.assertLess(max(abs(x[0] - y[0]), abs(x[1] - y[1])), tol)
+            assert_same_weights(self, fast.state_dict(), plain.state_dict(), tol)
+        return plain, log_plain
+
     def test_prefix_cache_gives_the_same_losses_and_weights(self):
         cached = (((), "frozen-prefix cache in RAM"),
                   (("--cache-mb", "0"), "frozen-prefix cache on disk"),
@@ -917,22 +976,60 @@ class TestTrainClassifier(unittest.TestCase):
             with self.subTest(trainable):
                 flags = ["--epochs", "2", "--eval-freq", "1", "--trainable", trainable,
                          "--lr", "1e-3"]
-                plain, log_plain = self.train(*flags, "--no-fast", out="plain")
-                self.assertNotIn("speed layer", log_plain)
-                losses = lambda out: [(r["train_loss"], r["val_loss"]) for r in self.records(out)
-                                      if "val_loss" in r]
-                self.assertEqual(len(losses("plain")), 2 * 4)
                 variants = cached if trainable in ("last-1", "head") else (
                     ((), "frozen-prefix cache off (no frozen blocks)"),)
+                plain, _ = self.assert_fast_matches_plain(flags, variants)
+                self.assertEqual(len(self.losses("plain")), 2 * 4)
                 trains_embeddings = not torch.equal(plain.tok_emb.weight, initial)
                 self.assertEqual(trains_embeddings, trainable == "all")
-                for fast_flags, note in variants:
-                    fast, log = self.train(*flags, *fast_flags, out="fast")
-                    self.assertIn(note, log)
-                    self.assertEqual(list((self.dir / "fast").glob("prefix-cache-*")), [])
-                    for x, y in zip(losses("fast"), losses("plain"), strict=True):
-                        self.assertLess(max(abs(x[0] - y[0]), abs(x[1] - y[1])), 1e-5)
-                    assert_same_weights(self, fast.state_dict(), plain.state_dict())
+
+    def test_every_pooling_and_accumulation_gives_the_same_losses_with_the_speed_layer(self):
+        flags = ["--epochs", "2", "--eval-freq", "1", "--lr", "1e-3"]
+        both = (((), "frozen-prefix cache in RAM"), (("--cache", "off"), "cache off"))
+        self.assert_fast_matches_plain(flags, both)
+        last = self.losses("plain")
+        for pooling in ("first", "mean"):
+            with self.subTest(pooling):
+                _, log = self.assert_fast_matches_plain([*flags, "--pooling", pooling], both)
+                self.assertIn(f"--pooling {pooling})", log)
+                self.assertGreater(abs(self.losses("plain")[0][0] - last[0][0]), 1e-4)
+        with self.subTest("accumulation"):
+            self.assert_fast_matches_plain([*flags, "--batch-size", "2",
+                                            "--accumulation-steps", "2"], both)
+
+    def test_mean_pooling_reads_the_real_tokens_only(self):
+        logits = torch.arange(12.0).view(2, 3, 2)  # (B, T, num_classes)
+        lengths = torch.tensor([3, 1])
+        self.assertEqual(tc.select_logits(logits, lengths, "mean").tolist(),
+                         [[2.0, 3.0], [6.0, 7.0]])
+        self.assertEqual(tc.select_logits(logits, lengths, "last").tolist(),
+                         [[4.0, 5.0], [6.0, 7.0]])
+        logits[1, 1:] = float("nan")  # the speed layer's NaN after a text's end is never read
+        self.assertEqual(tc.select_logits(logits, lengths, "first").tolist(),
+                         [[0.0, 1.0], [6.0, 7.0]])
+        self.assertEqual(tc.select_logits(logits, lengths, "mean")[1].tolist(), [6.0, 7.0])
+
+    def test_accumulated_micro_batches_match_one_big_batch(self):
+        big, log_big = self.train("--batch-size", "8", "--epochs", "2", "--eval-freq", "1",
+                                  "--lr", "1e-3", out="big")
+        small, log_small = self.train("--batch-size", "2", "--accumulation-steps", "4",
+                                      "--epochs", "2", "--eval-freq", "1", "--lr", "1e-3")
+        assert_same_weights(self, small.state_dict(), big.state_dict())
+        # --eval-freq counts optimizer steps: 16 texts / 8 = 2 a epoch, in both runs
+        steps = lambda out: [r["step"] for r in self.records(out) if "val_loss" in r]
+        self.assertEqual(steps("out"), [0, 1, 2, 3])
+        self.assertEqual(steps("out"), steps("big"))
+        for x, y in zip(self.records("out"), self.records("big")):  # validation: same batches
+            self.assertAlmostEqual(x.get("val_loss", 0), y.get("val_loss", 0), delta=1e-5)
+            self.assertEqual(x.get("examples_seen"), y.get("examples_seen"))
+
+    def test_dtype_means_the_same_with_and_without_the_speed_layer(self):
+        flags = ["--epochs", "1", "--eval-freq", "1", "--lr", "1e-3", "--dtype", "bfloat16"]
+        _, log = self.assert_fast_matches_plain(flags, (((), "cache in RAM"),), tol=2e-2)
+        self.assertIn("on cpu in bfloat16", log)
+        bf16 = self.losses("plain")
+        self.train(*flags[:-1], "float32", "--no-fast", out="f32")
+        self.assertNotEqual(bf16, self.losses("f32"))  # the plain path did compute in bfloat16
 
     def test_prediction_does_not_depend_on_batch_mates(self):
         model = load_gpt2.load_gpt2(self.model_dir)
@@ -959,10 +1056,12 @@ class TestTrainClassifier(unittest.TestCase):
         self.assertIn(f"{lora_params:,} of", log)
         self.assertIn("frozen-prefix cache off (no frozen blocks)", log)
         self.assertFalse(any(isinstance(m, tc.LinearWithLoRA) for m in model.modules()))
-        loaded, labels, max_length = report.load_classifier(self.dir / "out" / "classifier.pt")
+        loaded, settings = tc.load_classifier(self.dir / "out")
         texts = ["message number 99 says apple", "message number 98 says zebra"]
+        labels, max_length = settings["labels"], settings["max_length"]
         self.assertEqual(tc.classify(loaded, self.tok, texts, labels, max_length),
                          tc.classify(model, self.tok, texts, labels, max_length))
+        self.assertEqual(settings["run"]["trainable"], "lora")
         self.assertGreater(self.records()[-1]["train_acc"], 0.5)
 
     def test_balanced_data_reports_per_class_metrics_and_the_unused_split(self):
@@ -974,6 +1073,7 @@ class TestTrainClassifier(unittest.TestCase):
         self.assertEqual(sum(map(sum, final["unused_confusion"])), 24)  # 36 - 12 ham left out
         self.assertEqual(final["unused_confusion"][1], [0, 0])
         self.assertEqual(sum(map(sum, final["test_confusion"])), 6)  # 20% of 24
+        self.assertEqual(sum(map(sum, final["train_confusion"])), 16)  # all of it, not drop_last
         self.assertEqual(set(final["test_metrics"]),
                          {"accuracy", "precision", "recall", "f1",
                           "macro_precision", "macro_recall", "macro_f1"})
@@ -987,19 +1087,17 @@ class TestTrainClassifier(unittest.TestCase):
         model, _ = self.train("--epochs", "1")
         texts = [f"message number {i} says {'apple' if i % 3 else 'zebra'}" for i in range(7)]
         lines = texts[:3] + ["", "   "] + texts[3:]
-        result = subprocess.run([sys.executable, "train_classifier.py", "--out", self.dir / "out",
-                                 "--predict", "-"], cwd=ROOT, capture_output=True, timeout=120,
-                                input="\n".join(lines).encode("utf-8"), env=os.environ)
-        self.assertEqual(result.returncode, 0, result.stderr)
-        out = result.stdout.decode("utf-8").splitlines()
+        code, out, err = cli(tc.main, "--out", self.dir / "out", "--predict", "-",
+                             stdin="\n".join(lines).encode("utf-8"))
+        self.assertEqual(code, 0, err)
+        out = out.splitlines()
         self.assertEqual([line.split("\t")[2] for line in out], texts)
         expected = tc.classify(model, self.tok, texts, ["ham", "spam"], 64)
         self.assertEqual([line.split("\t")[0] for line in out], [label for label, _ in expected])
-        err = result.stderr.decode("utf-8")
         self.assertIn("line 4 is empty: skipped", err)
         self.assertIn("line 5 is empty: skipped", err)
         with contextlib.redirect_stderr(io.StringIO()):  # large inputs go a chunk at a time
-            chunks = list(tc.line_chunks(io.BytesIO(b"a\n\nb\r\nc\n"), size=2))
+            chunks = list(utils.line_chunks(io.BytesIO(b"a\n\nb\r\nc\n"), size=2))
         self.assertEqual(chunks, [["a", "b"], ["c"]])
 
     def test_columns_chosen_by_flags(self):
@@ -1013,28 +1111,75 @@ class TestTrainClassifier(unittest.TestCase):
         splits = data.load_dataset(self.data, 123, None, "body", "stars")[0]
         self.assertEqual(written.split("\t")[0], splits["test"][0][0])
 
-    def test_checkpoint_reloads_and_predicts_the_same(self):
-        model, _ = self.train("--epochs", "1")
+    def test_classifier_reloads_with_its_settings_and_predicts_the_same(self):
+        model, _ = self.train("--epochs", "1", "--pooling", "mean", "--truncate", "end",
+                              "--max-length", "6")
         texts = ["message number 99 says apple", "message number 98 says zebra"]
-        before = tc.classify(model, self.tok, texts, ["ham", "spam"], 64)
-        code, out, err = run_script("train_classifier.py", "--out", self.dir / "out",
-                                    "--predict", *texts)
-        self.assertEqual(code, 0, err)
-        self.assertEqual(len(out.splitlines()), 2)
-        for line, (label, prob) in zip(out.splitlines(), before):
-            got_label, got_prob, got_text = line.split("\t")
-            self.assertEqual(got_label, label)
-            self.assertAlmostEqual(float(got_prob), prob, delta=1e-3)
+        before = tc.classify(model, self.tok, texts, ["ham", "spam"], 6, "mean", "end")
+        self.assertNotEqual(before, tc.classify(model, self.tok, texts, ["ham", "spam"], 6))
+        saved = self.dir / "out" / "classifier.safetensors"
+        (self.dir / "shared").mkdir()
+        shutil.copy(saved, self.dir / "shared" / "classifier.safetensors")
+        for where in (["--out", self.dir / "out"], ["--classifier", self.dir / "shared"],
+                      ["--classifier", self.dir / "shared" / "classifier.safetensors",
+                       "--out", self.dir / "empty"], ["--out", self.dir / "out", "--no-fast"]):
+            with self.subTest(where):
+                code, out, err = cli(tc.main, *where, "--predict", *texts)
+                self.assertEqual(code, 0, err)
+                for line, (label, prob) in zip(out.splitlines(), before, strict=True):
+                    got_label, got_prob, got_text = line.split("\t")
+                    self.assertEqual(got_label, label)
+                    self.assertAlmostEqual(float(got_prob), prob, delta=1e-3)
         self.assertTrue((self.dir / "out" / "splits" / "train.tsv").exists())
-        # a damaged checkpoint is refused, not loaded (torch.load itself does not check)
-        raw = bytearray((self.dir / "out" / "classifier.pt").read_bytes())
-        raw[len(raw) // 2:len(raw) // 2 + 64] = bytes(64)
+        self.assertFalse((self.dir / "empty").exists())  # --predict writes nothing
+        # a damaged file is refused, not loaded: its data no longer matches its SHA-256
+        raw = bytearray(saved.read_bytes())
+        raw[-64:] = bytes(64)
         (self.dir / "bad").mkdir()
-        (self.dir / "bad" / "classifier.pt").write_bytes(bytes(raw))
-        code, _, err = run_script("train_classifier.py", "--out", self.dir / "bad",
-                                  "--predict", texts[0])
+        (self.dir / "bad" / "classifier.safetensors").write_bytes(bytes(raw))
+        code, _, err = cli(tc.main, "--out", self.dir / "bad", "--predict", texts[0])
         self.assertEqual(code, 1)
-        self.assertIn("is not a classifier saved by this script", err)
+        self.assertIn("does not match the SHA-256", err)
+
+    def test_the_one_read_decides_every_reported_number(self):
+        """A fork that changes select_logits changes the final report and --predict too."""
+        texts = ["message number 99 says apple", "message number 98 says zebra", "hi"]
+        real = tc.select_logits
+
+        def run(out, read=real):
+            with unittest.mock.patch.object(tc, "select_logits", read):
+                model, _ = self.train("--epochs", "0", out=out)
+                code, printed, err = cli(tc.main, "--out", self.dir / out, "--predict", *texts)
+            self.assertEqual(code, 0, err)
+            return self.records(out)[-1], [line.split("\t")[0] for line in printed.splitlines()]
+        final, labels = run("plain")
+        flipped = lambda logits, lengths, pooling="last": real(logits, lengths, pooling).flip(-1)
+        final_flipped, labels_flipped = run("flipped", flipped)
+        for name in ("train", "validation", "test"):
+            self.assertEqual(final_flipped[f"{name}_confusion"],
+                             [row[::-1] for row in final[f"{name}_confusion"]])
+        self.assertEqual(labels_flipped, [{"ham": "spam", "spam": "ham"}[x] for x in labels])
+
+    def test_a_read_the_speed_layer_cannot_serve_is_one_clear_line(self):
+        first = lambda logits, lengths, pooling="last": logits[:, 0]  # not computed: NaN
+        model = load_gpt2.load_gpt2(self.model_dir)
+        fast = speed.FastClassifier(tc.build_classifier(model, 2), self.tok.eot_token)
+        with unittest.mock.patch.object(tc, "select_logits", first), \
+                self.assertRaisesRegex(utils.InputError, "non-finite probabilities.*--no-fast"):
+            tc.classify(fast, self.tok, ["a text of several tokens"], ["a", "b"], 64)
+        with unittest.mock.patch.object(tc, "select_logits", first), \
+                self.assertRaisesRegex(utils.InputError, "loss became nan at step 0.*pooling"):
+            self.train("--epochs", "1")
+
+    @unittest.skipIf(importlib.util.find_spec("safetensors") is None, "safetensors not installed")
+    def test_the_classifier_opens_with_the_safetensors_package(self):
+        from safetensors import safe_open
+        model, _ = self.train("--epochs", "0")
+        with safe_open(self.dir / "out" / "classifier.safetensors", "pt") as f:
+            self.assertEqual(json.loads(f.metadata()["labels"]), ["ham", "spam"])
+            self.assertEqual(f.metadata()["pooling"], "last")
+            for name, tensor in model.state_dict().items():
+                self.assertTrue(torch.equal(f.get_tensor(name), tensor), name)
 
     def test_cli_errors_are_one_clear_line(self):
         empty = self.dir / "empty"
@@ -1055,30 +1200,39 @@ class TestTrainClassifier(unittest.TestCase):
              "unknown model 'gpt-7'"),
             (["--max-length", "65", "--model", self.model_dir, "--data", self.data,
               "--out", empty], "exceeds the model's context length 64"),
-        ]
-        cases += [(["--seed", "99999999999999999999999"],
-                   "must be a number >= 0 and <= 4294967295"),
-                  (["--eval-iter", "x"], "invalid int value: 'x'")]
+            (["--pooling", "max"], "invalid choice: 'max'"),
+            (["--accumulation-steps", "0"], "must be a number > 0"),
+            (["--batch-size", "8", "--accumulation-steps", "3", "--model", self.model_dir,
+              "--data", self.data, "--out", empty], "x --accumulation-steps 3 is more than"),
+            (["--seed", "99999999999999999999999"], "must be a number >= 0 and <= 4294967295"),
+            (["--eval-iter", "x"], "invalid int value: 'x'")]
         for args, message in cases:
             with self.subTest(message):
-                code, _, err = run_script("train_classifier.py", *args)
+                code, _, err = cli(tc.main, *args)
                 self.assertNotEqual(code, 0)
                 self.assertIn(message, err)
-                self.assertNotIn("Traceback", err)
+                if code == 1:  # argparse's errors (2) come after its usage lines
+                    self.assertEqual(len(err.strip().splitlines()), 1)
         # variables torchrun sets, set by hand
         for env in ({"RANK": "0"}, {"RANK": "0", "LOCAL_RANK": "x", "WORLD_SIZE": "2"}):
-            code, _, err = run_script("train_classifier.py", "--data", self.data, "--model",
-                                      self.model_dir, "--out", empty, env=env)
+            code, _, err = cli(tc.main, "--data", self.data, "--model", self.model_dir, "--out",
+                               empty, env=env)
             self.assertEqual(code, 1)
             self.assertIn("looks like a torchrun process", err)
             self.assertEqual(len(err.strip().splitlines()), 1)
+        # the command line itself, once: the same one line and status, from a new process
+        code, _, err = run_script("train_classifier.py", "--predict", "hi", "--out", empty)
+        self.assertEqual((code, err.strip()), (1, f"error: no trained classifier at "
+                         f"{empty / 'classifier.safetensors'}; train one first with python "
+                         "train_classifier.py, or point --out or --classifier at it"))
 
     def test_no_network_ends_with_a_clear_message(self):
         # An empty cache and a proxy that refuses every connection: no network, even on a
         # machine that has one.
         no_network = {"GPT2_CACHE_DIR": str(self.dir / "cache"),
                       "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-        code, _, err = run_script("train_classifier.py", "--out", self.dir / "o", env=no_network)
+        code, _, err = run_script("train_classifier.py", "--out", self.dir / "o", "--model",
+                                  self.model_dir, env=no_network)
         self.assertEqual(code, 1)
         self.assertIn("could not download https://archive.ics.uci.edu/", err)
         self.assertNotIn("Traceback", err)
@@ -1151,7 +1305,7 @@ class TestNothingLost(unittest.TestCase):
         self.assertEqual(self.snapshot(), self.before)
 
     def test_the_way_must_be_clear_before_training(self):
-        (self.dir / "blocked" / "classifier.pt").mkdir(parents=True)
+        (self.dir / "blocked" / "classifier.safetensors").mkdir(parents=True)
         self.out = self.dir / "blocked"
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed), self.assertRaisesRegex(utils.InputError,
@@ -1160,26 +1314,65 @@ class TestNothingLost(unittest.TestCase):
         self.assertNotIn("Ep 1", printed.getvalue())
 
     def test_a_classifier_file_is_checked_before_use(self):
-        good = torch.load(self.out / "classifier.pt", weights_only=True)
-        nan_model = dict(good["model"])
-        nan_model["out_head.weight"] = torch.full_like(nan_model["out_head.weight"], float("nan"))
-        cases = {"max_length 0 is not within": dict(good, max_length=0),
-                 "max_length 'x' is not within": dict(good, max_length="x"),
-                 "labels are not two or more different names": dict(good, labels=["a", "a"]),
-                 "labels are not two or more different names ": dict(good, labels="ab"),
-                 "size mismatch": dict(good, labels=["a", "b", "c"]),
-                 "n_layers must be an integer": dict(good, cfg=dict(good["cfg"], n_layers=True)),
-                 "no 'labels' entry": {k: v for k, v in good.items() if k != "labels"},
-                 "out_head.weight holds NaN": dict(good, model=nan_model)}
-        for message, ckpt in cases.items():
+        path = self.out / "classifier.safetensors"
+        tensors, metadata = load_gpt2.read_safetensors(path)
+        tensors = {k: v.clone() for k, v in tensors.items()}
+        del metadata["data_sha256"]
+        nan_head = dict(tensors, **{"out_head.weight": torch.full_like(
+            tensors["out_head.weight"], float("nan"))})
+        cfg = json.loads(metadata["cfg"])
+        bad = lambda **changes: (tensors, dict(metadata, **changes))
+        cases = {
+            "max_length 0 is not within": bad(max_length="0"),
+            "max_length 'x' is not within": bad(max_length='"x"'),
+            "labels are not two or more different printable names": bad(labels='["a", "a"]'),
+            "labels are not two or more different printable names ": bad(labels='"ab"'),
+            "labels are not two or more different printable names  ":
+                bad(labels='["a", "b\\u001b[2J"]'),  # a terminal escape
+            "size mismatch for out_head.weight": bad(labels='["a", "b", "c"]'),
+            "n_layers must be an integer": bad(cfg=json.dumps(dict(cfg, n_layers=True))),
+            "not a classifier saved by this script (Expecting property name": bad(cfg="{x"),
+            "no 'labels' setting": (tensors, {k: v for k, v in metadata.items() if k != "labels"}),
+            "pooling, truncate or run settings": bad(pooling="max"),
+            "out_head.weight holds NaN": (nan_head, metadata),
+            "Missing key(s) in state_dict": ({k: v for k, v in tensors.items()
+                                               if k != "final_norm.scale"}, metadata)}
+        for message, (crafted, meta) in cases.items():
             with self.subTest(message):
-                path = self.dir / "bad.pt"
-                torch.save(ckpt, path)
+                load_gpt2.write_safetensors(self.dir / "bad.safetensors", crafted, meta)
                 with self.assertRaisesRegex(utils.InputError, re.escape(message.strip())):
-                    report.load_classifier(path)
-        (self.dir / "zero.pt").symlink_to(os.devnull)
+                    tc.load_classifier(self.dir / "bad.safetensors")
+        raw = path.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        name = next(k for k in header if k != "__metadata__")
+        crafted = {  # what a hostile file can do to the header
+            "header claims": (2**62).to_bytes(8, "little") + raw[8:],
+            "not JSON": raw[:8] + b"[" * n + raw[8 + n:],
+            "malformed entry": dict(header, **{name: dict(header[name], shape=[32.9])}),
+            "malformed entry ": dict(header, **{name: dict(header[name], shape=["32"])}),
+            "malformed entry  ": dict(header, **{name: dict(header[name], shape=[1] * 65)}),
+            "claims bytes": dict(header, **{name: dict(header[name], data_offsets=[0, 8])}),
+            "__metadata__ is not a map of strings": dict(header, __metadata__={"labels": ["a"]}),
+            "at most 100,000 tensors": {f"t{i}": {"dtype": "F32", "shape": [0],
+                                                  "data_offsets": [0, 0]} for i in range(100_001)}}
+        for message, content in crafted.items():
+            with self.subTest(message):
+                if isinstance(content, dict):
+                    head = json.dumps(content).encode()
+                    content = len(head).to_bytes(8, "little") + head + raw[8 + n:]
+                (self.dir / "bad.safetensors").write_bytes(content)
+                with self.assertRaisesRegex(utils.InputError, re.escape(message.strip())):
+                    tc.load_classifier(self.dir / "bad.safetensors")
+        (self.dir / "zero.safetensors").symlink_to(os.devnull)
         with self.assertRaisesRegex(utils.InputError, "not a regular file"):
-            report.load_classifier(self.dir / "zero.pt")
+            tc.load_classifier(self.dir / "zero.safetensors")
+        old = self.dir / "old"
+        old.mkdir()
+        (old / "classifier.pt").write_bytes(b"PK\x03\x04 a pickle")
+        with self.assertRaisesRegex(utils.InputError, "older version of this script .* never "
+                                                      "opened here.*retrain"):
+            tc.load_classifier(old)
 
 
 class TestGenerateCLI(unittest.TestCase):
@@ -1216,9 +1409,10 @@ class TestDistributed(unittest.TestCase):
                                     env={"USE_LIBUV": "0"} if sys.platform == "win32" else None)
         self.assertEqual(code, 0, err[-3000:])
         written = {p.name for p in (folder / "ddp").iterdir()} - {"metrics.png"}  # with matplotlib
-        self.assertEqual(written, {"classifier.pt", "metrics.jsonl", "splits"})
+        self.assertEqual(written, {"classifier.safetensors", "metrics.jsonl", "splits"})
         self.assertEqual(out.count("final |"), 1)  # only rank 0 logs
-        ranks = [torch.load(folder / "ranks" / f"{r}.pt", weights_only=True) for r in (0, 1)]
+        ranks = [load_gpt2.read_safetensors(folder / "ranks" / f"{r}.safetensors")[0]
+                 for r in (0, 1)]
         with contextlib.redirect_stdout(io.StringIO()):
             argv = [str(a) for a in [*common, "--batch-size", "4", "--out", folder / "one"]]
             single = tc.main(argv).state_dict()
@@ -1236,7 +1430,8 @@ def ddp_worker(argv):
     ranks, args = Path(argv[0]), argv[1:]
     model = tc.main(args)
     ranks.mkdir(exist_ok=True)
-    torch.save(model.state_dict(), ranks / f"{os.environ['RANK']}.pt")
+    load_gpt2.write_safetensors(ranks / f"{os.environ['RANK']}.safetensors", model.state_dict(),
+                                {})
 
 
 if __name__ == "__main__":

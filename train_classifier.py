@@ -15,15 +15,12 @@ import contextlib
 import functools
 import itertools
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -31,9 +28,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from data import by_length, encode, encode_examples, load_dataset, pad_batch
 from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
-from report import final_report, load_classifier, save_run
-from speed import FastClassifier, adamw, use_bf16
-from utils import HelpFormatter, InputError, Progress, number, run_main, tracked
+from model import GPTModel
+from report import check_out, final_report, read_classifier, save_run
+from speed import FastClassifier, adamw, autocast, use_bf16
+from utils import (HelpFormatter, InputError, Progress, distributed, first_on_each_machine,
+                   line_chunks, number, run_main, tracked)
 
 EXAMPLES = [  # the chapter's two examples
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -117,31 +116,44 @@ def merge_lora(model):
     return model
 
 
-def calc_loss_batch(input_batch, target_batch, lengths, model, device):
-    """Cross-entropy of one batch, from the logits at each text's last real token (6.6)."""
-    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+def select_logits(logits, lengths, pooling="last"):
+    """(B, T, num_classes) logits -> (B, num_classes): what the classifier reads (6.6). Every
+    number a run reports comes through here: the loss, the accuracies, the final report,
+    --predict. pooling: "last" (real token), "first" or "mean" (of the real tokens)."""
+    if pooling == "first":  # the bonus table's row 2: causal attention, so it saw only itself
+        return logits[:, 0]
+    if pooling == "mean":  # row 19; its flag averages the padding too, we the real tokens only
+        real = torch.arange(logits.size(1), device=logits.device) < lengths[:, None].to(
+            logits.device)  # (B, T)
+        return torch.where(real[..., None], logits, 0).sum(dim=1) / real.sum(1, keepdim=True)
     # The chapter reads model(input_batch)[:, -1, :], the last *position*. Our batches are padded
     # on the right to their own longest text, so for every shorter text that position is padding.
     # We read each row's last *real* token instead: causal attention lets it see its whole text
     # and none of the padding after it, so every text gets the result it would get alone.
-    logits = model(input_batch)[torch.arange(len(lengths)), lengths - 1]  # (B, num_classes)
+    return logits[torch.arange(len(lengths)), lengths - 1]
+
+
+def calc_loss_batch(input_batch, target_batch, lengths, model, device, pooling="last"):
+    """Cross-entropy of one batch, from the logits select_logits reads (6.6)."""
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = select_logits(model(input_batch), lengths, pooling)  # (B, num_classes)
     return F.cross_entropy(logits, target_batch)
 
 
-def calc_loss_loader(data_loader, model, device, num_batches=None):
+def calc_loss_loader(data_loader, model, device, num_batches=None, pooling="last"):
     """Mean loss over the first num_batches batches (all of them if None)."""
-    losses = [calc_loss_batch(input_batch, target_batch, lengths, model, device).item()
+    losses = [calc_loss_batch(input_batch, target_batch, lengths, model, device, pooling).item()
               for input_batch, target_batch, lengths in itertools.islice(data_loader, num_batches)]
     return sum(losses) / len(losses)
 
 
 @torch.no_grad()
-def calc_accuracy_loader(data_loader, model, device, num_batches=None):
+def calc_accuracy_loader(data_loader, model, device, num_batches=None, pooling="last"):
     """Share of texts classified right over the first num_batches batches (all if None)."""
     model.eval()
     correct, total = 0, 0
     for input_batch, target_batch, lengths in itertools.islice(data_loader, num_batches):
-        logits = model(input_batch.to(device))[torch.arange(len(lengths)), lengths - 1]  # last real
+        logits = select_logits(model(input_batch.to(device)), lengths, pooling)
         correct += (logits.argmax(dim=-1) == target_batch.to(device)).sum().item()
         total += len(target_batch)
     return correct / total
@@ -152,41 +164,53 @@ def accuracy_batches(data_loader, eval_iter, whole_up_to=5000):
     return None if len(data_loader.dataset) <= whole_up_to else eval_iter
 
 
-def evaluate_model(model, train_loader, val_loader, device, eval_iter):
+def evaluate_model(model, train_loader, val_loader, device, eval_iter, pooling="last"):
     """Training and validation loss over eval_iter batches each, in eval mode."""
     model.eval()
     with torch.no_grad():
-        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
-        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+        train_loss = calc_loss_loader(train_loader, model, device, eval_iter, pooling)
+        val_loss = calc_loss_loader(val_loader, model, device, eval_iter, pooling)
     model.train()
     return train_loss, val_loss
 
 
 def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                            eval_freq, eval_iter, master_process=True):
+                            eval_freq, eval_iter, master_process=True, pooling="last",
+                            accumulation_steps=1):
     """The chapter's loop (6.7). It returns one list of records (what metrics.jsonl stores)
-    instead of four lists. Under torchrun only the master process evaluates and prints."""
-    history, examples_seen, global_step = [], 0, -1
+    instead of four lists, and examples_seen. Under torchrun only the master process evaluates
+    and prints."""
+    history, examples_seen, global_step, seen_at_tick = [], 0, -1, 0
     start = tick = time.time()
-    seen_at_tick = 0
+    steps_per_epoch = len(train_loader) // accumulation_steps
     for epoch in range(1, num_epochs + 1):
         model.train()
         if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: without it, every
             train_loader.sampler.set_epoch(epoch)      # epoch would repeat one shuffled order
-        for input_batch, target_batch, lengths in tracked(train_loader, f"epoch {epoch}",
-                                                          "batches", show=master_process):
-            optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, lengths, model, device)
-            loss.backward()  # under torchrun, gradients are averaged across processes here
-            optimizer.step()
+        batches = tracked(train_loader, f"epoch {epoch}", "batches", show=master_process)
+        for batch_idx, (input_batch, target_batch, lengths) in enumerate(batches):
+            if batch_idx == steps_per_epoch * accumulation_steps:
+                break  # too few micro-batches left for a step: dropped, as drop_last does
+            loss = calc_loss_batch(input_batch, target_batch, lengths, model, device, pooling)
+            stop_if_diverged(loss, global_step + 1)
+            # Gradient accumulation (the bonus table's row 15): a step's loss is the mean over
+            # accumulation_steps micro-batches. Under torchrun, gradients are averaged across
+            # processes in backward(), on the step's last micro-batch only.
+            update = (batch_idx + 1) % accumulation_steps == 0
+            with contextlib.nullcontext() if update or not hasattr(model, "no_sync") \
+                    else model.no_sync():
+                (loss / accumulation_steps).backward()
             examples_seen += input_batch.shape[0]
+            if not update:
+                continue
+            optimizer.step()
+            optimizer.zero_grad()
             global_step += 1
-            stop_if_diverged(loss, global_step)
             if global_step % eval_freq == 0 and master_process:
                 record = {"epoch": epoch, "step": global_step, "examples_seen": examples_seen,
                           "examples_per_s": (examples_seen - seen_at_tick) / (time.time() - tick)}
                 record["train_loss"], record["val_loss"] = evaluate_model(
-                    model, train_loader, val_loader, device, eval_iter)
+                    model, train_loader, val_loader, device, eval_iter, pooling)
                 history.append({**record, "elapsed_s": time.time() - start})
                 print(f"Ep {epoch} (Step {global_step:06d}): Train loss "
                       f"{record['train_loss']:.3f}, Val loss {record['val_loss']:.3f} | "
@@ -195,10 +219,9 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
         if master_process:
             # The chapter measures accuracy on eval_iter batches here; we take whole splits
             # unless they are large (IMDB-sized): the final report always takes them whole.
-            train_accuracy = calc_accuracy_loader(train_loader, model, device,
-                                                  accuracy_batches(train_loader, eval_iter))
-            val_accuracy = calc_accuracy_loader(val_loader, model, device,
-                                                accuracy_batches(val_loader, eval_iter))
+            train_accuracy, val_accuracy = (calc_accuracy_loader(
+                loader, model, device, accuracy_batches(loader, eval_iter), pooling)
+                for loader in (train_loader, val_loader))
             history.append({"epoch": epoch, "train_acc": train_accuracy, "val_acc": val_accuracy,
                             "elapsed_s": time.time() - start})
             print(f"Training accuracy: {train_accuracy:.2%} | Validation accuracy: "
@@ -208,41 +231,61 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
 
 
 @torch.no_grad()
-def classify(model, tokenizer, texts, label_names, max_length, batch_size=32):
+def classify(model, tokenizer, texts, label_names, max_length, pooling="last", truncate="start",
+             batch_size=32):
     """[(label, probability)] for each text (the chapter's classify_review, for many texts).
     Texts are batched by length; padding never changes a result, so a text gets the same
     answer alone or beside much longer ones."""
     model.eval()
-    tokens, device = encode(tokenizer, texts, max_length), next(model.parameters()).device
+    tokens, device = encode(tokenizer, texts, max_length, truncate), next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(tokens[i]))
     results = [None] * len(texts)
     for start in range(0, len(order), batch_size):
         ids = order[start:start + batch_size]
         input_batch, _, lengths = pad_batch([(tokens[i], 0) for i in ids], tokenizer.eot_token)
-        logits = model(input_batch.to(device))[torch.arange(len(ids)), lengths - 1]  # last real
-        for i, p in zip(ids, torch.softmax(logits.float(), dim=-1)):
+        logits = select_logits(model(input_batch.to(device)), lengths, pooling)
+        probs = torch.softmax(logits.float(), dim=-1)
+        if not torch.isfinite(probs).all():
+            raise InputError("the classifier gave non-finite probabilities (did select_logits "
+                             "read a position the speed layer leaves empty? try --no-fast)")
+        for i, p in zip(ids, probs):
             results[i] = (label_names[int(p.argmax())], float(p.max()))
     return results
+
+
+def load_classifier(path, device="cpu"):
+    """(model, settings) from a classifier.safetensors that save_run wrote: the model built as
+    build_classifier builds it, so a changed head loads as it trained."""
+    tensors, settings = read_classifier(path)
+    with torch.device("meta"):  # no memory for weights about to be replaced
+        model = build_classifier(GPTModel(settings["cfg"]), len(settings["labels"]), "head")
+    try:
+        model.load_state_dict({k: v.float() for k, v in tensors.items()}, assign=True)
+    except RuntimeError as e:  # names or shapes that do not match: one line, not torch's many
+        raise InputError(f"{path} does not fit this script's classifier "
+                         f"({' '.join(str(e).split())[:200]})") from None
+    return check_finite(model, path).to(device).eval(), settings
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.predict:
         return predict(args)
-    with distributed(args) as (ddp, rank, world_size, device):
+    with distributed(pick_device(args.device), args.backend, args.dist_timeout) as (
+            ddp, rank, world_size, device):
         master_process = rank == 0
         log = print if master_process else lambda *a, **k: None
         start = time.time()
-        # Data and pretrained GPT-2 (6.2-6.4). Under torchrun one process per machine downloads
-        # what is missing while the others wait.
+        # The data and pretrained GPT-2 (6.2-6.4). Under torchrun one process per machine
+        # downloads what is missing while the others wait.
         with first_on_each_machine(ddp):
-            tokenizer = get_tokenizer()
+            tokenizer = get_tokenizer(args.model)
             splits, labels = load_dataset(args.data, args.seed, args.balance,
                                           args.text_column, args.label_column)
-            torch.manual_seed(args.seed)  # the same random weights (--init random) and head
+            torch.manual_seed(args.seed)  # the same weights each run with --init random
             model = load_gpt2(args.model, pretrained=args.init == "pretrained")
         max_length = args.max_length or model.cfg["context_length"]
-        sets = {name: encode_examples(tokenizer, examples, labels, max_length)
+        sets = {name: encode_examples(tokenizer, examples, labels, max_length, args.truncate)
                 for name, examples in splits.items()}
         check_fits(args, model, tokenizer, sets, max_length, world_size)
         collate = functools.partial(pad_batch, pad_id=tokenizer.eot_token)
@@ -252,43 +295,52 @@ def main(argv=None):
         train_loader = DataLoader(sets["train"], args.batch_size, sampler=sampler, drop_last=True,
                                   collate_fn=collate)
         val_loader = DataLoader(sets["validation"], args.batch_size, collate_fn=collate)
-        test_loader = DataLoader(sets["test"], args.batch_size, collate_fn=collate)
         log(f"data: {', '.join(f'{len(v)} {k}' for k, v in sets.items())}; labels: {labels}")
 
-        # The classifier (6.5): a new head, everything frozen but the top.
+        # The classifier (6.5): a new head, everything frozen but the top. The seed is set
+        # again where the book sets it, so every --init starts from the same head.
+        torch.manual_seed(args.seed)
         build_classifier(model, len(labels), args.trainable, args.lora_rank,
                          args.lora_alpha).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
-        log(f"model: {args.model} ({args.init}) on {device}, {sum(p.numel() for p in params):,} of "
-            f"{sum(p.numel() for p in model.parameters()):,} parameters train ({args.trainable})")
-        net = model
-        if args.fast:  # speed.py: the same logits, computed with less work
-            token_lists = [ids for name in ("train", "validation", "test") for ids, _ in sets[name]]
-            net = FastClassifier(model, tokenizer.eot_token, use_bf16(args.dtype, device),
-                                 args.compile, token_lists, args.cache, args.cache_mb, args.out)
-            log(f"speed layer: {net.note}")
-        optimizer = adamw(params, args.fast, lr=args.lr, weight_decay=args.weight_decay)
+        bf16 = use_bf16(args.dtype, device)
+        log(f"model: {args.model} ({args.init}) on {device} in {'bfloat16' if bf16 else 'float32'}"
+            f", {sum(map(torch.numel, params)):,} of {sum(map(torch.numel, model.parameters())):,}"
+            f" parameters train ({args.trainable}, --pooling {args.pooling})")
+        with autocast(bf16, device):  # both paths alike (--dtype)
+            net = model
+            if args.fast:  # speed.py: the same logits, computed with less work
+                texts = [ids for split in ("train", "validation", "test") for ids, _ in sets[split]]
+                net = FastClassifier(model, tokenizer.eot_token, args.pooling, args.compile, texts,
+                                     args.cache, args.cache_mb, args.out)
+                log(f"speed layer: {net.note}")
+            optimizer = adamw(params, args.fast, lr=args.lr, weight_decay=args.weight_decay)
 
-        # Fine-tuning (6.7), then the accuracy on every split.
-        history, _ = train_classifier_simple(
-            DDP(net) if ddp else net, train_loader, val_loader, optimizer, device, args.epochs,
-            args.eval_freq, args.eval_iter, master_process)
-        check_finite(model, "after training", "training diverged; try a smaller --lr")
-        if master_process:
-            loaders = {"train": train_loader, "validation": val_loader, "test": test_loader,
-                       "unused": DataLoader(by_length(sets.get("unused", [])), 64,
-                                            collate_fn=collate)}
-            history.append(final_report(net, loaders, labels, device, start))
-            log(save_run(args.out, merge_lora(model), labels, max_length, splits, history))
+            # Fine-tuning (6.7), then the accuracy on every split.
+            torch.manual_seed(args.seed)
+            history, _ = train_classifier_simple(
+                DDP(net) if ddp else net, train_loader, val_loader, optimizer, device,
+                args.epochs, args.eval_freq, args.eval_iter, master_process, args.pooling,
+                args.accumulation_steps)
+            check_finite(model, "after training", "training diverged; try a smaller --lr")
+            if not master_process:
+                return model
+            loaders = {name: DataLoader(by_length(sets.get(name, [])), 64, collate_fn=collate)
+                       for name in ("train", "validation", "test", "unused")}
+            read = functools.partial(select_logits, pooling=args.pooling)
+            history.append(final_report(net, loaders, labels, device, read, start))
+            settings = {"cfg": model.cfg, "labels": labels, "max_length": max_length,
+                        "pooling": args.pooling, "truncate": args.truncate, "run": vars(args)}
             texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
-            for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels,
-                                                           max_length)):
+            for text, (label, prob) in zip(texts, classify(
+                    net, tokenizer, texts, labels, max_length, args.pooling, args.truncate)):
                 log(f"{label} ({prob:.1%}): {text}")
+        log(save_run(args.out, merge_lora(model), settings, splits, history))
     return model
 
 
 # ---------------------------------------------------------------------------------------------
-# Plumbing: flags, checks, torchrun, files.
+# Plumbing: flags, checks, --predict.
 
 def check_trainable(trainable, n_layers):
     n = trainable.removeprefix("last-")
@@ -306,107 +358,42 @@ def check_fits(args, model, tokenizer, sets, max_length, world_size):
     if model.cfg["vocab_size"] <= tokenizer.eot_token:
         raise InputError(f"the model's vocabulary of {model.cfg['vocab_size']} tokens lacks "
                          "GPT-2's (50,257, <|endoftext|> pads the batches); use a GPT-2 checkpoint")
-    if len(sets["train"]) < args.batch_size * world_size:
-        raise InputError(f"--batch-size {args.batch_size} x {world_size} process(es) is more than "
-                         f"the {len(sets['train'])} texts of the training split; use a smaller one")
-    out = args.out
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder (it holds the run's files)")
-    for name in ("classifier.pt", "metrics.jsonl", "metrics.png", "splits"):
-        if (out / name).exists() and (out / name).is_dir() != (name == "splits"):
-            raise InputError(f"{out / name} is in the way of this run's {name}; move it away")
-    out.mkdir(parents=True, exist_ok=True)
-    tempfile.TemporaryFile(dir=out).close()  # can we write there? (OSError: one clear line)
+    micro = args.batch_size * world_size * args.accumulation_steps
+    if len(sets["train"]) < micro:
+        raise InputError(f"--batch-size {args.batch_size} x {world_size} process(es) x "
+                         f"--accumulation-steps {args.accumulation_steps} is more than the "
+                         f"{len(sets['train'])} texts of the training split; use smaller ones")
+    check_out(args.out)
 
 
 def stop_if_diverged(loss, step):
     if not math.isfinite(loss.item()):
-        hint = "" if step else ("; or, if you changed how the logits are read: with --fast only "
-                                "each text's last real token has logits (try --no-fast)")
+        hint = "" if step else ("; or, if you changed how the logits are read: with --fast and "
+                                "--pooling last only each text's last real token has logits")
         raise InputError(f"the loss became {loss.item()} at step {step}: training diverged; "
                          f"try a smaller --lr{hint}")
 
 
-@contextlib.contextmanager
-def distributed(args):
-    """nanoGPT's flags (ddp, rank, world_size) and the device. torchrun sets RANK, LOCAL_RANK and
-    WORLD_SIZE; a plain run has none and is rank 0 of 1. Sets the process group up and down."""
-    device = pick_device(args.device)
-    if "RANK" not in os.environ:
-        yield False, 0, 1, device
-        return
-    env = {name: os.environ.get(name, "") for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    if not all(value.isdigit() for value in env.values()) or "MASTER_ADDR" not in os.environ:
-        raise InputError(f"RANK is set, so this looks like a torchrun process, but {env} and "
-                         "MASTER_ADDR are not what torchrun sets; start it with torchrun, or "
-                         "unset RANK")
-    try:
-        dist.init_process_group(args.backend or ("nccl" if device.startswith("cuda") else "gloo"))
-    except (RuntimeError, ValueError) as e:
-        raise InputError(f"the torchrun process group could not start ({str(e)[:150]})") from None
-    if device.startswith("cuda"):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(device)
-    try:
-        yield True, dist.get_rank(), dist.get_world_size(), device
-    finally:
-        dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def first_on_each_machine(ddp):
-    """Under torchrun, local rank 0 runs the block first (downloading what is missing) while the
-    machine's other processes wait at the barrier; then they run it from the cached files."""
-    first = not ddp or os.environ["LOCAL_RANK"] == "0"
-    if not first:
-        dist.barrier()
-    yield
-    if first and ddp:
-        dist.barrier()
-
-
 def predict(args):
-    """--predict: label texts with the saved classifier; "-" reads one text per line from
+    """--predict: label texts with a saved classifier; "-" reads one text per line from
     standard input and answers in order, a chunk at a time (constant memory)."""
     device = pick_device(args.device)
-    model, labels, max_length = load_classifier(args.out / "classifier.pt", device)
-    tokenizer = get_tokenizer()
-    net = FastClassifier(model, tokenizer.eot_token, use_bf16(args.dtype, device)) \
-        if args.fast else model
-    chunks = line_chunks(sys.stdin.buffer) if args.predict == ["-"] else [args.predict]
+    model, s = load_classifier(args.classifier or args.out / "classifier.safetensors", device)
+    tokenizer = get_tokenizer(s["run"].get("model"))
+    net = FastClassifier(model, tokenizer.eot_token, s["pooling"]) if args.fast else model
+    chunks = line_chunks(sys.stdin) if args.predict == ["-"] else [args.predict]
     # A progress line only when the answers go to a file: on one terminal the two would mix.
-    quiet_s = float("inf") if sys.stdout.isatty() else 2.0
-    progress, done = Progress("classifying", 0, "texts", quiet_s), 0
-    for texts in chunks:
-        for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels,
-                                                       max_length)):
-            print(f"{label}\t{prob:.3f}\t{text}")
-        done += len(texts)
-        progress.show(done)
+    progress, done = Progress("classifying", 0, "texts", 1e9 if sys.stdout.isatty() else 2.0), 0
+    with autocast(use_bf16(args.dtype, device), device):
+        for texts in chunks:
+            for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, s["labels"],
+                                                           s["max_length"], s["pooling"],
+                                                           s["truncate"])):
+                print(f"{label}\t{prob:.3f}\t{text}")
+            done += len(texts)
+            progress.show(done)
     progress.end()
     return model
-
-
-def line_chunks(stream, size=1024, longest=1_000_000):
-    """Lists of up to size texts, one per line of a binary stream (UTF-8), in order. An empty
-    line is skipped with a note on stderr; a line of over a million bytes stops the run."""
-    chunk = []
-    for n, raw in enumerate(iter(lambda: stream.readline(longest + 1), b""), 1):
-        if len(raw) > longest:
-            raise InputError(f"standard input, line {n}: over {longest:,} bytes; one text a line")
-        try:
-            text = raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            raise InputError(f"standard input, line {n}: bytes that are not UTF-8") from None
-        if text.strip():
-            chunk.append(text)
-        else:
-            print(f"line {n} is empty: skipped", file=sys.stderr)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def trainable_spec(text):
@@ -419,8 +406,8 @@ def trainable_spec(text):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     a = p.add_argument
-    a("--model", default="gpt2-small",
-      help="size (gpt2, gpt2-medium, 774M, ...) or a folder with model.safetensors")
+    a("--model", default="gpt2-small", help="size (gpt2, gpt2-medium, 774M, ...), a Hugging Face "
+      "repo (ORG/NAME) or a folder (model.safetensors, or the book's gpt2/124M)")
     a("--init", choices=["pretrained", "random"], default="pretrained",
       help="random: train from scratch, no download")
     a("--data", default=None, help="labelled .tsv/.csv/.jsonl file or train/validation/test "
@@ -437,27 +424,34 @@ def parse_args(argv=None):
       "every Linear layer, appendix E)")
     a("--lora-rank", type=number(int, high=4096), default=16, help="rank of the LoRA updates")
     a("--lora-alpha", type=number(float), default=16, help="LoRA scale: updates x alpha / rank")
+    a("--pooling", choices=["last", "first", "mean"], default="last",
+      help="what the class is read from: the last real token, the first, or the mean of all real")
     a("--epochs", type=number(int, inclusive=True), default=5, help="passes over the training data")
     a("--batch-size", type=number(int), default=8,
       help="examples per step (per process under torchrun)")
+    a("--accumulation-steps", type=number(int), default=1,
+      help="micro-batches of --batch-size per optimizer step (gradient accumulation)")
     a("--lr", type=number(float), default=None,
       help="AdamW learning rate (default: 5e-5, or 8e-4 with lora, as in the appendix)")
     a("--weight-decay", type=number(float, inclusive=True), default=0.1, help="AdamW weight decay")
     a("--max-length", type=number(int), default=None,
       help="tokens kept per text (default: the model's context length)")
+    a("--truncate", choices=["start", "end"], default="start",
+      help="which tokens a longer text keeps: its start or its end")
     a("--eval-freq", type=number(int), default=50,
-      help="every N steps, log training and validation loss")
+      help="every N optimizer steps, log training and validation loss")
     a("--eval-iter", type=number(int), default=5,
       help="batches of each split behind those losses, and behind the accuracies after each "
       "epoch for a split of over 5,000 texts (smaller splits are measured whole)")
     a("--seed", type=number(int, 0, inclusive=True, high=2**32 - 1), default=123,
       help="seed for the split, the shuffling and the new head")
-    a("--out", type=Path, default=Path("out"), help="folder for classifier.pt, metrics and splits")
+    a("--out", type=Path, default=Path("out"),
+      help="folder for classifier.safetensors, metrics and splits")
     a("--fast", action=argparse.BooleanOptionalAction, default=True,
       help="the speed layer (same results); --no-fast runs the chapter's plain path")
     a("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-      help="bfloat16 autocast with --fast (auto: on CUDA when supported)")
+      help="bfloat16 autocast, with or without --fast (auto: on CUDA when supported)")
     a("--compile", action="store_true", help="torch.compile the trained blocks (worth it on GPUs)")
     a("--cache", choices=["auto", "ram", "disk", "off"], default="auto",
       help="where the frozen-prefix cache lives (auto: in RAM up to --cache-mb, else on disk)")
@@ -465,8 +459,12 @@ def parse_args(argv=None):
       help="RAM budget of the frozen-prefix cache, in MB")
     a("--backend", default=None, help="torchrun process-group backend (default: nccl on CUDA, "
       "else gloo)")
+    a("--dist-timeout", type=number(float), default=1800,
+      help="seconds torchrun processes wait for each other before giving up")
     a("--predict", nargs="+", metavar="TEXT", help="label these texts with the saved classifier "
-      "in --out and exit; - reads one text per line from standard input")
+      "and exit; - reads one text per line from standard input")
+    a("--classifier", type=Path, default=None, help="for --predict: a classifier.safetensors, or "
+      "a folder holding one (default: the one in --out)")
     args = p.parse_args(argv)
     args.lr = args.lr or (8e-4 if args.trainable == "lora" else 5e-5)
     return args

@@ -2,15 +2,26 @@
 and argparse helpers. Nothing here knows about GPT-2 or data; skip it on a first reading.
 """
 import argparse
+import datetime
+import errno
 import http.client
 import math
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+if os.name == "nt":
+    import msvcrt
+else:
+    import fcntl
 
 # Everything this project downloads (GPT-2 weights, the SMS data) goes here.
 CACHE_DIR = Path(os.environ.get("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier")
@@ -49,7 +60,10 @@ class InputError(Exception):
 def run_main(main, interrupted="interrupted"):
     """How the scripts run: an InputError ends as one line on stderr and exit status 1; Ctrl-C
     as the line interrupted (what was kept) and status 130."""
-    sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
+    if sys.stdout is None or sys.stderr is None:  # started with >&- or 2>&-
+        sys.exit(1)  # nowhere to say anything, nor to print results
+    if hasattr(sys.stdout, "reconfigure"):  # not in a notebook
+        sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
     try:
         main()
     except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
@@ -142,3 +156,119 @@ def tracked(items, what, unit, show=True):
             progress.show(done)
     if progress:
         progress.end()
+
+
+def line_chunks(stream, size=1024, longest=1_000_000):
+    """Lists of up to size texts, one per line of a stream (UTF-8), in order. An empty line is
+    skipped with a note on stderr; a line of over a million bytes stops the run."""
+    if stream is None:  # started with <&-
+        raise InputError("standard input is closed; pipe the texts into it, one per line")
+    stream, chunk = getattr(stream, "buffer", stream), []
+    try:
+        for n, raw in enumerate(iter(lambda: stream.readline(longest + 3), b""), 1):
+            line = raw.removesuffix(b"\n").removesuffix(b"\r")
+            if len(line) > longest:
+                raise InputError(f"standard input, line {n}: over {longest:,} bytes; one text a "
+                                 "line")
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"standard input, line {n}: bytes that are not UTF-8") from None
+            if text.strip():
+                chunk.append(text)
+            else:
+                print(f"line {n} is empty: skipped", file=sys.stderr)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    except OSError as e:  # a directory, say
+        raise InputError(f"standard input cannot be read ({e.strerror or e})") from None
+    if chunk:
+        yield chunk
+
+
+@contextmanager
+def distributed(device, backend=None, timeout_s=1800):
+    """nanoGPT's flags (ddp, rank, world_size) and this process's device. torchrun sets RANK,
+    LOCAL_RANK, WORLD_SIZE and MASTER_ADDR; a plain run has none and is rank 0 of 1. Sets the
+    process group up (within timeout_s, saying what it waits for) and down."""
+    if "RANK" not in os.environ:
+        yield False, 0, 1, device
+        return
+    env = {name: os.environ.get(name, "") for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    if not all(value.isdigit() for value in env.values()) or "MASTER_ADDR" not in os.environ:
+        raise InputError(f"RANK is set, so this looks like a torchrun process, but {env} and "
+                         "MASTER_ADDR are not what torchrun sets; start it with torchrun, or "
+                         "unset RANK")
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}"
+    note = threading.Timer(3, print, [f"rank {env['RANK']}: waiting for all "
+                                      f"{env['WORLD_SIZE']} processes to meet at {where} "
+                                      f"(for up to {timeout_s:g} s)"], {"file": sys.stderr})
+    note.start()
+    try:
+        dist.init_process_group(backend or ("nccl" if device.startswith("cuda") else "gloo"),
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError) as e:
+        raise InputError(f"the {env['WORLD_SIZE']} torchrun processes did not meet at {where} "
+                         f"({' '.join(str(e).split())[:150]}); start them all with the same "
+                         "torchrun settings") from None
+    finally:
+        note.cancel()
+    if device.startswith("cuda"):
+        device = f"cuda:{env['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    try:
+        yield True, dist.get_rank(), dist.get_world_size(), device
+    finally:
+        dist.destroy_process_group()
+
+
+@contextmanager
+def first_on_each_machine(ddp):
+    """Under torchrun, local rank 0 runs the block first (downloading what is missing) while the
+    machine's other processes wait at the barrier; then they run it from the cached files."""
+    first = not ddp or os.environ["LOCAL_RANK"] == "0"
+    if not first:
+        barrier()
+    yield
+    if first and ddp:
+        barrier()
+
+
+def barrier():
+    try:
+        dist.barrier()
+    except RuntimeError:  # the process it waits for has stopped, and said why
+        raise InputError("another torchrun process stopped (its message says why), so this "
+                         "one stops too") from None
+
+
+@contextmanager
+def lock(folder, busy):
+    """Hold an OS lock on folder for the block, waiting (with a note on stderr saying busy)
+    while another process holds it. The OS drops a lock when its process ends, so a killed run
+    leaves none behind. A file system without locks (some network ones) goes unlocked."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.name == "nt":  # Windows locks files, not folders: a file in it
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)
+        take = lambda: msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        fd = os.open(folder, os.O_RDONLY)
+        take = lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        note = f"waiting: {busy} {folder}"
+        while True:
+            try:
+                take()
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EDEADLK):
+                    break  # not held by another process: locks do not work here
+                if note:  # once
+                    print(note, file=sys.stderr)
+                    note = None
+                time.sleep(0.5)
+        yield
+    finally:
+        os.close(fd)
