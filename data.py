@@ -17,6 +17,7 @@ This file imports neither model.py nor load_gpt2.py: it hands token ids and leng
 """
 import csv
 import functools
+import hashlib
 import io
 import json
 import random
@@ -25,30 +26,44 @@ from pathlib import Path
 
 import torch
 
-from utils import CACHE_DIR, InputError, atomic_write, download
+from utils import InputError, atomic_write, cache_dir, download, first_that_works
 
-SMS_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
+# The UCI archive, then the book's backup copy of the same zip; the file in it, pinned.
+SMS_URLS = ("https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+            "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip")
+SMS_SHA256 = "edc1f2ca36319ca36c6f80fede2f6ae5f81335289352485f3924df077ec20266"
 
 
-def sms_spam_file(cache_dir=CACHE_DIR):
-    """Path of SMSSpamCollection, downloaded and extracted from the UCI zip on first use."""
-    path = Path(cache_dir) / "sms_spam" / "SMSSpamCollection"
+def sms_spam_file():
+    """Path of SMSSpamCollection, downloaded and extracted from the UCI zip on first use (else
+    from the book's copy of it), checked against its pinned SHA-256."""
+    path = cache_dir() / "sms_spam" / "SMSSpamCollection"
     if not path.exists():
-        zip_path = path.with_name("sms_spam_collection.zip")
-        if not zip_path.exists():
-            download(SMS_URL, zip_path)
-        # Take the one member we need, by name: never extractall() on a downloaded archive.
-        try:
-            with zipfile.ZipFile(zip_path) as z:
-                if z.getinfo("SMSSpamCollection").file_size > 50_000_000:
-                    raise zipfile.BadZipFile("SMSSpamCollection is implausibly large")
-                content = z.read("SMSSpamCollection")  # also checks the CRC
-        except (zipfile.BadZipFile, KeyError, OSError) as e:
-            raise InputError(f"{zip_path} is not the SMS Spam Collection zip ({e}); "
-                             "delete it and run again") from None
-        with atomic_write(path) as tmp:
-            tmp.write_bytes(content)
+        first_that_works([functools.partial(sms_from, url, path) for url in SMS_URLS],
+                         "the SMS Spam Collection (or pass --data path/to/SMSSpamCollection)")
     return path
+
+
+def sms_from(url, path):
+    zip_path = path.with_name("sms_spam_collection.zip")
+    if not zip_path.exists():
+        download(url, zip_path)
+    # Take the one member we need, by name: never extractall() on a downloaded archive.
+    try:
+        with zipfile.ZipFile(zip_path) as z:
+            if z.getinfo("SMSSpamCollection").file_size > 50_000_000:
+                raise zipfile.BadZipFile("SMSSpamCollection is implausibly large")
+            content = z.read("SMSSpamCollection")  # also checks the CRC
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != SMS_SHA256:
+            raise zipfile.BadZipFile(f"its SMSSpamCollection has SHA-256 {digest}, not "
+                                     f"{SMS_SHA256}")
+    except (zipfile.BadZipFile, KeyError, OSError) as e:
+        zip_path.unlink(missing_ok=True)
+        raise InputError(f"{zip_path}, from {url}, is not the SMS Spam Collection zip ({e}); "
+                         "it is deleted") from None
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(content)
 
 
 # Header names (and JSON keys) taken for the two columns, compared lowercased and stripped.

@@ -44,7 +44,7 @@ def check_settings(max_new_tokens, temperature, top_k, top_p):
 
 @torch.inference_mode()
 def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
-           use_cache=True, generator=None):
+           use_cache=True, generator=None, vocab_size=None):
     """Yield the next (B, 1) token ids one step at a time; see generate()."""
     check_settings(max_new_tokens, temperature, top_k, top_p)
     ctx = model.cfg["context_length"]
@@ -63,7 +63,9 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
             else:
                 h = model.hidden_states(idx[:, -1:], cache)  # only the newest token: (B, 1, C)
             logits = model.out_head(h[:, -1])  # (B, V); earlier positions need no logits
-        next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+        # A vocabulary padded to a round size (nanoGPT's 50,304) has rows no token uses: never
+        # sampled, since the tokenizer could not decode them.
+        next_id = sample_next(logits[:, :vocab_size], temperature, top_k, top_p, generator)
         if eos_id is not None:  # rows that have ended keep emitting eos until all have
             next_id = next_id.masked_fill(done, eos_id)
             done |= next_id == eos_id
@@ -74,16 +76,17 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
 
 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
-             use_cache=True, generator=None):
+             use_cache=True, generator=None, vocab_size=None):
     """(B, T) prompt ids -> (B, T + n) ids, n <= max_new_tokens (fewer if every row hit eos_id).
 
     temperature 0 is greedy; top_k keeps the k likeliest tokens (clamped to the vocabulary);
     top_p in (0, 1] keeps the smallest set whose probability reaches p. Past context_length
-    only the most recent context_length tokens are read. Put the model in eval mode first
-    (model.eval()), or dropout makes every step random.
+    only the most recent context_length tokens are read. vocab_size: the tokenizer's, when
+    the model's is padded beyond it. Put the model in eval mode first (model.eval()), or
+    dropout makes every step random.
     """
     new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
-                      use_cache, generator))
+                      use_cache, generator, vocab_size))
     return torch.cat([idx, *new], dim=1)
 
 
@@ -91,8 +94,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("prompt", nargs="?", default="Every effort moves you",
                    help="text to continue (empty: start from <|endoftext|>)")
-    p.add_argument("--model", default="gpt2-small",
-                   help="size (gpt2, gpt2-medium, 774M, ...) or a folder with model.safetensors")
+    p.add_argument("--model", default="gpt2-small", help="size (gpt2, gpt2-medium, 774M, ...), a "
+                   "Hugging Face repo (ORG/NAME) or a folder (model.safetensors, or the book's "
+                   "gpt2/124M)")
     p.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
                    help="random: untrained weights of that size, no download (for trying offline)")
     p.add_argument("--max-new-tokens", type=int, default=50, help="how many tokens to add")
@@ -113,7 +117,7 @@ def main(argv=None):
         p.error(str(e))
 
     device = pick_device(args.device)
-    tokenizer = get_tokenizer()
+    tokenizer = get_tokenizer(args.model)
     if args.seed is not None:  # the same text each run (and the same weights with --init random)
         torch.manual_seed(args.seed)
     model = load_gpt2(args.model, pretrained=args.init == "pretrained").to(device)
@@ -127,7 +131,7 @@ def main(argv=None):
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")
     eos_id = None if args.ignore_eos else tokenizer.eot_token
     for token in stream(model, torch.tensor([ids], device=device), args.max_new_tokens,
-                        args.temperature, top_k, args.top_p, eos_id):
+                        args.temperature, top_k, args.top_p, eos_id, vocab_size=tokenizer.n_vocab):
         if token.item() == eos_id:
             break
         print(text.decode(tokenizer.decode_single_token_bytes(token.item())), end="", flush=True)

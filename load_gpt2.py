@@ -1,24 +1,38 @@
-"""OpenAI's pretrained GPT-2 in model.GPTModel, with torch and numpy alone.
+"""OpenAI's pretrained GPT-2 in model.GPTModel, with torch, tiktoken and numpy alone.
 
-The weights come from Hugging Face as model.safetensors (the Conv1D layout of OpenAI's
-TensorFlow code). We read that format by hand, map each tensor to its place in GPTModel,
-and check every name and shape on the way, so a damaged file is an error, never a wrong model.
+The weights are taken from wherever a user already has them, else downloaded (docs/downloads.md):
+  - a folder (--model DIR): Hugging Face's model.safetensors and config.json, or the book's
+    gpt2/124M, OpenAI's TensorFlow checkpoint as the book's gpt_download.py leaves it;
+  - a size (gpt2, 355M, ...) or a hub repo (ORG/NAME): this project's cache, then the Hugging
+    Face cache, then the hub, and for the four sizes OpenAI's original files, then the book's
+    backup copy of them.
+Both formats are parsed by hand, every name, shape and byte range checked, and mapped onto
+GPTModel by one table (gpt2_state_dict), so a damaged file is an error, never a wrong model.
 """
+import functools
 import hashlib
 import json
 import math
+import os
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import tiktoken
 import torch
 
-from utils import CACHE_DIR, InputError, atomic_write, download
+from utils import (InputError, atomic_write, cache_dir, download, first_that_works, hf_snapshot,
+                   hub_download, offline)
 from model import ALIASES, BASE_CONFIG, GPT_CONFIGS, GPTModel, check_config, get_config, model_name
 
-URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.safetensors"
+# The four released sizes: their hub repo (openai-community/...) and their name at OpenAI.
 REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
          "gpt2-large (774M)": "gpt2-large", "gpt2-xl (1558M)": "gpt2-xl"}
+OPENAI = ("https://openaipublic.blob.core.windows.net/gpt-2/models/{size}/",
+          "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2/{size}/")  # the book's backup
+TF_FILES = ("hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001")
 # safetensors dtype -> (numpy type to read the bytes as, torch type they hold). numpy has no
 # bfloat16, so those bytes are read as int16 and reinterpreted (same bits) by torch.
 DTYPES = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16),
@@ -26,10 +40,19 @@ DTYPES = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16)
 
 
 def pick_device(name=None):
-    """The device to run on: name if given, else CUDA, then Apple's MPS, else the CPU."""
+    """The device to run on: name if given, else CUDA, then Apple's MPS, else the CPU. MPS
+    only with torch 2.9 or newer: older versions gave wrong losses there (the book's issue
+    #635); --device mps still forces it."""
     if name is None:
-        return "cuda" if torch.cuda.is_available() else \
-            "mps" if torch.backends.mps.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            if tuple(map(int, re.findall(r"\d+", torch.__version__)[:2])) >= (2, 9):
+                return "mps"
+            print(f"using the CPU: torch {torch.__version__} computes wrong losses on Apple's "
+                  "MPS (2.9 fixed it); upgrade torch, or force it with --device mps",
+                  file=sys.stderr)
+        return "cpu"
     try:
         if torch.device(name).type not in ("cpu", "cuda", "mps"):
             raise RuntimeError("not a device to compute on")
@@ -40,14 +63,54 @@ def pick_device(name=None):
     return name
 
 
+# GPT-2's byte-pair encoding when tiktoken cannot get it: OpenAI's pattern, and the SHA-256 of
+# its 50,256 tokens in rank order (rank, length, bytes), as tiktoken's own "gpt2" holds them.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_RANKS_SHA256 = "3688d51d64f4f960692ec9745abe1ddb9699fb637fe608cceaf8917b0653b79b"
+TIKTOKEN_URLS = [f"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/{name}"
+                 for name in ("vocab.bpe", "encoder.json")]
+
+
 def get_tokenizer(model=None):
-    """GPT-2's byte-pair encoding, from tiktoken (downloaded once, then cached)."""
+    """GPT-2's byte-pair encoding: tiktoken's (from its cache, else its download); if that
+    fails, built from encoder.json (OpenAI's name) or vocab.json (Hugging Face's), taken from
+    where model's weights are or come from, and checked token by token against GPT-2's."""
+    tiktoken_dir = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get(
+        "DATA_GYM_CACHE_DIR") or Path(tempfile.gettempdir()) / "data-gym-cache")
+    cached = all((tiktoken_dir / hashlib.sha1(url.encode()).hexdigest()).is_file()
+                 for url in TIKTOKEN_URLS)
     try:
-        return tiktoken.get_encoding("gpt2")
+        if cached or not offline():  # offline: not one request, not even tiktoken's
+            return tiktoken.get_encoding("gpt2")
+        why = "not in its cache, and HF_HUB_OFFLINE is set"
     except Exception as e:  # tiktoken reports a missing network in several ways
-        raise InputError(f"could not load the GPT-2 vocabulary ({e.__class__.__name__}): tiktoken "
-                         "downloads it on first use; connect once, or copy its cache files to a "
-                         "folder and set TIKTOKEN_CACHE_DIR to it") from None
+        why = e.__class__.__name__
+    try:
+        return encoding_from(vocab_file(model or "gpt2"))
+    except InputError as e:
+        raise InputError(f"could not load the GPT-2 vocabulary: tiktoken failed ({why}), and {e}; "
+                         "or copy tiktoken's cache files to a folder and set TIKTOKEN_CACHE_DIR "
+                         "to it") from None
+
+
+def encoding_from(path):
+    """tiktoken's GPT-2 encoding, built from an encoder.json or vocab.json file. Their tokens
+    are bytes written as printable characters (GPT-2's bytes_to_unicode): undone here."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    byte = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+    try:
+        vocab = json.loads(read_small(path, 10_000_000))
+        ranks = {bytes(byte[c] for c in token): rank for token, rank in vocab.items()
+                 if token != "<|endoftext|>"}
+        digest = hashlib.sha256(b"".join(r.to_bytes(4, "little") + len(t).to_bytes(2, "little")
+                                         + t for t, r in sorted(ranks.items(), key=lambda x: x[1])))
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
+        raise InputError(f"{path} is not GPT-2's vocabulary ({e})") from None
+    if digest.hexdigest() != GPT2_RANKS_SHA256 or vocab.get("<|endoftext|>") != 50256:
+        raise InputError(f"{path} is not GPT-2's vocabulary (its tokens differ)")
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)
 
 
 def read_safetensors(path):
@@ -131,36 +194,236 @@ def write_safetensors(path, tensors, metadata):
 
 
 def read_small(path, limit):
-    """The text of a regular file of at most limit bytes: never a device, a pipe or a huge file
+    """The bytes of a regular file of at most limit bytes: never a device, a pipe or a huge file
     (a symlink to /dev/zero would otherwise read forever)."""
     if not path.is_file() or path.stat().st_size > limit:
-        raise ValueError(f"not a regular file of at most {limit:,} bytes")
-    return path.read_text(encoding="utf-8")
+        raise ValueError(f"{path} is not a regular file of at most {limit:,} bytes")
+    return path.read_bytes()
 
 
-def check_finite(model, where, why="the file is damaged or from a diverged training run"):
-    """Weights that are NaN or infinite would compute garbage: refuse them."""
-    for name, param in model.named_parameters():
-        if not torch.isfinite(param).all():
-            raise InputError(f"{where}: tensor {name} holds NaN or infinite values; {why}")
-    return model
+# CRC-32C, the checksum TensorFlow keeps for every tensor and every index block.
+CRC = [np.arange(256, dtype=np.uint32)]
+for _ in range(8):  # the table for one byte (polynomial 0x82F63B78, reflected) ...
+    CRC[0] = np.where(CRC[0] & 1, (CRC[0] >> 1) ^ np.uint32(0x82F63B78), CRC[0] >> 1)
+for _ in range(3):  # ... and the tables that take 4 bytes a step
+    CRC.append((CRC[-1] >> 8) ^ CRC[0][CRC[-1] & 255])
 
 
-def config_from_folder(folder, tensors):
-    """cfg for a local checkpoint: from Hugging Face's config.json when present, otherwise
-    from the tensor shapes (the head count then comes from the released size that matches)."""
-    config_file = folder / "config.json"
-    if config_file.exists():
-        try:
-            hf = json.loads(read_small(config_file, 1_000_000))
-            cfg = {**BASE_CONFIG, "vocab_size": hf["vocab_size"], "emb_dim": hf["n_embd"],
-                   "context_length": hf.get("n_positions", hf.get("n_ctx")),
-                   "n_layers": hf["n_layer"], "n_heads": hf["n_head"]}
-            check_config(cfg)  # before anything is allocated from these numbers
-            return cfg
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            why = f"no {e} field" if isinstance(e, KeyError) else str(e)
-            raise InputError(f"{config_file} is not a usable GPT-2 config.json ({why})") from None
+def crc32c(data):
+    """CRC-32C of a uint8 array, with numpy. The data is cut into K slices whose CRCs advance
+    side by side, 4 bytes a step; then neighbours are joined, CRC(a + b) = Z(CRC(a)) ^ CRC(b),
+    where Z, appending len(b) zero bytes, is a linear map on the 32-bit register (zero_bytes).
+    Zero bytes in front change nothing; the initial register 0xFFFFFFFF is added at the end."""
+    n = len(data)
+    K = 1 << min(14, max(0, (n // 64).bit_length() - 1))  # slices: 2**k, 64+ bytes each
+    L = -(-n // K)  # bytes a slice, rounded up to a multiple of 4
+    L += -L % 4
+    buf = np.zeros(K * L, np.uint8)
+    buf[K * L - n:] = data
+    c = np.zeros(K, np.uint32)
+    for word in np.ascontiguousarray(buf.view("<u4").reshape(K, L // 4).T):  # (K,) a step
+        c ^= word
+        c = CRC[3][c & 255] ^ CRC[2][(c >> 8) & 255] ^ CRC[1][(c >> 16) & 255] ^ CRC[0][c >> 24]
+    z = zero_bytes(L)
+    while len(c) > 1:
+        c, z = linear(z, c[0::2]) ^ c[1::2], linear(z, z)
+    return int(c[0] ^ linear(zero_bytes(n), np.array([0xFFFFFFFF], np.uint32))[0]) ^ 0xFFFFFFFF
+
+
+def zero_bytes(n):
+    """The linear map (the images of the 32 bits) that n zero bytes apply to the register."""
+    bits = np.uint32(1) << np.arange(32, dtype=np.uint32)
+    step, z = CRC[0][bits & 255] ^ (bits >> 8), bits  # one zero byte; none
+    while n:  # by squaring
+        z = linear(step, z) if n & 1 else z
+        step, n = linear(step, step), n >> 1
+    return z
+
+
+def linear(images, v):
+    """The linear map on 32-bit words with images (the image of each bit), applied to v."""
+    out = np.zeros_like(v)
+    for j in range(32):
+        out ^= images[j] * ((v >> np.uint32(j)) & np.uint32(1))
+    return out
+
+
+# TensorFlow's tensor bundle: its dtype numbers -> (numpy type to read, torch type they hold)
+TF_DTYPES = {1: (np.float32, torch.float32), 19: (np.float16, torch.float16),
+             14: (np.int16, torch.bfloat16)}
+
+
+def read_tf_checkpoint(folder):
+    """{Hugging Face name: tensor} from OpenAI's TensorFlow checkpoint in folder, TensorFlow
+    not needed: model.ckpt.index is a table in LevelDB's format whose values are protobuf
+    entries giving each tensor's dtype, shape, byte range in model.ckpt.data-00000-of-00001
+    and CRC-32C. Every entry, range and checksum is checked; OpenAI's names are renamed."""
+    index, data_file = folder / "model.ckpt.index", folder / "model.ckpt.data-00000-of-00001"
+    try:
+        entries = dict(table_entries(np.frombuffer(read_small(index, 100_000_000), np.uint8)))
+        header = protobuf(entries.pop(b""))
+        if header.get(1, [1]) != [1] or header.get(2, [0]) != [0]:
+            raise ValueError("the tensors are in several files or big-endian")
+        size = data_file.stat().st_size
+        data = np.memmap(data_file, np.uint8, "c") if size else np.empty(0, np.uint8)
+        tensors, ranges = {}, []
+        for key, value in entries.items():
+            name, entry = key.decode("utf-8"), protobuf(value)
+            shape = [protobuf(dim).get(1, [0])[0] for dim in protobuf(entry.get(2, [b""])[0])
+                     .get(2, [])]
+            (offset,), (nbytes,) = entry.get(4, [0]), entry.get(5, [0])
+            if entry.get(1, [0])[0] not in TF_DTYPES or entry.get(3, [0]) != [0] or 7 in entry \
+                    or len(shape) > 8 or not all(0 <= d <= 2**31 for d in shape):
+                raise ValueError(f"tensor {name!r} is not a whole float tensor of this file")
+            np_type, torch_type = TF_DTYPES[entry[1][0]]
+            if nbytes != math.prod(shape) * np.dtype(np_type).itemsize or offset + nbytes > size:
+                raise ValueError(f"tensor {name!r} claims bytes {offset}..{offset + nbytes} of "
+                                 f"{data_file} ({size})")
+            if unmask(entry.get(6, [0])[0]) != crc32c(data[offset:offset + nbytes]):
+                raise ValueError(f"tensor {name!r} fails its CRC-32C checksum in {data_file}")
+            array = data[offset:offset + nbytes].view(np_type).reshape(shape)
+            tensor = torch.from_numpy(array).view(torch_type)
+            # OpenAI's Conv1D weights carry a leading 1: (1, in, out) is Hugging Face's (in, out)
+            tensors[hub_name(name)] = tensor[0] if len(shape) == 3 and shape[0] == 1 else tensor
+            ranges.append((offset, offset + nbytes))
+        for (_, end), (begin, _) in zip(sorted(ranges), sorted(ranges)[1:]):
+            if begin < end:
+                raise ValueError(f"two tensors share bytes {begin}..{end} of {data_file}")
+    except (ValueError, KeyError, IndexError, TypeError, OSError) as e:
+        raise InputError(f"{index} is damaged or not OpenAI's TensorFlow checkpoint ({e}); if it "
+                         "was downloaded, delete the folder's files and download them again"
+                         ) from None
+    return tensors
+
+
+def hub_name(name):
+    """OpenAI's tensor name -> Hugging Face's: model/h0/attn/c_attn/w -> h.0.attn.c_attn.weight,
+    model/ln_f/g -> ln_f.weight, model/wte -> wte.weight (gpt2_state_dict maps those)."""
+    *path, leaf = re.sub(r"^model/h(\d+)/", r"h.\1/", name).removeprefix("model/").split("/")
+    return ".".join([*path, {"w": "weight", "g": "weight", "b": "bias"}.get(leaf, leaf)]) \
+        if path else f"{leaf}.weight"
+
+
+def table_entries(table):
+    """(key, value) pairs of a LevelDB-format table: a 48-byte footer ends in a magic number and
+    points at the index block, whose entries point at the data blocks; each block is followed
+    by its type (0: uncompressed) and a masked CRC-32C of both."""
+    footer = table[-48:].tobytes()
+    if len(footer) < 48 or footer[-8:] != (0xdb4775248b80fb57).to_bytes(8, "little"):
+        raise ValueError("no table footer")
+    _, i = varint(footer, varint(footer, 0)[1])  # the meta-index block: not used
+    offset, i = varint(footer, i)
+    for _, handle in block_entries(block(table, offset, varint(footer, i)[0])):
+        offset, i = varint(handle, 0)
+        yield from block_entries(block(table, offset, varint(handle, i)[0]))
+
+
+def block(table, offset, size):
+    if offset + size + 5 > len(table) or table[offset + size] != 0 or unmask(int.from_bytes(
+            table[offset + size + 1:offset + size + 5], "little")) != crc32c(
+                table[offset:offset + size + 1]):
+        raise ValueError(f"the block at byte {offset} is cut off, compressed or fails its CRC")
+    return table[offset:offset + size].tobytes()
+
+
+def block_entries(block):
+    """(key, value) pairs of a block: each key shares a prefix with the one before it."""
+    n = int.from_bytes(block[-4:], "little")  # restart points, then their number: not needed
+    end, key, i = len(block) - 4 - 4 * n, b"", 0
+    while i < end:
+        shared, i = varint(block, i)
+        unshared, i = varint(block, i)
+        size, i = varint(block, i)
+        key, value, i = key[:shared] + block[i:i + unshared], block[i + unshared:i + unshared
+                                                                      + size], i + unshared + size
+        if i > end:
+            raise ValueError("a block entry runs past its block")
+        yield key, value
+
+
+def protobuf(message):
+    """{field number: [values]} of a protobuf message: varints as ints, length-delimited
+    fields as bytes, fixed 32/64-bit fields as ints."""
+    fields, i = {}, 0
+    while i < len(message):
+        key, i = varint(message, i)
+        kind, size = key & 7, {1: 8, 5: 4}.get(key & 7, 0)
+        if kind == 0:
+            value, i = varint(message, i)
+        elif kind == 2:
+            size, i = varint(message, i)
+            value, i = message[i:i + size], i + size
+        elif size:
+            value, i = int.from_bytes(message[i:i + size], "little"), i + size
+        else:
+            raise ValueError(f"protobuf wire type {kind}")
+        if i > len(message):
+            raise ValueError("a protobuf field runs past its message")
+        fields.setdefault(key >> 3, []).append(value)
+    return fields
+
+
+def varint(buf, i):
+    """(value, next position) of the base-128 number at buf[i] (protobuf's and LevelDB's)."""
+    value = 0
+    for shift in range(0, 70, 7):
+        value |= (buf[i] & 0x7F) << shift
+        i += 1
+        if buf[i - 1] < 0x80:
+            return value, i
+    raise ValueError("a number longer than 64 bits")
+
+
+def unmask(crc):  # LevelDB stores CRCs rotated and offset ("masked")
+    crc = (crc - 0xA282EAD8) % 2**32
+    return ((crc >> 17) | (crc << 15)) % 2**32
+
+
+# config.json (and OpenAI's hparams.json): the sizes GPTModel takes; the keys that would change
+# the math, each with the values GPTModel computes; the keys that change nothing computed here.
+SIZES = {"vocab_size": "vocab_size", "n_vocab": "vocab_size", "n_positions": "context_length",
+         "n_ctx": "context_length", "n_embd": "emb_dim", "n_layer": "n_layers",
+         "n_head": "n_heads"}
+SAME_MATH = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"), "model_type": ("gpt2",),
+             "layer_norm_epsilon": (1e-5,), "scale_attn_weights": (True,),
+             "scale_attn_by_inverse_layer_idx": (False,), "add_cross_attention": (False,),
+             "n_inner": (None,)}  # or 4 x n_embd
+HARMLESS = {  # dropout (training only; fine-tuning sets its own), ids, bookkeeping, other heads
+    "attn_pdrop", "embd_pdrop", "resid_pdrop", "summary_activation", "summary_first_dropout",
+    "summary_proj_to_labels", "summary_type", "summary_use_proj", "bos_token_id",
+    "eos_token_id", "pad_token_id", "architectures", "initializer_range", "transformers_version",
+    "torch_dtype", "dtype", "use_cache", "task_specific_params", "_name_or_path", "id2label",
+    "label2id", "_num_labels", "output_past", "gradient_checkpointing", "n_special",
+    "predict_special_tokens", "attn_implementation", "_attn_implementation",
+    "reorder_and_upcast_attn",  # float16 rounding only; GPTModel computes in float32
+    "tie_word_embeddings"}  # lm_head.weight is read when the file holds it
+
+
+def read_config(path):
+    """cfg from Hugging Face's config.json or OpenAI's hparams.json. A key that would make the
+    file's model compute something GPTModel does not is refused, and so is an unknown key."""
+    try:
+        hf = json.loads(read_small(path, 1_000_000))
+        if not isinstance(hf, dict):
+            raise ValueError("not a JSON object")
+        for key, value in hf.items():
+            if key in SAME_MATH and value not in SAME_MATH[key] and not (
+                    key == "n_inner" and value == 4 * hf.get("n_embd", 0)):
+                raise ValueError(f"{key} {value!r} changes the model's math; GPTModel computes "
+                                 f"{key} {SAME_MATH[key][0]!r} only")
+            if key not in SAME_MATH and key not in SIZES and key not in HARMLESS:
+                raise ValueError(f"unknown key {key!r}: if it does not change the math, add it to "
+                                 "HARMLESS in load_gpt2.py")
+        sizes = {ours: hf[key] for key, ours in reversed(SIZES.items()) if key in hf}
+        cfg = {"drop_rate": 0.0, "qkv_bias": True, **sizes}  # n_positions over n_ctx, ...
+        check_config(cfg)  # before anything is allocated from these numbers
+        return cfg
+    except (ValueError, TypeError, RecursionError) as e:
+        raise InputError(f"{path} is not a usable GPT-2 config ({e})") from None
+
+
+def infer_config(folder, tensors):
+    """cfg for a model.safetensors without config.json: the released size its shapes match."""
     names = {k.removeprefix("transformer."): v.shape for k, v in tensors.items()}
     n_layers = len({k.split(".")[1] for k in names if k.startswith("h.")})
     emb_dim = names["wte.weight"][1] if "wte.weight" in names else None
@@ -169,6 +432,14 @@ def config_from_folder(folder, tensors):
             return get_config(name)
     raise InputError(f"{folder} has no config.json and its tensors match no released GPT-2 "
                      "size; add Hugging Face's config.json beside model.safetensors")
+
+
+def check_finite(model, where, why="the file is damaged or from a diverged training run"):
+    """Weights that are NaN or infinite would compute garbage: refuse them."""
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise InputError(f"{where}: tensor {name} holds NaN or infinite values; {why}")
+    return model
 
 
 def gpt2_state_dict(tensors, cfg, path, dtype=torch.float32):
@@ -223,40 +494,119 @@ def gpt2_state_dict(tensors, cfg, path, dtype=torch.float32):
     return sd
 
 
-def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, cache_dir=CACHE_DIR, pretrained=True):
-    """A GPTModel in eval mode with OpenAI's weights; its cfg is model.cfg.
+# Where the files of a size or a hub repo are, and where they come from.
 
-    name_or_dir: a size name ("gpt2", "gpt2-medium", "774M", ...), downloaded once into
-    cache_dir/<repo>/model.safetensors and reused offline afterwards; or a folder holding
-    model.safetensors (and optionally Hugging Face's config.json). Size names come first: a
-    folder that happens to be called "gpt2" needs "./gpt2".
-    pretrained=False: random weights of that size (GPT-2's initialisation), nothing downloaded.
+def source(name_or_dir):
+    """(hub repo, OpenAI's size name or None, this project's folder) of a size or ORG/NAME;
+    None for a folder. Size names come first: a folder called "gpt2" needs "./gpt2"."""
+    name = str(name_or_dir)
+    if name in ALIASES:
+        full = model_name(name)  # "gpt2-small (124M)"
+        return f"openai-community/{REPOS[full]}", full.split("(")[1][:-1], cache_dir() / REPOS[full]
+    if Path(name).is_dir():
+        return None
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and ".." not in name:
+        return name, None, cache_dir() / name.replace("/", "--")
+    try:
+        model_name(name)  # not a size: its error lists the sizes
+    except ValueError as e:
+        raise InputError(f"{e}; or a folder (model.safetensors, or the book's gpt2/124M), or a "
+                         "Hugging Face repo ORG/NAME") from None
+
+
+def folders(name_or_dir):
+    """The folders on disk that may hold name_or_dir's files, in the order tried: the folder
+    itself; or this project's cache, then the Hugging Face cache's snapshot."""
+    if source(name_or_dir) is None:
+        return [Path(name_or_dir)]
+    repo, size, ours = source(name_or_dir)
+    if not size:
+        return [folder for folder in (ours, hf_snapshot(repo)) if folder]
+    # a size: OpenAI's files too, and the hub's cache under the old name (gpt2, not
+    # openai-community/gpt2)
+    return [folder for folder in (ours, ours.parent / "openai" / size, hf_snapshot(repo),
+                                  hf_snapshot(repo.split("/")[1])) if folder]
+
+
+def checkpoint_folder(name_or_dir, pretrained=True):
+    """The folder that holds name_or_dir's weights (or only its config, pretrained=False):
+    found on disk (folders()), else downloaded: from the hub, then for the four sizes OpenAI's
+    original files, then the book's backup copy of them."""
+    for folder in folders(name_or_dir):
+        if (folder / "config.json").exists() and not pretrained or \
+                (folder / "model.safetensors").is_file() or all(
+                    (folder / name).is_file() for name in TF_FILES):
+            return folder
+    if source(name_or_dir) is None:
+        raise InputError(f"{name_or_dir} holds neither model.safetensors nor OpenAI's "
+                         f"{', '.join(TF_FILES)}")
+    repo, size, ours = source(name_or_dir)
+    if offline():
+        raise InputError(f"{repo} is not in {' or '.join(map(str, folders(name_or_dir)))}, and "
+                         "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it")
+
+    def from_hub():
+        if not size:  # is it a GPT-2? Asked before its weights come
+            read_config(hub_download(repo, "config.json", ours / "config.json"))
+        if pretrained:
+            hub_download(repo, "model.safetensors", ours / "model.safetensors")
+        return ours
+
+    def from_openai(url, folder=ours.parent / "openai" / str(size)):  # as gpt_download.py does
+        for name in TF_FILES:
+            download(url.format(size=size) + name, folder / name)
+        return folder
+    return first_that_works([from_hub] + [functools.partial(from_openai, url)
+                                          for url in OPENAI if size], f"{repo}'s weights")
+
+
+def vocab_file(name_or_dir):
+    """encoder.json (OpenAI's name) or vocab.json (Hugging Face's) of name_or_dir: in its
+    folders, else downloaded from the hub, then for the sizes OpenAI's copy and the book's."""
+    for folder in folders(name_or_dir):
+        for name in ("encoder.json", "vocab.json"):
+            if (folder / name).is_file():
+                return folder / name
+    if source(name_or_dir) is None:
+        raise InputError(f"{name_or_dir} holds no encoder.json or vocab.json")
+    repo, size, ours = source(name_or_dir)
+    openai = ours.parent / "openai" / str(size) / "encoder.json"
+    return first_that_works(
+        [functools.partial(hub_download, repo, "vocab.json", ours / "vocab.json")]
+        + [functools.partial(download, url.format(size=size) + "encoder.json", openai)
+           for url in OPENAI if size], "the vocabulary")
+
+
+def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
+    """A GPTModel in eval mode with OpenAI's weights; its cfg is model.cfg, and model.source
+    says where its weights came from (the file read, or "random weights").
+
+    name_or_dir: a size ("gpt2", "gpt2-medium", "774M", ...), a Hugging Face repo ORG/NAME
+    with GPT-2's architecture, or a folder (model.safetensors with an optional config.json, or
+    OpenAI's TensorFlow checkpoint with hparams.json). Files are found or downloaded once
+    (checkpoint_folder). Size names come first: a folder called "gpt2" needs "./gpt2".
+    pretrained=False: random weights of that size (GPT-2's initialisation).
     """
-    folder = Path(name_or_dir)
-    if str(name_or_dir) in ALIASES:
-        name = model_name(str(name_or_dir))
-        if not pretrained:
-            return GPTModel(get_config(name)).to(dtype).eval()
-        path = Path(cache_dir) / REPOS[name] / "model.safetensors"
-        if not path.exists():
-            download(URL.format(repo=REPOS[name]), path, hint=(
-                "; or go on offline: --init random trains from scratch, --model FOLDER reads "
-                "model.safetensors from FOLDER"))
-        (tensors, _), cfg = read_safetensors(path), get_config(name)
-    elif folder.is_dir():
-        path = folder / "model.safetensors"
-        if not path.is_file():
-            raise InputError(f"{folder} holds no model.safetensors")
-        tensors, _ = read_safetensors(path)
-        cfg = config_from_folder(folder, tensors)
-        if not pretrained:
-            return GPTModel(cfg).to(dtype).eval()
+    if str(name_or_dir) in ALIASES and not pretrained:  # nothing to read
+        cfg, tensors, path = get_config(str(name_or_dir)), {}, None
     else:
-        try:
-            model_name(str(name_or_dir))  # not a size: its error lists the sizes
-        except ValueError as e:
-            raise InputError(f"{e}, or a folder with model.safetensors") from None
+        folder = checkpoint_folder(name_or_dir, pretrained)
+        path = folder / "model.safetensors"
+        if not path.is_file() and (folder / "model.ckpt.index").is_file():
+            path, cfg = folder / "model.ckpt.index", read_config(folder / "hparams.json")
+            tensors = read_tf_checkpoint(folder) if pretrained else {}
+        elif (folder / "config.json").exists():
+            cfg = read_config(folder / "config.json")
+            tensors = read_safetensors(path)[0] if pretrained else {}
+        else:
+            tensors = read_safetensors(path)[0]
+            cfg = infer_config(folder, tensors)
+    if not pretrained:
+        model = GPTModel(cfg).to(dtype)
+        model.source = "random weights"
+        return model.eval()
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
         model = GPTModel(cfg)
     model.load_state_dict(gpt2_state_dict(tensors, cfg, path, dtype), assign=True)
+    model.source = str(path)
     return check_finite(model, path).eval()

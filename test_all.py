@@ -7,6 +7,7 @@ safetensors layout, small labelled files, zips. Tests that need GPT-2's real voc
 """
 import contextlib
 import functools
+import hashlib
 import http.server
 import importlib.util
 import io
@@ -15,6 +16,7 @@ import math
 import re
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -369,7 +371,7 @@ class TestLoadGPT2(unittest.TestCase):
     def test_bad_config_json_is_a_clear_error(self):
         folder = write_checkpoint(tmpdir(self), random_hf_arrays(), 4)
         good = {"vocab_size": 64, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 16}
-        cases = {"no 'vocab_size' field": {"n_embd": 32},
+        cases = {"vocab_size must be an integer from 1 to 1,000,000, not None": {"n_embd": 32},
                  "not divisible by n_heads 5": dict(good, n_head=5),
                  "n_layers must be an integer from 1 to 1,000, not True": dict(good, n_layer=True),
                  "emb_dim must be an integer from 1 to 65,536, not 32.0": dict(good, n_embd=32.0),
@@ -381,7 +383,7 @@ class TestLoadGPT2(unittest.TestCase):
                 (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
                 for pretrained in (True, False):  # checked before anything is allocated
                     with self.assertRaisesRegex(utils.InputError,
-                                                "is not a usable GPT-2 config.json "
+                                                "config.json is not a usable GPT-2 config "
                                                 f".*{re.escape(message)}"):
                         load_gpt2.load_gpt2(folder, pretrained=pretrained)
         (folder / "config.json").unlink()
@@ -402,23 +404,289 @@ class TestLoadGPT2(unittest.TestCase):
         self.assertEqual(tok.encode("Every effort moves you"), [6109, 3626, 6100, 345])
 
 
-class FileServer:
-    """A loopback HTTP server for download tests; `lie` claims more bytes than it sends."""
+TF_FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tf"
+ENCODER_JSON = ROOT.parent / "shared" / "tiktoken-cache" / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"
 
-    def __init__(self, body, lie=0):
+
+class TestSources(unittest.TestCase):
+    """Every copy of GPT-2 a user may have, read the same way: the book's TensorFlow folder,
+    the Hugging Face cache, a hub repo, OpenAI's files and the book's backup, in that order."""
+
+    def setUp(self):
+        self.dir = tmpdir(self)
+        self.env = {"GPT2_CACHE_DIR": str(self.dir / "ours"), "HF_HOME": str(self.dir / "hf"),
+                    "HF_HUB_CACHE": "", "HF_ENDPOINT": "http://127.0.0.1:9",
+                    "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_TOKEN": ""}
+        for patch in (unittest.mock.patch.dict(os.environ, self.env),
+                      unittest.mock.patch.object(utils, "PAUSE_S", 0.01)):
+            patch.start()
+            self.addCleanup(patch.stop)
+        self.prompt = torch.tensor([json.loads((FIXTURE / "expected.json").read_text())["prompt"]])
+        with torch.no_grad():
+            self.logits = load_gpt2.load_gpt2(FIXTURE)(self.prompt)
+
+    def assert_fixture(self, model, source):
+        with torch.no_grad():
+            self.assertTrue(torch.equal(model(self.prompt), self.logits))
+        self.assertEqual(model.source, str(source))
+
+    def test_the_books_tensorflow_folder_is_the_same_model_without_tensorflow(self):
+        book = self.dir / "gpt2" / "124M"  # as gpt_download.py leaves it
+        shutil.copytree(TF_FIXTURE, book)
+        self.assert_fixture(load_gpt2.load_gpt2(book), book / "model.ckpt.index")
+        data_file = book / "model.ckpt.data-00000-of-00001"
+        raw = data_file.read_bytes()
+        index = (book / "model.ckpt.index").read_bytes()
+        cases = {"fails its CRC-32C checksum": (raw[:5000] + b"\x01" + raw[5001:], index),
+                 "claims bytes": (raw[:-4], index),
+                 "fails its CRC": (raw, index[:100] + bytes([index[100] ^ 1]) + index[101:]),
+                 "no table footer": (raw, index[:-1]),
+                 "holds neither model.safetensors nor OpenAI's": (raw, None)}
+        for message, (data_bytes, index_bytes) in cases.items():
+            with self.subTest(message):
+                data_file.write_bytes(data_bytes)
+                (book / "model.ckpt.index").unlink(missing_ok=True)
+                if index_bytes is None:
+                    (book / "model.ckpt.index").mkdir()
+                else:
+                    (book / "model.ckpt.index").write_bytes(index_bytes)
+                with self.assertRaises(utils.InputError) as e:
+                    load_gpt2.load_gpt2(book)
+                self.assertIn(message, str(e.exception))
+                self.assertIn(str(book), str(e.exception))
+                if index_bytes is None:
+                    (book / "model.ckpt.index").rmdir()
+
+    def test_the_hugging_face_cache_is_read_in_place(self):
+        for repo, home in (("openai-community/gpt2", "HF_HOME"), ("gpt2", "HF_HUB_CACHE")):
+            with self.subTest(repo):  # gpt2: the hub's name for it before openai-community/
+                hub = self.dir / "hf" / "hub" if home == "HF_HOME" else self.dir / repo
+                folder = hub / f"models--{repo.replace('/', '--')}"
+                commit = "a" * 40
+                (folder / "refs").mkdir(parents=True)
+                (folder / "refs" / "main").write_text(commit)
+                (folder / "blobs").mkdir()
+                snapshot = folder / "snapshots" / commit
+                snapshot.mkdir(parents=True)
+                for name in ("model.safetensors", "config.json"):
+                    blob = folder / "blobs" / hashlib.sha256((FIXTURE / name).read_bytes()) \
+                        .hexdigest()
+                    shutil.copy(FIXTURE / name, blob)
+                    (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+                env = {"HF_HUB_CACHE": str(hub)} if home == "HF_HUB_CACHE" else {}
+                with unittest.mock.patch.dict(os.environ, {**env, "HF_HUB_OFFLINE": "1"}):
+                    model = load_gpt2.load_gpt2("gpt2")
+                self.assert_fixture(model, snapshot / "model.safetensors")
+                self.assertFalse((self.dir / "ours").exists())  # used in place, not copied
+                shutil.rmtree(folder)
+
+    def hub(self, repo_files):
+        """A loopback server in the hub's layout, its large files behind a storage redirect."""
+        storage = FileServer({f"/{i}": body for i, body in enumerate(repo_files.values())})
+        paths = {f"/{repo}/resolve/main/{name}": (f"/{i}", body)
+                 for i, ((repo, name), body) in enumerate(repo_files.items())}
+        hub = FileServer({path: body for path, (_, body) in paths.items()
+                          if not path.endswith(".safetensors")},
+                          redirect={path: storage.url + blob for path, (blob, body) in paths.items()
+                                    if path.endswith(".safetensors")},
+                          headers={path: {"X-Linked-Etag": hashlib.sha256(body).hexdigest(),
+                                          "X-Linked-Size": str(len(body))}
+                                   for path, (_, body) in paths.items()})
+        for server in (hub, storage):
+            self.addCleanup(server.close)
+        os.environ["HF_ENDPOINT"] = hub.url
+        return hub
+
+    def test_any_gpt2_repo_on_the_hub_downloads_once(self):
+        files = {("org/tiny-gpt2", "config.json"): (FIXTURE / "config.json").read_bytes(),
+                 ("org/tiny-gpt2", "model.safetensors"): (FIXTURE / "model.safetensors").read_bytes(),
+                 ("org/bert", "config.json"): b'{"model_type": "bert", "n_embd": 8}',
+                 ("org/pickles", "config.json"): (FIXTURE / "config.json").read_bytes()}
+        hub = self.hub(files)
+        with contextlib.redirect_stderr(io.StringIO()):
+            model = load_gpt2.load_gpt2("org/tiny-gpt2")
+        ours = self.dir / "ours" / "org--tiny-gpt2"
+        self.assert_fixture(model, ours / "model.safetensors")
+        self.assertEqual(sorted(p.name for p in ours.iterdir() if p.name != ".lock"),
+                         ["config.json", "model.safetensors"])
+        asked = len(hub.requests)
+        self.assert_fixture(load_gpt2.load_gpt2("org/tiny-gpt2"), ours / "model.safetensors")
+        self.assertEqual(len(hub.requests), asked)  # nothing downloaded twice
+        with self.assertRaisesRegex(utils.InputError, "model_type 'bert' changes the model's "
+                                                      "math; GPTModel computes model_type 'gpt2'"):
+            load_gpt2.load_gpt2("org/bert")
+        self.assertFalse((self.dir / "ours" / "org--bert" / "model.safetensors").exists())
+        with self.assertRaisesRegex(utils.InputError, "the hub has no model.safetensors in "
+                                                      "org/pickles"):
+            load_gpt2.load_gpt2("org/pickles")
+        folder = self.dir / "org" / "tiny-gpt2"  # a folder of that name comes first
+        shutil.copytree(TF_FIXTURE, folder)
+        with contextlib.chdir(self.dir):
+            self.assert_fixture(load_gpt2.load_gpt2("org/tiny-gpt2"),
+                                Path("org/tiny-gpt2/model.ckpt.index"))
+
+    def test_the_sizes_fall_back_to_openai_and_then_the_books_copy(self):
+        hub = FileServer({}, fail=[503] * 20)  # the hub is down
+        book = FileServer({f"/124M/{p.name}": p.read_bytes() for p in TF_FIXTURE.iterdir()})
+        openai = FileServer({})  # OpenAI's link is gone: 404
+        for server in (hub, openai, book):
+            self.addCleanup(server.close)
+        os.environ["HF_ENDPOINT"] = hub.url
+        urls = (openai.url + "/{size}/", book.url + "/{size}/")
+        with unittest.mock.patch.object(load_gpt2, "OPENAI", urls), \
+                contextlib.redirect_stderr(io.StringIO()):
+            model = load_gpt2.load_gpt2("gpt2-small")
+            self.assert_fixture(model, self.dir / "ours" / "openai" / "124M" / "model.ckpt.index")
+            self.assertEqual(len(hub.requests), 1)  # one HEAD: it fails fast, to the next source
+            for server in (hub, openai, book):
+                server.switch["fail"] = [404] * 20
+            self.assert_fixture(load_gpt2.load_gpt2("124M"), model.source)  # found on disk
+            shutil.rmtree(self.dir / "ours")
+            with self.assertRaises(utils.InputError) as e:
+                load_gpt2.load_gpt2("gpt2")
+        message = str(e.exception)
+        self.assertTrue(message.startswith("no source of openai-community/gpt2's weights could "
+                                           "be read: "), message)
+        for url in (hub.url, openai.url, book.url):
+            self.assertIn(url, message)
+        self.assertEqual(len(message.splitlines()), 1)
+
+    def test_offline_mode_reads_what_is_there_and_names_what_is_not(self):
+        with unittest.mock.patch.dict(os.environ, {"TRANSFORMERS_OFFLINE": "1"}), \
+                self.assertRaisesRegex(utils.InputError, "openai-community/gpt2 is not in .*ours"
+                                       ".*and HF_HUB_OFFLINE .* forbids downloading it"):
+            load_gpt2.load_gpt2("gpt2")
+
+    @unittest.skipUnless(ENCODER_JSON.exists(), f"{ENCODER_JSON} not present")
+    def test_the_vocabulary_comes_from_the_weights_when_tiktoken_cannot(self):
+        real, folder = tokenizer(), self.dir / "book"
+        shutil.copytree(TF_FIXTURE, folder)
+        shutil.copy(ENCODER_JSON, folder / "encoder.json")
+        env = {"TIKTOKEN_CACHE_DIR": str(self.dir / "empty"), "HF_HUB_OFFLINE": "1"}
+        text = "Every effort moves you <|endoftext|> naïve café 😀\n\n  spaces"
+        with unittest.mock.patch.dict(os.environ, env):
+            tok = load_gpt2.get_tokenizer(folder)
+            self.assertEqual(tok.encode_ordinary(text), real.encode_ordinary(text))
+            self.assertEqual((tok.n_vocab, tok.eot_token), (50257, 50256))
+            vocab = json.loads(ENCODER_JSON.read_bytes())
+            vocab["Ġthe"], vocab["Ġa"] = vocab["Ġa"], vocab["Ġthe"]  # two ranks swapped
+            (folder / "encoder.json").write_text(json.dumps(vocab), encoding="utf-8")
+            with self.assertRaisesRegex(utils.InputError, "tiktoken failed .*encoder.json is not "
+                                                          "GPT-2's vocabulary"):
+                load_gpt2.get_tokenizer(folder)
+        hub = self.hub({("openai-community/gpt2", "vocab.json"): ENCODER_JSON.read_bytes()})
+        with unittest.mock.patch.dict(os.environ, {**env, "HF_HUB_OFFLINE": ""}), \
+                unittest.mock.patch.object(load_gpt2.tiktoken, "get_encoding",
+                                           side_effect=ConnectionError):  # no tiktoken download
+            self.assertEqual(load_gpt2.get_tokenizer("gpt2").encode_ordinary(text),
+                             real.encode_ordinary(text))
+        self.assertEqual([r[1] for r in hub.requests if r[0] == "GET"],
+                         ["/openai-community/gpt2/resolve/main/vocab.json"])
+
+    def test_config_keys_that_change_the_math_are_refused(self):
+        folder = write_checkpoint(self.dir / "ckpt", random_hf_arrays(), 4)
+        good = json.loads((folder / "config.json").read_text())
+        load_gpt2.load_gpt2(folder)
+        cases = {"activation_function 'relu' changes the model's math":
+                     {"activation_function": "relu"},
+                 "layer_norm_epsilon 0.1 changes": {"layer_norm_epsilon": 0.1},
+                 "scale_attn_weights False changes": {"scale_attn_weights": False},
+                 "scale_attn_by_inverse_layer_idx True changes":
+                     {"scale_attn_by_inverse_layer_idx": True},
+                 "n_inner 100 changes": {"n_inner": 100},
+                 "unknown key 'rotary_dim': if it does not change the math, add it to HARMLESS":
+                     {"rotary_dim": 8}}
+        for message, change in cases.items():
+            with self.subTest(message):
+                (folder / "config.json").write_text(json.dumps({**good, **change}))
+                with self.assertRaisesRegex(utils.InputError, re.escape(message)):
+                    load_gpt2.load_gpt2(folder)
+        (folder / "config.json").write_text(json.dumps({**good, "n_inner": 128,
+                                                        "activation_function": "gelu_pytorch_tanh",
+                                                        "resid_pdrop": 0.1}))
+        load_gpt2.load_gpt2(folder)  # 4 x n_embd, the same tanh GELU, dropout: the same math
+
+    def test_apple_mps_only_with_torch_2_9_or_newer(self):
+        for version, device in (("2.8.0", "cpu"), ("2.9.1", "mps"), ("2.10.0", "mps")):
+            with self.subTest(version), \
+                    unittest.mock.patch.object(torch, "__version__", version), \
+                    unittest.mock.patch.object(torch.cuda, "is_available", lambda: False), \
+                    unittest.mock.patch.object(torch.backends.mps, "is_available", lambda: True), \
+                    contextlib.redirect_stderr(io.StringIO()) as err:
+                self.assertEqual(load_gpt2.pick_device(), device)
+            self.assertEqual("wrong losses" in err.getvalue(), device == "cpu")
+
+
+class FileServer:
+    """A loopback HTTP server with HTTP range requests, for the download tests. It serves
+    files {path: bytes}, counts and keeps every request, and misbehaves on demand:
+      cut_after: a list; each request takes its first item (if any) and drops the connection
+        after sending that many bytes;
+      fail: a list of status codes, one taken per request and answered (503, 404, ...);
+      corrupt: send other bytes of the right length; ignore_range: answer 200 to a Range;
+      lie: claim that many more bytes than are sent;
+      redirect: {path: url} answered with a 302 there, with extra headers (the hub's way).
+    """
+
+    def __init__(self, files, **switches):
+        self.files, self.requests = files, []
+        self.switch = {"cut_after": [], "fail": [], "corrupt": False, "ignore_range": False,
+                       "lie": 0, "redirect": {}, "headers": {}, **switches}
+        server = self
+
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_HEAD(self):
+                self.answer(body=False)
+
             def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body) + lie))
+                self.answer(body=True)
+
+            def answer(self, body):
+                sw = server.switch
+                server.requests.append((self.command, self.path, dict(self.headers)))
+                if sw["fail"]:
+                    return self.send_error(sw["fail"].pop(0))
+                if self.path in sw["redirect"]:
+                    self.send_response(302)
+                    self.send_header("Location", sw["redirect"][self.path])
+                    for name, value in sw["headers"].get(self.path, {}).items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", "0")
+                    return self.end_headers()
+                if self.path not in server.files:
+                    return self.send_error(404)
+                data = server.files[self.path]
+                start = int(re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "bytes=0-"))
+                            .group(1))
+                if start and not sw["ignore_range"]:
+                    if start >= len(data):
+                        return self.send_error(416)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                    start = 0
+                part = data[start:]
+                self.send_header("Content-Length", str(len(part) + sw["lie"]))
                 self.end_headers()
-                self.wfile.write(body)
+                if not body:
+                    return
+                part = bytes(len(part)) if sw["corrupt"] else part
+                cut = sw["cut_after"].pop(0) if sw["cut_after"] else None
+                self.wfile.write(part[:cut])
+                if cut is not None:
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)  # the connection drops
 
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/file"
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def ranges(self):
+        return [headers.get("Range") for _, _, headers in self.requests]
 
     def close(self):
         self.server.shutdown()
@@ -426,62 +694,190 @@ class FileServer:
 
 
 class TestDownloads(unittest.TestCase):
-    def serve(self, body, lie=0):
-        server = FileServer(body, lie)
-        self.addCleanup(server.close)
-        return server.url
+    def setUp(self):
+        self.body = os.urandom(3_000_000)
+        self.sha = hashlib.sha256(self.body).hexdigest()
+        self.dest = tmpdir(self) / "sub" / "file.bin"
+        patch = unittest.mock.patch.object(utils, "PAUSE_S", 0.01)  # retries without the wait
+        patch.start()
+        self.addCleanup(patch.stop)
 
-    def test_download_completes_and_reports_progress(self):
-        body = os.urandom(3_000_000)
-        dest = tmpdir(self) / "sub" / "file.bin"
+    def serve(self, files=None, **switches):
+        server = FileServer(files or {"/file": self.body}, **switches)
+        self.addCleanup(server.close)
+        return server
+
+    def download(self, server, *args, **kwargs):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            utils.download(self.serve(body), dest)
-        self.assertEqual(dest.read_bytes(), body)
-        self.assertFalse(dest.with_name("file.bin.part").exists())
-        self.assertIn("3.0/3.0 MB (100%)", err.getvalue())
+            utils.download(server.url + "/file", self.dest, *args, **kwargs)
+        return err.getvalue()
 
-    def test_a_cut_download_leaves_no_file(self):
-        dest = tmpdir(self) / "file.bin"
-        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(utils.InputError) as e:
-            utils.download(self.serve(b"x" * 1000, lie=500), dest)
-        self.assertIn("place it at", str(e.exception))
-        self.assertEqual(list(dest.parent.iterdir()), [])  # neither file.bin nor file.bin.part
+    def test_download_completes_and_reports_progress(self):
+        err = self.download(self.serve(), self.sha, len(self.body))
+        self.assertEqual(self.dest.read_bytes(), self.body)
+        self.assertFalse(self.dest.with_name("file.bin.part").exists())
+        self.assertIn("3.0/3.0 MB (100%)", err)
+
+    def test_an_interrupted_download_resumes_on_the_next_run(self):
+        server = self.serve(cut_after=[1_200_000])
+        with unittest.mock.patch.object(utils, "RETRIES", 0), \
+                self.assertRaisesRegex(utils.InputError, "could not download .* place it at"):
+            self.download(server, self.sha, len(self.body))
+        part = self.dest.with_name("file.bin.part")
+        self.assertEqual(part.read_bytes(), self.body[:1_200_000])  # kept, not deleted
+        self.assertFalse(self.dest.exists())
+        err = self.download(server, self.sha, len(self.body))  # the next run
+        self.assertEqual(server.ranges(), [None, "bytes=1200000-"])
+        self.assertEqual(self.dest.read_bytes(), self.body)
+        self.assertIn("resuming file.bin at 0.0 of 0.0 GB", err)
+
+    def test_drops_and_server_errors_are_retried_where_the_bytes_stopped(self):
+        server = self.serve(cut_after=[1_000_000, 500_000], fail=[])
+        err = self.download(server, self.sha, len(self.body))
+        self.assertEqual(self.dest.read_bytes(), self.body)
+        self.assertEqual(server.ranges(), [None, "bytes=1000000-", "bytes=1500000-"])
+        self.assertEqual(err.count("trying again"), 2)
+        server = self.serve(fail=[503, 503])
+        self.dest.unlink()
+        self.download(server, self.sha, len(self.body))
+        self.assertEqual((len(server.requests), self.dest.read_bytes()), (3, self.body))
+        for code in (404, 401):
+            server = self.serve(fail=[code, code])
+            with self.subTest(code), self.assertRaisesRegex(utils.InputError, f"HTTP {code}"):
+                utils.download(server.url + "/file", self.dest.with_name(f"{code}.bin"))
+            self.assertEqual(len(server.requests), 1)  # never retried
+
+    def test_a_server_that_ignores_ranges_restarts_the_file(self):
+        part = self.dest.with_name("file.bin.part")
+        part.parent.mkdir()
+        part.write_bytes(b"\x00" * 1000)  # not even the right bytes: written again from 0
+        server = self.serve(ignore_range=True)
+        self.download(server, self.sha, len(self.body))
+        self.assertEqual((server.ranges(), self.dest.read_bytes()), (["bytes=1000-"], self.body))
+
+    def test_a_complete_part_answered_416_is_checked_not_fetched_again(self):
+        part = self.dest.with_name("file.bin.part")
+        part.parent.mkdir()
+        part.write_bytes(self.body)
+        server = self.serve()
+        self.download(server, self.sha, len(self.body))
+        self.assertEqual(server.ranges(), ["bytes=3000000-"])
+        self.assertEqual(self.dest.read_bytes(), self.body)
+
+    def test_a_corrupt_download_never_reaches_the_final_path(self):
+        server = self.serve(corrupt=True)
+        with self.assertRaises(utils.InputError) as e:
+            self.download(server, self.sha, len(self.body))
+        self.assertIn(f"{server.url}/file sent 3,000,000 bytes with SHA-256", str(e.exception))
+        self.assertIn(f"SHA-256 {self.sha}); the partial file is deleted", str(e.exception))
+        self.assertEqual(list(self.dest.parent.iterdir()), [])  # no file, no part
+        short = self.serve(lie=500)  # claims 500 bytes more than it has
+        with self.assertRaisesRegex(utils.InputError, "could not download .*HTTP 416"):
+            self.download(short)
+        self.assertEqual(short.ranges(), [None, "bytes=3000000-"])
+        self.assertEqual(list(self.dest.parent.iterdir()), [])
 
     def test_no_network_names_the_url_and_the_place_for_the_file(self):
-        dest = tmpdir(self) / "file.bin"
         url = "http://127.0.0.1:9/model.safetensors"  # port 9 (discard): connection refused
         with self.assertRaises(utils.InputError) as e:
-            utils.download(url, dest)
+            utils.download(url, self.dest)
         self.assertIn(url, str(e.exception))
-        self.assertIn(str(dest), str(e.exception))
+        self.assertIn(str(self.dest), str(e.exception))
 
-    def test_sms_zip_is_downloaded_then_reused_offline(self):
-        content = "ham\tOk lar...\nspam\tFree entry\tnow!\n".encode()
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as z:
+    def test_offline_mode_makes_no_request(self):
+        server = self.serve()
+        for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            with self.subTest(variable), unittest.mock.patch.dict(os.environ, {variable: "1"}), \
+                    self.assertRaisesRegex(utils.InputError, f"{re.escape(str(self.dest))} is "
+                                           "missing, and HF_HUB_OFFLINE"):
+                self.download(server)
+        self.assertEqual(server.requests, [])
+
+    def test_a_second_process_waits_for_the_first_one(self):
+        server, done = self.serve(), threading.Event()
+
+        def first():  # holds the folder's lock while it "downloads"
+            with utils.lock(self.dest.parent, "busy"):
+                done.set()
+                time.sleep(0.5)
+                self.dest.write_bytes(self.body)
+        thread = threading.Thread(target=first)
+        self.dest.parent.mkdir()
+        thread.start()
+        done.wait()
+        err = self.download(server)
+        thread.join()
+        self.assertIn("waiting: another process is downloading into", err)
+        self.assertEqual(server.requests, [])  # the first one's file is used
+        self.assertEqual(self.dest.read_bytes(), self.body)
+
+    def test_the_hub_announces_size_and_sha256_and_never_sees_the_token_leave(self):
+        storage = self.serve({"/blob": self.body})
+        hub = self.serve({"/org/tiny/resolve/main/config.json": b'{"n_embd": 4}'},
+                         redirect={"/org/tiny/resolve/main/model.safetensors":
+                                   storage.url + "/blob"},
+                         headers={"/org/tiny/resolve/main/model.safetensors": {
+                             "X-Linked-Etag": f'"{self.sha}"',
+                             "X-Linked-Size": str(len(self.body))}})
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_secret"}
+        with unittest.mock.patch.dict(os.environ, env), \
+                contextlib.redirect_stderr(io.StringIO()):
+            utils.hub_download("org/tiny", "model.safetensors", self.dest)
+            utils.hub_download("org/tiny", "config.json", self.dest.with_name("config.json"))
+        self.assertEqual(self.dest.read_bytes(), self.body)
+        self.assertEqual([r[0] for r in hub.requests], ["HEAD", "GET", "HEAD", "GET"])
+        self.assertTrue(all(r[2].get("Authorization") == "Bearer hf_secret"
+                            for r in hub.requests))
+        self.assertEqual([r[2].get("Authorization") for r in storage.requests], [None])
+        storage.switch["corrupt"] = True  # storage sends other bytes: the hub's SHA-256 tells
+        with unittest.mock.patch.dict(os.environ, env), \
+                self.assertRaisesRegex(utils.InputError, f"SHA-256 {self.sha}"):
+            utils.hub_download("org/tiny", "model.safetensors", self.dest.with_name("2"))
+        with unittest.mock.patch.dict(os.environ, env), \
+                self.assertRaisesRegex(utils.InputError, "no model.bin in org/tiny.*HF_TOKEN"):
+            utils.hub_download("org/tiny", "model.bin", self.dest.with_name("3"))
+
+    def test_sms_zip_is_downloaded_checked_then_reused_offline(self):
+        content = SMS.read_bytes() if SMS.exists() else None
+        if content is None:
+            self.skipTest(f"{SMS} not present")
+        good = io.BytesIO()
+        with zipfile.ZipFile(good, "w") as z:
             z.writestr("readme", "about")
             z.writestr("SMSSpamCollection", content)
+        bad = io.BytesIO()
+        with zipfile.ZipFile(bad, "w") as z:
+            z.writestr("SMSSpamCollection", content[:-10])  # another file under the same name
+        uci = self.serve({"/uci.zip": bad.getvalue()})
+        book = self.serve({"/b.zip": good.getvalue()})
         cache = tmpdir(self)
-        self.addCleanup(setattr, data, "SMS_URL", data.SMS_URL)
-        data.SMS_URL = self.serve(buf.getvalue())
-        with contextlib.redirect_stderr(io.StringIO()):
-            path = data.sms_spam_file(cache)
-        data.SMS_URL = "http://127.0.0.1:9/unreachable.zip"
-        self.assertEqual(path.read_bytes(), content)
-        self.assertEqual(sorted(p.name for p in path.parent.iterdir()),
-                         ["SMSSpamCollection", "sms_spam_collection.zip"])
-        self.assertEqual(data.sms_spam_file(cache), path)  # no network needed any more
+        urls = (uci.url + "/uci.zip", book.url + "/b.zip")
+        with unittest.mock.patch.object(data, "SMS_URLS", urls), \
+                unittest.mock.patch.dict(os.environ, {"GPT2_CACHE_DIR": str(cache)}), \
+                contextlib.redirect_stderr(io.StringIO()):
+            path = data.sms_spam_file()  # the UCI copy is refused, the book's is taken
+            self.assertEqual(path.read_bytes(), content)
+            self.assertEqual(sorted(p.name for p in path.parent.iterdir() if p.name != ".lock"),
+                             ["SMSSpamCollection", "sms_spam_collection.zip"])  # .lock: Windows
+            uci.close()
+            book.close()
+            self.assertEqual(data.sms_spam_file(), path)  # no network needed any more
+            path.unlink()
+            (path.parent / "sms_spam_collection.zip").write_bytes(bad.getvalue())
+            with self.assertRaisesRegex(utils.InputError, "has SHA-256 .*, not edc1f2ca"):
+                data.sms_spam_file()
 
     def test_a_zip_without_the_file_is_a_clear_error(self):
         cache = tmpdir(self)
         (cache / "sms_spam").mkdir()
         with zipfile.ZipFile(cache / "sms_spam" / "sms_spam_collection.zip", "w") as z:
             z.writestr("../../evil", "x")
-        with self.assertRaisesRegex(utils.InputError, "delete it and run again"):
-            data.sms_spam_file(cache)
-        self.assertEqual(sorted(p.name for p in (cache / "sms_spam").iterdir()),
-                         ["sms_spam_collection.zip"])
+        with unittest.mock.patch.dict(os.environ, {"GPT2_CACHE_DIR": str(cache),
+                                                   "HF_HUB_OFFLINE": "1"}), \
+                self.assertRaisesRegex(utils.InputError, "is not the SMS Spam Collection zip"):
+            data.sms_spam_file()
+        self.assertEqual(list((cache / "sms_spam").iterdir()), [])  # the bad zip is deleted
 
 
 class TestData(unittest.TestCase):

@@ -304,7 +304,7 @@ def main(argv=None):
                          args.lora_alpha).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         bf16 = use_bf16(args.dtype, device)
-        log(f"model: {args.model} ({args.init}) on {device} in {'bfloat16' if bf16 else 'float32'}"
+        log(f"model: {args.model} ({model.source}) on {device} in {'bfloat16' if bf16 else 'float32'}"
             f", {sum(map(torch.numel, params)):,} of {sum(map(torch.numel, model.parameters())):,}"
             f" parameters train ({args.trainable}, --pooling {args.pooling})")
         with autocast(bf16, device):  # both paths alike (--dtype)

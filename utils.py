@@ -4,13 +4,17 @@ and argparse helpers. Nothing here knows about GPT-2 or data; skip it on a first
 import argparse
 import datetime
 import errno
+import hashlib
 import http.client
+import itertools
 import math
 import os
+import re
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +26,6 @@ if os.name == "nt":
     import msvcrt
 else:
     import fcntl
-
-# Everything this project downloads (GPT-2 weights, the SMS data) goes here.
-CACHE_DIR = Path(os.environ.get("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier")
-
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help keeps a script's docstring layout and shows every default (in words if None)."""
@@ -60,12 +60,15 @@ class InputError(Exception):
 def run_main(main, interrupted="interrupted"):
     """How the scripts run: an InputError ends as one line on stderr and exit status 1; Ctrl-C
     as the line interrupted (what was kept) and status 130."""
-    if sys.stdout is None or sys.stderr is None:  # started with >&- or 2>&-
-        sys.exit(1)  # nowhere to say anything, nor to print results
+    if sys.stdout is None:  # started with >&-
+        sys.exit("error: standard output is closed, so the results have nowhere to go")
     if hasattr(sys.stdout, "reconfigure"):  # not in a notebook
         sys.stdout.reconfigure(encoding="utf-8", errors="replace")  # texts print on any console
     try:
         main()
+    except BrokenPipeError:  # | head took what it wanted: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
@@ -87,28 +90,215 @@ def atomic_write(dest, suffix=".tmp"):
         tmp.unlink(missing_ok=True)
 
 
-def download(url, dest, hint=""):
-    """Fetch url into dest (via dest.part), showing progress on stderr. hint: what else the user
-    can do, added to the no-network message."""
+def cache_dir():
+    """Where this project keeps what it downloads: GPT2_CACHE_DIR, else ~/.cache/gpt2-classifier."""
+    return Path(os.environ.get("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier")
+
+
+def offline():
+    """Hugging Face's switch, HF_HUB_OFFLINE=1 (or transformers' TRANSFORMERS_OFFLINE=1): no
+    network call at all. Honoured by every download here."""
+    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+class Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects (none with follow=False), but never carries the Authorization header
+    to another host: the hub sends large files from storage servers that must not see tokens."""
+
+    def __init__(self, follow=True):
+        self.follow = follow
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl) if self.follow else None
+        if new and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+def open_url(url, headers=None, method="GET", follow=True):
+    """An open HTTP response; proxies come from the environment at each call."""
+    opener = urllib.request.build_opener(Redirects(follow))
+    return opener.open(urllib.request.Request(url, headers=headers or {}, method=method),
+                       timeout=60)
+
+
+RETRIES, PAUSE_S = 3, 1.0  # a transfer that fails midway is tried again after 1, 2 and 4 s
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+def worth_retrying(e):
+    """A dropped connection, a timeout or a server error (5xx, 429) may pass; a refusal (404,
+    401, no such host, connection refused) will not."""
+    if isinstance(e, urllib.error.HTTPError):
+        return e.code >= 500 or e.code == 429
+    reason = e.reason if isinstance(e, urllib.error.URLError) else e
+    return isinstance(reason, (TimeoutError, ConnectionResetError, ConnectionAbortedError,
+                               http.client.HTTPException))
+
+
+def download(url, dest, sha256=None, size=None, headers=None, hint=""):
+    """Fetch url into dest. The bytes go to dest.part (one per destination): kept when a transfer
+    fails or is interrupted, and continued with an HTTP Range request by the next try or the next
+    run. A dropped connection, a timeout or a 5xx is tried again after a growing pause. The file
+    is hashed while it is written and checked against size and sha256 (or the size the server
+    first announced) before it becomes dest, so a corrupt download is never used. One process at
+    a time per folder; another one waits. hint: what else the user can do, for the error."""
     dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    if offline():
+        raise InputError(f"{dest} is missing, and HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) "
+                         f"forbids downloading it; place it there, or unset the variable{hint}")
     try:
-        with atomic_write(dest, ".part") as part, \
-                urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0)
-            progress, done = Progress(f"downloading {dest.name}", total / 1e6, "MB", 0), 0
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                done += len(chunk)
-                progress.show(done / 1e6)
-            progress.end()
-            if total and done != total:
-                raise http.client.IncompleteRead(b"", total - done)
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
-        reason = getattr(e, "reason", None) or e.__class__.__name__
-        raise InputError(f"could not download {url} ({reason}); check the network, or download "
+        with lock(dest.parent, "another process is downloading into"):
+            if dest.exists():  # the process we waited for has downloaded it
+                return dest
+            state = {"sha256": None, "hashed": -1, "size": size}  # kept across tries
+            for attempt in itertools.count():
+                try:
+                    fetch(url, part, headers, state)
+                    break
+                except NETWORK_ERRORS as e:
+                    if attempt == RETRIES or not worth_retrying(e):
+                        raise
+                    pause = PAUSE_S * 2 ** attempt
+                    print(f"downloading {dest.name}: {why(e)}; trying again in {pause:g} s",
+                          file=sys.stderr)
+                    time.sleep(pause)
+            got, digest = part.stat().st_size, state["sha256"].hexdigest()
+            if got != (state["size"] or got) or digest != (sha256 or digest):
+                part.unlink()
+                raise InputError(f"{url} sent {got:,} bytes with SHA-256 {digest}, not the "
+                                 f"file announced ({state['size'] or 'any number of'} bytes, "
+                                 f"SHA-256 {sha256 or 'any'}); the partial file is deleted: run "
+                                 "again, or get the file another way")
+            os.replace(part, dest)
+    except NETWORK_ERRORS as e:
+        raise InputError(f"could not download {url} ({why(e)}); check the network, or download "
                          f"it another way and place it at {dest}{hint}") from None
     except OSError as e:  # the network was fine; the disk was not
-        raise InputError(f"could not write {dest} ({e.strerror or e})") from None
+        raise InputError(f"could not write {part} ({e.strerror or e})") from None
+    return dest
+
+
+def fetch(url, part, headers, state):
+    """One request: continue part where it stops, or write it from the start if the server
+    ignores the range. state: the running SHA-256, the bytes it has hashed, the size expected."""
+    have = part.stat().st_size if part.exists() else 0
+    have = 0 if have > (state["size"] or have) else have  # longer than the file: not a part
+    if state["hashed"] != have:  # a part kept from an earlier run is hashed first
+        state.update(sha256=hashlib.sha256(), hashed=have)
+        if have:
+            with open(part, "rb") as kept:
+                while chunk := kept.read(1 << 20):
+                    state["sha256"].update(chunk)
+    try:
+        response = open_url(url, {**(headers or {}), **({"Range": f"bytes={have}-"} if have else {})})
+    except urllib.error.HTTPError as e:  # 416: no byte after the part's end
+        if e.code == 416 and have and state["size"] in (None, have):
+            return  # it is whole (the checks that follow tell)
+        if e.code == 416:
+            part.unlink()  # shorter than announced, yet the server has nothing more: start anew
+        raise
+    with response:
+        start = have if response.status == 206 else 0  # 200: the server ignores ranges
+        if start and not response.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+            part.unlink()
+            raise http.client.HTTPException("the server resumed at another byte")
+        if start != have:
+            state.update(sha256=hashlib.sha256(), hashed=0)
+        total, name = start + int(response.headers.get("Content-Length") or 0), part.stem
+        state["size"] = state["size"] or (total if total > start else None)
+        if start:
+            print(f"resuming {name} at {start / 1e9:.1f} of {total / 1e9:.1f} GB", file=sys.stderr)
+        progress = Progress(f"downloading {name}", total / 1e6, "MB", 0)
+        with open(part, "ab" if start else "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                state["sha256"].update(chunk)
+                state["hashed"] += len(chunk)
+                progress.show(state["hashed"] / 1e6)
+        progress.end()
+        if total > start and state["hashed"] != total:
+            raise http.client.IncompleteRead(b"", total - state["hashed"])
+
+
+def first_that_works(tries, what):
+    """The result of the first of tries (functions, one per source) that does not raise an
+    InputError; if all do, one InputError that says what each source said."""
+    errors = []
+    for attempt in tries:
+        try:
+            return attempt()
+        except InputError as e:
+            errors.append(str(e))
+    raise InputError(f"no source of {what} could be read: " + "; ".join(errors))
+
+
+def why(e):
+    """A network error in a few words."""
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    return str(getattr(e, "reason", None) or e.__class__.__name__)
+
+
+def hub_url(repo, filename):
+    """The hub's URL of a repo's file; HF_ENDPOINT (a mirror) replaces https://huggingface.co."""
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    return f"{endpoint.rstrip('/')}/{repo}/resolve/main/{filename}"
+
+
+def hub_download(repo, filename, dest, hint=""):
+    """A file of a Hugging Face hub repo into dest, checked against the size and SHA-256 the hub
+    announces. A large file's URL answers with a redirect to storage whose headers carry both
+    (X-Linked-Size, X-Linked-Etag); urllib would follow it and drop them, so a HEAD request that
+    does not follow it asks first, as huggingface_hub does. HF_TOKEN is sent, to the hub only."""
+    url, token = hub_url(repo, filename), os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if offline():
+        return download(url, dest)  # the one-line refusal, no request
+    try:
+        for _ in range(5):  # a renamed repo redirects within the hub: follow that
+            try:
+                meta = open_url(url, headers, "HEAD", follow=False).headers
+                break
+            except urllib.error.HTTPError as e:
+                if e.code not in (301, 302, 303, 307, 308):
+                    raise
+                meta, location = e.headers, e.headers.get("Location", "")
+                if urllib.parse.urlsplit(location).netloc:
+                    break  # to storage: these headers describe the file
+                url = urllib.parse.urljoin(url, location)
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403, 404):
+            raise InputError(f"the hub has no {filename} in {repo} that we may read ({url}: "
+                             f"{why(e)}); check the name, or set HF_TOKEN for a private or "
+                             "gated repo") from None
+        raise InputError(f"could not reach {url} ({why(e)}){hint}") from None
+    except NETWORK_ERRORS as e:
+        raise InputError(f"could not reach {url} ({why(e)}); check the network, or set "
+                         f"HF_ENDPOINT to a mirror of the hub{hint}") from None
+    etag = meta.get("X-Linked-Etag", "").strip('"')
+    length = meta.get("X-Linked-Size") or (None if "Location" in meta else
+                                           meta.get("Content-Length"))
+    return download(url, dest, etag if re.fullmatch("[0-9a-f]{64}", etag) else None,
+                    int(length) if length and length.isdigit() else None, headers, hint)
+
+
+def hf_snapshot(repo):
+    """repo's folder in the Hugging Face cache, as transformers and huggingface_hub leave it
+    (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub): the snapshot that
+    refs/main names, whose files are read in place; None if there is none."""
+    home = os.environ.get("HF_HOME") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    folder = Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub") / \
+        f"models--{repo.replace('/', '--')}"
+    try:
+        commit = (folder / "refs" / "main").read_text(encoding="utf-8").strip()[:100]
+    except (OSError, UnicodeError):
+        return None
+    snapshot = folder / "snapshots" / commit
+    return snapshot if re.fullmatch("[0-9a-f]{40}", commit) and snapshot.is_dir() else None
 
 
 class Progress:
