@@ -37,6 +37,7 @@ from generate import generate
 from load_gpt2 import get_tokenizer, load_gpt2
 from model import GPTModel, get_config
 from speed import FastClassifier
+from utils import InputError, number, run_main
 
 
 def machine():
@@ -276,14 +277,21 @@ def bench_memory(args):
         subprocess.run([sys.executable, "-c", code], check=True)
 
 
-if __name__ == "__main__":
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["train", "predict", "scale", "generate", "memory"])
     p.add_argument("--data", default=None, help="the SMS file (default: download it)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[24, 48, 96],
+    p.add_argument("--sizes", type=number(int), nargs="+", default=[24, 48, 96],
                    help="numbers of texts for 'scale'")
-    p.add_argument("--new-tokens", type=int, default=200, help="tokens to generate for 'generate'")
-    args = p.parse_args()
+    p.add_argument("--new-tokens", type=number(int), default=200,
+                   help="tokens to generate for 'generate'")
+    args = p.parse_args(argv)
+    if args.data is not None and not Path(args.data).is_file():
+        raise InputError(f"--data {args.data}: no such file; pass the SMS Spam Collection file")
     {"train": bench_train, "predict": bench_predict, "scale": bench_scale,
      "generate": bench_generate, "memory": bench_memory}[args.what](args)
+
+
+if __name__ == "__main__":
+    run_main(main)

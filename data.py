@@ -95,8 +95,10 @@ def read_examples(path, known_labels=None, text_column=None, label_column=None):
         label = label.strip()
         if not label or not text.strip():
             raise InputError(f"{path}, line {n}: empty {'text' if label else 'label'}")
-        if any(c in label for c in "\t\r\n"):  # the split files could not hold it
-            raise InputError(f"{path}, line {n}: label {label!r} holds a TAB or a line break")
+        if not label.isprintable():  # a TAB, a line break, a terminal escape sequence...
+            joined = " (a byte-order mark: were two files joined?)" if "\ufeff" in label else ""
+            raise InputError(f"{path}, line {n}: label {label!r} holds a control character"
+                             f"{joined}; labels are printed and written to files")
         if known_labels is not None and label not in known_labels:
             raise InputError(f"{path}, line {n}: label {label!r} never appears in the "
                              "training data; add training examples for it")
@@ -143,8 +145,8 @@ def jsonl_records(path, content, text_column, label_column):
             continue
         try:
             record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
-            why = getattr(e, "msg", "nested too deeply")
+        except (ValueError, RecursionError) as e:  # ValueError: also a 5,000-digit number
+            why = getattr(e, "msg", None) or str(e).split(";")[0] or "nested too deeply"
             raise InputError(f"{path}, line {n}: not valid JSON ({why}); write one JSON object "
                              "per line") from None
         if not isinstance(record, dict):
@@ -158,6 +160,11 @@ def jsonl_records(path, content, text_column, label_column):
             raise InputError(f"{path}, line {n}: no {missing[0]!r} field; every object needs "
                              f"{keys[0]!r} and {keys[1]!r}")
         label, text = record[keys[0]], record[keys[1]]
+        try:
+            f"{label}{text}".encode("utf-8")
+        except UnicodeEncodeError:  # JSON's "\ud800" alone: half a character
+            raise InputError(f"{path}, line {n}: a \\u escape of half a character (a lone "
+                             "surrogate); write the whole character") from None
         # type(), not isinstance(): true and false are ints to Python
         if not (type(label) in (str, int) and isinstance(text, str)):
             raise InputError(f"{path}, line {n}: a label must be a string or an integer and a "

@@ -25,7 +25,7 @@ import torch
 
 from utils import (InputError, atomic_write, cache_dir, download, first_that_works, hf_snapshot,
                    hub_download, offline)
-from model import ALIASES, BASE_CONFIG, GPT_CONFIGS, GPTModel, check_config, get_config, model_name
+from model import ALIASES, GPT_CONFIGS, GPTModel, get_config, model_name
 
 # The four released sizes: their hub repo (openai-community/...) and their name at OpenAI.
 REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
@@ -397,6 +397,38 @@ HARMLESS = {  # dropout (training only; fine-tuning sets its own), ids, bookkeep
     "predict_special_tokens", "attn_implementation", "_attn_implementation",
     "reorder_and_upcast_attn",  # float16 rounding only; GPTModel computes in float32
     "tie_word_embeddings"}  # lm_head.weight is read when the file holds it
+
+
+def check_config(cfg):
+    """Raise ValueError unless cfg describes a model GPTModel can build here: every size a
+    positive integer in a sane range, and its float32 weights within this machine's memory
+    (a cfg read from a file is untrusted: refused before anything is allocated)."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"a config is a dict, not {type(cfg).__name__}")
+    limits = {"vocab_size": 10**6, "context_length": 10**6, "emb_dim": 2**16, "n_layers": 1000,
+              "n_heads": 2**16}
+    for key, high in limits.items():
+        if type(cfg.get(key)) is not int or not 1 <= cfg[key] <= high:  # type(): True is no int
+            raise ValueError(f"{key} must be an integer from 1 to {high:,}, not {cfg.get(key)!r}")
+    if cfg["emb_dim"] % cfg["n_heads"]:
+        raise ValueError(f"emb_dim {cfg['emb_dim']} is not divisible by n_heads {cfg['n_heads']}")
+    rate = cfg.get("drop_rate")
+    if type(rate) not in (int, float) or not 0 <= rate < 1:
+        raise ValueError(f"drop_rate must be a number from 0 to below 1, not {rate!r}")
+    if type(cfg.get("qkv_bias")) is not bool:
+        raise ValueError(f"qkv_bias must be true or false, not {cfg.get('qkv_bias')!r}")
+    C = cfg["emb_dim"]
+    n_params = (2 * cfg["vocab_size"] + cfg["context_length"]) * C + cfg["n_layers"] * 12 * C * C
+    try:  # Linux and macOS; Windows has no sysconf, and the allocator's error stays
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        memory = float("inf")
+    if n_params > 10**10:
+        raise ValueError(f"the sizes describe {n_params:.2g} parameters; GPT-2's largest has "
+                         "1.6e+09")
+    if 4 * n_params > memory:
+        raise ValueError(f"the sizes describe {n_params:.2g} parameters, {4 * n_params / 1e9:.0f} "
+                         f"GB of float32 weights: more than this machine's {memory / 1e9:.0f} GB")
 
 
 def read_config(path):

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from data import write_splits
-from load_gpt2 import read_safetensors, write_safetensors
-from model import check_config
+from load_gpt2 import check_config, read_safetensors, write_safetensors
 from utils import InputError, atomic_write, lock, tracked
 
 MANY = 20  # labels past which the tables and the plot summarise instead of showing every cell
@@ -85,6 +84,10 @@ def unused_lines(unused, test, labels, n_examples):
     ham), also the precision the filter would have at the data set's own ratio of labels.
     unused, test: (true, predicted) pairs."""
     lines, (true, predicted) = [], unused
+    if len(labels) > MANY:
+        wrong = int((true != predicted).sum())
+        return [f"unused: {wrong:,} of {len(true):,} classified as another label "
+                f"({wrong / len(true):.2%})"]
     present = Counter(true.tolist())
     wrong = Counter(true[true != predicted].tolist())
     for i, n in sorted(present.items()):

@@ -6,6 +6,7 @@ safetensors layout, small labelled files, zips. Tests that need GPT-2's real voc
 "gpt2") skip with a reason when it cannot be loaded offline; set TIKTOKEN_CACHE_DIR to run them.
 """
 import contextlib
+import errno
 import functools
 import hashlib
 import http.server
@@ -928,7 +929,8 @@ class TestData(unittest.TestCase):
                  "empty text": ("ham\tok\n\nspam\t   \n", "line 3: empty text"),
                  "not utf-8": (b"ham\tok\nham\tok\nspam\tcaf\xe9\n",
                                "line 3: bytes that are not UTF-8"),
-                 "tab in a label": ('a,ok\n"b\tc",text\n', "line 2: label 'b\\tc' holds a TAB"),
+                 "tab in a label": ('a,ok\n"b\tc",text\n',
+                                    "line 2: label 'b\\tc' holds a control character"),
                  "CR-only lines": ("ham\tok\rspam\tno\r",
                                    "its lines end in a carriage return alone")}
         for what, (content, message) in cases.items():
@@ -1272,12 +1274,13 @@ def run_script(*args, env=None):
     return result.returncode, result.stdout, result.stderr
 
 
-def cli(main, *args, stdin=None, env=None):
+def cli(main, *args, stdin=b"", env=None):
     """Run a script's main as its command line does (through utils.run_main), in this process:
     the same code, without a second of torch import per call. Returns (exit code, stdout,
-    stderr); stdin: bytes for standard input."""
+    stderr); stdin: bytes, or a stream (None: closed)."""
     out, err = io.StringIO(), io.StringIO()
-    stream = io.TextIOWrapper(io.BytesIO(stdin or b""), encoding="utf-8")
+    stream = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8") if isinstance(
+        stdin, bytes) else stdin
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
             unittest.mock.patch.object(sys, "stdin", stream), \
             unittest.mock.patch.dict(os.environ, env or {}):
@@ -1627,8 +1630,8 @@ class TestTrainClassifier(unittest.TestCase):
         # machine that has one.
         no_network = {"GPT2_CACHE_DIR": str(self.dir / "cache"),
                       "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-        code, _, err = run_script("train_classifier.py", "--out", self.dir / "o", "--model",
-                                  self.model_dir, env=no_network)
+        code, _, err = cli(tc.main, "--out", self.dir / "o", "--model", self.model_dir,
+                           env=no_network)
         self.assertEqual(code, 1)
         self.assertIn("could not download https://archive.ics.uci.edu/", err)
         self.assertNotIn("Traceback", err)
@@ -1771,22 +1774,291 @@ class TestNothingLost(unittest.TestCase):
             tc.load_classifier(old)
 
 
+class TestHostileInput(unittest.TestCase):
+    """What a careless, unlucky or malicious user can send: each ends in success or one line
+    and a non-zero status, and --out keeps every file it had."""
+
+    def setUp(self):
+        self.tok = tokenizer()
+        self.dir = tmpdir(self)
+        self.common = ["--model", tiny_gpt2_folder(self.dir / "tiny"), "--data",
+                       spam_like(self.dir), "--batch-size", "4", "--epochs", "1"]
+        self.out = self.dir / "out"
+
+    def main(self, *args):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return tc.main([str(a) for a in [*self.common, "--out", self.out, *args]])
+
+    def snapshot(self, folder=None):
+        folder = folder or self.out
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def test_nothing_outside_out_is_written_or_deleted(self):
+        elsewhere = self.dir / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "train.tsv").write_text("someone else's file\n", encoding="utf-8")
+        self.out.mkdir()
+        (self.out / "splits").symlink_to(elsewhere, target_is_directory=True)
+        with self.assertRaisesRegex(utils.InputError, "splits is a link or a file"):
+            self.main()
+        self.assertEqual(self.snapshot(elsewhere), {Path("train.tsv"): b"someone else's file\n"})
+
+    def test_only_this_scripts_own_files_are_replaced_or_removed(self):
+        self.main("--balance")  # writes splits/unused.tsv too
+        mine = {self.out / "splits" / "mine.tsv": b"my notes\n", self.out / "notes.txt": b"x"}
+        for path, content in mine.items():
+            path.write_bytes(content)
+        self.main("--no-balance")  # no unused split: the old one goes, mine stay
+        self.assertFalse((self.out / "splits" / "unused.tsv").exists())
+        for path, content in mine.items():
+            self.assertEqual(path.read_bytes(), content)
+
+    def test_a_save_that_fails_or_is_interrupted_leaves_out_as_it_was(self):
+        self.main()
+        before, real = self.snapshot(), os.replace
+        for error in (PermissionError(1, "Operation not permitted"), KeyboardInterrupt()):
+            calls = []
+
+            def third_fails(*args):  # the third rename of the save fails, midway
+                calls.append(args)
+                if len(calls) == 3:
+                    raise error
+                return real(*args)
+            with self.subTest(type(error).__name__), \
+                    unittest.mock.patch.object(report.os, "replace", third_fails), \
+                    self.assertRaises(type(error) if isinstance(error, KeyboardInterrupt)
+                                      else utils.InputError) as e:
+                self.main("--seed", "7")
+            self.assertEqual(self.snapshot(), before)
+            self.assertEqual(list(self.out.glob(".incomplete-*")), [])
+            if not isinstance(error, KeyboardInterrupt):
+                self.assertIn("could not save the run in", str(e.exception))
+        full = OSError(errno.ENOSPC, "No space left on device")
+        with unittest.mock.patch.object(report, "write_safetensors", side_effect=full), \
+                self.assertRaisesRegex(utils.InputError, "could not save the run in .*No space "
+                                       "left on device.*the files there are as they were"):
+            self.main("--seed", "8")
+        self.assertEqual(self.snapshot(), before)
+
+    def test_saves_into_one_out_wait_for_each_other(self):
+        self.out.mkdir()
+        held = threading.Event()
+
+        def another_run():
+            with utils.lock(self.out, "busy"):
+                (self.out / ".incomplete-1").mkdir()  # its live staging folder
+                held.set()
+                time.sleep(0.5)
+                (self.out / ".incomplete-1").rmdir()
+        thread = threading.Thread(target=another_run)
+        thread.start()
+        held.wait()
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            tc.main([str(a) for a in [*self.common, "--out", self.out]])
+        thread.join()
+        self.assertIn("waiting: another run is saving into", err.getvalue())
+        self.assertTrue((self.out / "classifier.safetensors").is_file())
+
+    def test_thousands_of_labels_cost_what_the_data_costs(self):
+        folder = self.dir / "many"
+        folder.mkdir()
+        n = 1000
+        for name, copies in (("train", 3), ("validation", 1), ("test", 1)):
+            (folder / f"{name}.tsv").write_text("".join(
+                f"label{i}\ttext {i} copy {c}\n" for i in range(n) for c in range(copies)),
+                encoding="utf-8")
+        start = time.time()
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
+            tc.main([str(a) for a in ["--model", self.dir / "tiny", "--data", folder,
+                                      "--epochs", "0", "--out", self.out]])
+        self.assertLess(time.time() - start, 30)
+        self.assertIn("over 1,000 labels; lowest F1:", printed.getvalue())
+        final = json.loads((self.out / "metrics.jsonl").read_text().splitlines()[-1])
+        self.assertNotIn("test_confusion", final)  # a million cells: summarised, not stored
+        self.assertEqual(len(final["test_metrics"]["f1"]), n)
+
+    def test_labels_that_are_not_what_they_seem_are_refused(self):
+        cases = {"escape.tsv": ("ham\tok\n\x1b[2Jspam\tclears the screen\n",
+                                "line 2: label '\\x1b[2Jspam' holds a control character"),
+                 "joined.tsv": ("ham\tok\n\ufeffspam\tsecond file\n",
+                                "line 2: label '\\ufeffspam' holds a control character (a "
+                                "byte-order mark: were two files joined?)"),
+                 "surrogate.jsonl": ('{"text": "ok", "label": "a"}\n'
+                                     '{"text": "half \\ud800", "label": "b"}\n',
+                                     "line 2: a \\u escape of half a character"),
+                 "digits.jsonl": ('{"text": "ok", "label": "a"}\n'
+                                  '{"text": "x", "label": 1' + "0" * 5000 + '}\n',
+                                  "line 2: not valid JSON (Exceeds the limit")}
+        for name, (content, message) in cases.items():
+            with self.subTest(name):
+                path = self.dir / name
+                path.write_text(content, encoding="utf-8")
+                code, _, err = cli(tc.main, "--data", path, "--model", self.dir / "tiny",
+                                   "--out", self.out)
+                self.assertEqual(code, 1)
+                self.assertIn(message, err)
+                self.assertEqual(len(err.strip().splitlines()), 1)
+        self.assertFalse(self.out.exists())
+
+    @unittest.skipIf(importlib.util.find_spec("matplotlib") is None, "matplotlib not installed")
+    def test_labels_are_plain_text_in_the_plot(self):
+        rows = [f"{'$_$' if i % 2 else '$^$'}\tmessage {i}" for i in range(24)]
+        (self.dir / "math.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        self.common[3] = self.dir / "math.tsv"
+        self.main()
+        self.assertTrue((self.out / "metrics.png").stat().st_size > 1000)
+
+    def test_memory_follows_max_length_not_the_text(self):
+        words = "Spam offers arrive daily, 24/7 - call 0800 now!! naïve café 😀 don't  wait\n"
+        text = words * 250_000  # 19 MB on one line
+        seen = []
+
+        class Recording:  # tiktoken, recording how much text it is given
+            eot_token = self.tok.eot_token
+
+            def encode_ordinary_batch(self, texts):
+                seen.extend(map(len, texts))
+                return real.encode_ordinary_batch(texts)
+        real = self.tok
+        for truncate in ("start", "end"):
+            with self.subTest(truncate):
+                seen.clear()
+                ids = data.encode(Recording(), [text], 100, truncate)[0]
+                self.assertLessEqual(max(seen), 8 * 100)
+                whole = self.tok.encode_ordinary(words * 40)
+                self.assertEqual(ids, whole[:100] if truncate == "start" else whole[-100:])
+        random_texts = ["".join(np.random.default_rng(seed).choice(list("ab cd\n\t,.é😀0"), 4000))
+                        for seed in range(20)]
+        for truncate in ("start", "end"):  # the window's cut never changes the tokens kept
+            got = data.encode(self.tok, random_texts, 30, truncate)
+            for t, ids in zip(random_texts, got):
+                whole = self.tok.encode_ordinary(t)
+                self.assertEqual(ids, whole[:30] if truncate == "start" else whole[-30:])
+
+    def test_streams_that_are_closed_or_odd(self):
+        self.main()
+        predict = ["--out", self.out, "--predict", "-"]
+        code, _, err = cli(tc.main, *predict, stdin=None)
+        self.assertEqual((code, err.strip()), (1, "error: standard input is closed; pipe the "
+                                                  "texts into it, one per line"))
+
+        class Folder(io.RawIOBase):  # what reading a directory as standard input does
+            def readable(self):
+                return True
+
+            def readinto(self, b):
+                raise IsADirectoryError(21, "Is a directory")
+        code, _, err = cli(tc.main, *predict, stdin=io.BufferedReader(Folder()))
+        self.assertEqual((code, err.strip()), (1, "error: standard input cannot be read (Is a "
+                                                  "directory)"))
+        for length, code in ((1_000_000, 0), (1_000_001, 1)):
+            with self.subTest(length), contextlib.redirect_stderr(io.StringIO()):
+                line = b"a" * length + b"\r\n"
+                try:
+                    self.assertEqual(len(next(utils.line_chunks(io.BytesIO(line)))[0]), length)
+                    self.assertEqual(code, 0)
+                except utils.InputError as e:
+                    self.assertEqual((code, str(e)), (1, "standard input, line 1: over "
+                                                         "1,000,000 bytes; one text a line"))
+        with unittest.mock.patch.object(sys, "stdout", None), \
+                contextlib.redirect_stderr(io.StringIO()) as err:
+            with self.assertRaises(SystemExit) as e:
+                utils.run_main(lambda: print("x"))
+        self.assertEqual(e.exception.code, "error: standard output is closed, so the results "
+                                           "have nowhere to go")
+
+    def test_torchrun_settings_without_their_processes_end_in_bounded_time(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        start = time.time()
+        code, _, err = cli(tc.main, *self.common, "--out", self.out, "--dist-timeout", "2",
+                           env=env)
+        self.assertEqual(code, 1, err)
+        self.assertLess(time.time() - start, 30)
+        self.assertIn(f"rank 1: waiting for all 2 processes to meet at 127.0.0.1:{port}", err)
+        self.assertIn("error: the 2 torchrun processes did not meet at", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_a_full_disk_under_the_prefix_cache_is_one_line(self):
+        class Full(io.BytesIO):
+            def write(self, b):
+                raise OSError(errno.ENOSPC, "No space left on device")
+        with unittest.mock.patch.object(speed.tempfile, "TemporaryFile", lambda **kw: Full()), \
+                self.assertRaisesRegex(utils.InputError, "the frozen-prefix cache filled the "
+                                       "disk .*--cache ram or --cache off"):
+            self.main("--cache", "disk")
+        self.assertFalse((self.out / "classifier.safetensors").exists())
+
+    def test_a_padded_vocabulary_is_never_sampled(self):
+        arrays = random_hf_arrays(V=50304, T=16, C=8, L=1)
+        arrays["wte.weight"][50257:] = 30.0  # padding rows that would win every step
+        folder = write_checkpoint(self.dir / "padded", arrays, 2)
+        model = load_gpt2.load_gpt2(folder)
+        out = gen.generate(model, torch.tensor([[1, 2]]), 10, temperature=1.0,
+                           vocab_size=self.tok.n_vocab)
+        self.assertLess(out.max().item(), 50257)
+        code, printed, err = cli(gen.main, "hi", "--model", folder, "--max-new-tokens", "5",
+                                 "--seed", "1", "--ignore-eos")
+        self.assertEqual(code, 0, err)
+
+    def test_weights_beyond_this_machines_memory_are_refused_before_allocating(self):
+        folder = write_checkpoint(self.dir / "huge", random_hf_arrays(), 4)
+        (folder / "config.json").write_text(json.dumps({
+            "vocab_size": 50257, "n_positions": 1024, "n_embd": 8192, "n_layer": 11,
+            "n_head": 64}))
+        page, pages = os.sysconf("SC_PAGE_SIZE"), 8 * 2**30 // os.sysconf("SC_PAGE_SIZE")
+        with unittest.mock.patch.object(load_gpt2.os, "sysconf",
+                                        lambda name: page if name == "SC_PAGE_SIZE" else pages), \
+                self.assertRaisesRegex(utils.InputError, "9.7e\\+09 parameters, 39 GB of float32 "
+                                       "weights: more than this machine's 9 GB"):
+            load_gpt2.load_gpt2(folder, pretrained=False)
+
+    def test_both_key_styles_at_once_is_an_error_not_a_choice(self):
+        arrays = random_hf_arrays()
+        folder = write_checkpoint(self.dir / "twice", arrays, 4)
+        named = {f"transformer.{k}": v for k, v in arrays.items()}
+        named["h.0.ln_1.weight"] = arrays["h.0.ln_1.weight"]
+        write_safetensors(folder / "model.safetensors", named)
+        with self.assertRaisesRegex(utils.InputError, "tensor 'h.0.ln_1.weight' is there twice"):
+            load_gpt2.load_gpt2(folder)
+
+    def test_bench_flags_are_checked(self):
+        import bench
+        for args, message in ((["train", "--data", self.dir / "nope"], "no such file"),
+                              (["scale", "--sizes", "0"], "must be a number > 0"),
+                              (["generate", "--new-tokens", "-5"], "must be a number > 0")):
+            with self.subTest(args):
+                code, _, err = cli(bench.main, *args)
+                self.assertNotEqual(code, 0)
+                self.assertIn(message, err)
+                self.assertNotIn("Traceback", err)
+
+
 class TestGenerateCLI(unittest.TestCase):
     def test_streams_text_and_handles_special_prompts(self):
         tokenizer()
         folder = tiny_gpt2_folder(tmpdir(self))
         for prompt in ("Every effort moves you", "", "a <|endoftext|> b"):
             with self.subTest(prompt=prompt):
-                code, out, err = run_script("generate.py", prompt, "--model", folder,
-                                            "--max-new-tokens", "5", "--seed", "1", "--ignore-eos")
+                code, out, err = cli(gen.main, prompt, "--model", folder, "--max-new-tokens", "5",
+                                     "--seed", "1", "--ignore-eos")
                 self.assertEqual(code, 0, err)
                 self.assertTrue(out.startswith(prompt))
                 self.assertGreater(len(out), len(prompt) + 1)
+        again = cli(gen.main, "Every effort moves you", "--model", folder, "--max-new-tokens",
+                    "5", "--seed", "1", "--ignore-eos")[1]
+        self.assertEqual(again, cli(gen.main, "Every effort moves you", "--model", folder,
+                                    "--max-new-tokens", "5", "--seed", "1", "--ignore-eos")[1])
         for bad in ("-1", "nan"):
-            code, _, err = run_script("generate.py", "--temperature", bad)
+            code, _, err = cli(gen.main, "--temperature", bad)
             self.assertEqual(code, 2)
             self.assertIn("temperature >= 0", err)
-        code, _, err = run_script("generate.py", "--seed", str(10**30))
+        code, _, err = cli(gen.main, "--seed", str(10**30))
         self.assertEqual(code, 2)
         self.assertIn("must be a number >= 0", err)
 
@@ -1819,6 +2091,19 @@ class TestDistributed(unittest.TestCase):
         trained = ranks[0]["trf_blocks.1.ff.layers.0.weight"]
         initial = load_gpt2.load_gpt2(model_dir).state_dict()["trf_blocks.1.ff.layers.0.weight"]
         self.assertFalse(torch.equal(trained, initial))
+
+    def test_when_one_process_stops_on_bad_input_the_others_stop_with_one_line_too(self):
+        tokenizer()
+        folder = tmpdir(self)
+        code, _, err = run_script("-m", "torch.distributed.run", "--standalone",
+                                  "--nproc_per_node=2", "train_classifier.py", "--model",
+                                  tiny_gpt2_folder(folder / "tiny"), "--data", folder / "nope.tsv",
+                                  "--out", folder / "out",
+                                  env={"USE_LIBUV": "0"} if sys.platform == "win32" else None)
+        self.assertNotEqual(code, 0)
+        self.assertIn("error: no data file at", err)  # rank 0, which read the flag
+        self.assertIn("error: another torchrun process stopped (its message says why)", err)
+        self.assertNotIn('train_classifier.py", line', err)  # torchrun's own report aside
 
 
 def ddp_worker(argv):

@@ -391,7 +391,7 @@ def distributed(device, backend=None, timeout_s=1800):
                          "MASTER_ADDR are not what torchrun sets; start it with torchrun, or "
                          "unset RANK")
     where = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}"
-    note = threading.Timer(3, print, [f"rank {env['RANK']}: waiting for all "
+    note = threading.Timer(1, print, [f"rank {env['RANK']}: waiting for all "
                                       f"{env['WORLD_SIZE']} processes to meet at {where} "
                                       f"(for up to {timeout_s:g} s)"], {"file": sys.stderr})
     note.start()
