@@ -1,32 +1,23 @@
-"""From raw labelled text to padded batches: download, parse, balance, split, tokenize, batch.
+"""From raw labelled text to padded batches: parse, balance, split, tokenize, batch. It imports
+neither model.py nor load_gpt2.py: it hands token ids and lengths onward.
 
-The default dataset is the SMS Spam Collection (UCI). Any other labelled text works too:
-  - one file, .csv (with CSV quoting), .jsonl (one JSON object per line) or else TSV (no
-    quote processing), split 70/10/20 into train/validation/test with a seed;
-  - a folder with train.*, validation.* (or val.*) and test.* files in those formats.
-A CSV/TSV row is label<sep>text, the text being all after the first separator, unless the
-first row is a header: it names a label and a text column from LABEL_NAMES and TEXT_NAMES,
-or the columns that text_column/label_column (--text-column/--label-column) give. Columns
-are then found by name, and every row needs the header's number of fields (the header
-label<sep>text alone keeps the layout above). In a .jsonl file the first object's keys are
-the names. Blank lines are ignored; anything else malformed stops with the file and line
-number. Labels are strings (a JSON integer becomes its digits), numbered in sorted order
-(numerically when every label is an integer).
-
-This file imports neither model.py nor load_gpt2.py: it hands token ids and lengths onward.
+The default dataset is the SMS Spam Collection (UCI). Any labelled .tsv, .csv or .jsonl file
+works too (split 70/10/20 with a seed), or a folder of train/validation/test files: a row is
+label<sep>text unless a header names the columns (docs/forking.md has every layout). A
+malformed row stops with its file and line number. Labels are strings, numbered in sorted
+order (numerically when every label is an integer).
 """
 import csv
 import functools
-import hashlib
 import io
 import json
 import random
-import zipfile
+from collections import Counter
 from pathlib import Path
 
 import torch
 
-from utils import InputError, atomic_write, cache_dir, download, first_that_works
+from utils import InputError, atomic_write, cache_dir, zip_member
 
 # The UCI archive, then the book's backup copy of the same zip; the file in it, pinned.
 SMS_URLS = ("https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
@@ -35,35 +26,10 @@ SMS_SHA256 = "edc1f2ca36319ca36c6f80fede2f6ae5f81335289352485f3924df077ec20266"
 
 
 def sms_spam_file():
-    """Path of SMSSpamCollection, downloaded and extracted from the UCI zip on first use (else
-    from the book's copy of it), checked against its pinned SHA-256."""
-    path = cache_dir() / "sms_spam" / "SMSSpamCollection"
-    if not path.exists():
-        first_that_works([functools.partial(sms_from, url, path) for url in SMS_URLS],
-                         "the SMS Spam Collection (or pass --data path/to/SMSSpamCollection)")
-    return path
-
-
-def sms_from(url, path):
-    zip_path = path.with_name("sms_spam_collection.zip")
-    if not zip_path.exists():
-        download(url, zip_path)
-    # Take the one member we need, by name: never extractall() on a downloaded archive.
-    try:
-        with zipfile.ZipFile(zip_path) as z:
-            if z.getinfo("SMSSpamCollection").file_size > 50_000_000:
-                raise zipfile.BadZipFile("SMSSpamCollection is implausibly large")
-            content = z.read("SMSSpamCollection")  # also checks the CRC
-        digest = hashlib.sha256(content).hexdigest()
-        if digest != SMS_SHA256:
-            raise zipfile.BadZipFile(f"its SMSSpamCollection has SHA-256 {digest}, not "
-                                     f"{SMS_SHA256}")
-    except (zipfile.BadZipFile, KeyError, OSError) as e:
-        zip_path.unlink(missing_ok=True)
-        raise InputError(f"{zip_path}, from {url}, is not the SMS Spam Collection zip ({e}); "
-                         "it is deleted") from None
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(content)
+    """Path of SMSSpamCollection, taken from the first zip of SMS_URLS that holds the right one."""
+    folder = cache_dir() / "sms_spam"
+    return zip_member(SMS_URLS, "SMSSpamCollection", SMS_SHA256, folder / "SMSSpamCollection",
+                      folder / "sms_spam_collection.zip")
 
 
 # Header names (and JSON keys) taken for the two columns, compared lowercased and stripped.
@@ -73,11 +39,9 @@ COLUMN_FLAGS = "--text-column and --label-column"
 
 
 def read_examples(path, known_labels=None, text_column=None, label_column=None):
-    """Read a labelled file into a list of (label, text); see the module docstring.
-    known_labels: if given, a label outside it is an error (validation/test vs training).
-    text_column, label_column: the names of the columns to read, for headers whose names
-    are not in TEXT_NAMES / LABEL_NAMES or hold more than one of them; with either given,
-    the first row of a CSV/TSV file is always its header."""
+    """Read a labelled file into a list of (label, text). known_labels: if given, a label
+    outside it is an error (validation/test vs training). text_column, label_column: the
+    columns to read by name; with either given, a CSV/TSV file's first row is its header."""
     path = Path(path)
     raw = path.read_bytes()
     try:
@@ -137,8 +101,7 @@ def table_records(path, content, text_column, label_column):
 
 
 def jsonl_records(path, content, text_column, label_column):
-    """(line number, label, text) per line of a .jsonl file; the first object's keys decide
-    which fields are the label and the text."""
+    """(line number, label, text) per line of a .jsonl file, the first object's keys named."""
     keys = None
     for n, line in enumerate(content.split("\n"), 1):
         if not line.strip():
@@ -174,8 +137,7 @@ def jsonl_records(path, content, text_column, label_column):
 
 
 def find_columns(path, names, text_column, label_column):
-    """Positions of the label and the text among a header's names (or a JSON object's keys):
-    the names the flags give, else the one name of each kind that the lists recognise."""
+    """Where the label and the text are among a header's names (or JSON keys): by the flags."""
     keys = [name.strip().lower() for name in names]
     columns = ", ".join(name.strip() for name in names)
     found = []
@@ -225,8 +187,8 @@ def label_names(examples):
 
 
 def balance(examples, seed):
-    """Undersample every label to the count of the rarest one (747 + 747 for SMS spam); the
-    textbook's create_balanced_dataset. Returns (kept, left out), the left-out in file order."""
+    """(kept, left out): every label undersampled to the rarest one's count (747 + 747 for SMS
+    spam), the textbook's create_balanced_dataset; the left-out in file order."""
     by_label = {}
     for i, (label, _) in enumerate(examples):
         by_label.setdefault(label, []).append(i)
@@ -259,8 +221,7 @@ def find_split_files(folder):
 
 
 def check_labels(path, examples):
-    """The set of labels, once they look learnable: at least two, and not nearly one per
-    example (what a text or id column read as the label gives)."""
+    """The labels, once they look learnable: two or more, not nearly one per example."""
     labels = {label for label, _ in examples}
     if len(labels) < 2:
         raise InputError(f"{path} has a single label; a classifier needs at least two")
@@ -272,14 +233,10 @@ def check_labels(path, examples):
 
 
 def load_dataset(data=None, seed=123, balance_classes=None, text_column=None, label_column=None):
-    """Return ({"train": [...], "validation": [...], "test": [...]}, label_names), plus
-    "unused": the examples balancing left out (SMS: 4,080 ham), when it left any out.
-
-    data: None for the SMS Spam Collection (downloaded once), a labelled file, or a folder.
-    balance_classes: undersample to the rarest label (a file before splitting, a folder's
-    train split only); by default only for the SMS Spam Collection (file SMSSpamCollection).
-    text_column, label_column: the columns to read by name, in every file (read_examples).
-    """
+    """({"train": [...], "validation": [...], "test": [...]}, label_names), plus "unused": the
+    examples balancing left out (SMS: 4,080 ham). data: None for the SMS Spam Collection, a
+    labelled file, or a folder. balance_classes: undersample to the rarest label (before the
+    split; a folder's train split only); by default only for a file named SMSSpamCollection."""
     read = functools.partial(read_examples, text_column=text_column, label_column=label_column)
     if data is not None and Path(data).is_dir():
         files = find_split_files(Path(data))
@@ -305,7 +262,7 @@ def load_dataset(data=None, seed=123, balance_classes=None, text_column=None, la
     labels = label_names(splits["train"])
     missing = sorted(every_label - set(labels))
     if balance_classes and (missing or not all(splits.values())):  # the rarest label is why
-        n, rarest = min((sum(y == label for y, _ in examples), label) for label in every_label)
+        n, rarest = min((n, label) for label, n in Counter(y for y, _ in examples).items())
         raise InputError(f"{path}: balancing keeps {n} example(s) of each label, as many as "
                          f"{rarest!r} has: too few to split; add examples or use --no-balance")
     if missing:
@@ -318,24 +275,20 @@ def load_dataset(data=None, seed=123, balance_classes=None, text_column=None, la
     return splits, labels
 
 
-ONE_LINE = str.maketrans("\r\n", "  ")
-
-
 def write_splits(splits, folder):
-    """Write train/validation/test.tsv for a learner to open (or to pass back as --data).
-    A line break inside a text (possible in quoted CSV) is written as a space."""
+    """train/validation/test.tsv, to read or pass back as --data; a line break is a space."""
     for name, examples in splits.items():
-        lines = (f"{label}\t{text.translate(ONE_LINE)}\n" for label, text in examples)
+        lines = (label + "\t" + text.replace("\r", " ").replace("\n", " ") + "\n"
+                 for label, text in examples)
         with atomic_write(Path(folder) / f"{name}.tsv") as tmp:
             tmp.write_text("".join(lines), encoding="utf-8", newline="\n")
 
 
 def encode(tokenizer, texts, max_length, truncate="start"):
-    """Token ids of each text, at most max_length of them: the first (truncate "start": the
-    opening of a message usually tells what it is about, as in the textbook) or the last ("end").
-    Only a window of words around the part kept is tokenized, so memory follows max_length, not
-    the text. Special-token strings such as "<|endoftext|>" inside a text are ordinary text:
-    encode_ordinary never turns them into control tokens (plain encode() would raise)."""
+    """Token ids of each text, at most max_length: the first (truncate "start": a message's
+    opening usually tells what it is about, as in the textbook) or the last ("end"), tokenized
+    from a window of words only, so memory follows max_length. "<|endoftext|>" in a text is
+    ordinary text: encode_ordinary never makes control tokens (plain encode() would raise)."""
     ids, todo, window = [[] for _ in texts], range(len(texts)), 8 * max_length
     while todo:  # a window that gave too few tokens, in a text that goes on, is widened
         parts = [word_window(texts[i], window, truncate) for i in todo]
@@ -350,9 +303,9 @@ def encode(tokenizer, texts, max_length, truncate="start"):
 
 
 def word_window(text, n_chars, keep="start"):
-    """The start (or the end) of text, at most about n_chars long, cut where GPT-2's tokenizer
-    always cuts too: at a space between two letters ("ab| cd"). So the part kept has exactly
-    the tokens the whole text has there. Without such a space, text is cut at n_chars."""
+    """The start (or end) of text, about n_chars long, cut where GPT-2's tokenizer always cuts:
+    at a space between two letters ("ab| cd"), so its tokens are exactly the whole text's there.
+    Without such a space, text is cut at n_chars."""
     if len(text) <= n_chars:
         return text
     between_letters = lambda at: text[at - 1].isalpha() and text[at + 1:at + 2].isalpha()
@@ -374,20 +327,12 @@ def encode_examples(tokenizer, examples, labels, max_length, truncate="start"):
     return [(t, ids[label]) for t, (label, _) in zip(tokens, examples)]
 
 
-def by_length(items):
-    """(token ids, label) items, shortest first: batches of similar lengths carry little padding."""
-    return sorted(items, key=lambda item: len(item[0]))
-
-
 def pad_batch(batch, pad_id):
     """The DataLoader's collate_fn: [(token ids, label id), ...] -> input_batch (B, T),
-    target_batch (B,) and lengths (B,).
-
-    The chapter pads every text to one fixed length; here a batch is padded on the right only
-    to its own longest text. lengths holds each row's real length, so its last real token sits at
-    lengths - 1. With causal attention no real token ever sees the padding after it, so a row's
-    result does not depend on its batch mates.
-    """
+    target_batch (B,) and lengths (B,). The chapter pads every text to one fixed length; here a
+    batch is padded on the right to its own longest text, and a row's last real token sits at
+    lengths - 1. Causal attention never lets a real token see the padding after it, so a row's
+    result does not depend on its batch mates."""
     lengths = torch.tensor([len(ids) for ids, _ in batch])
     input_batch = torch.full((len(batch), int(lengths.max())), pad_id, dtype=torch.long)
     for row, (ids, _) in enumerate(batch):

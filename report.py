@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from data import write_splits
 from load_gpt2 import check_config, read_safetensors, write_safetensors
@@ -107,15 +108,16 @@ def unused_lines(unused, test, labels, n_examples):
     return lines
 
 
-def final_report(model, loaders, labels, device, read, start):
+def final_report(model, sets, collate, labels, device, read, start):
     """Every split in full: accuracy, and for validation and test the confusion matrix with
     precision, recall and F1 per label; what balancing left out. Printed, and returned as the
     last record of metrics.jsonl. read: select_logits, as the training used it."""
     record, pairs = {"final": True, "labels": labels}, {}
-    for name, loader in loaders.items():
-        if len(loader.dataset):
-            tick = time.time()
-            pairs[name] = predictions(loader, model, device, read, name)
+    for name, items in sets.items():
+        if items:  # shortest first: batches of similar lengths carry little padding
+            tick, items = time.time(), sorted(items, key=lambda item: len(item[0]))
+            pairs[name] = predictions(DataLoader(items, 64, collate_fn=collate), model, device,
+                                      read, name)
             record[f"{name}_acc"] = class_metrics(*pairs[name], len(labels))["accuracy"]
             if len(labels) <= MANY:
                 record[f"{name}_confusion"] = confusion_matrix(*pairs[name], len(labels)).tolist()
@@ -127,7 +129,7 @@ def final_report(model, loaders, labels, device, read, start):
         record[f"{name}_metrics"] = class_metrics(*pairs[name], len(labels))
         print(format_table(name, *pairs[name], labels))
     if "unused" in pairs:  # what balancing left out: realistic false positives
-        counts = Counter(y for loader in loaders.values() for _, y in loader.dataset)
+        counts = Counter(y for items in sets.values() for _, y in items)
         record["unused_lines"] = unused_lines(pairs["unused"], pairs["test"], labels,
                                               [counts[i] for i in range(len(labels))])
         print("\n".join(record["unused_lines"]))

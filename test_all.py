@@ -876,7 +876,8 @@ class TestDownloads(unittest.TestCase):
             z.writestr("../../evil", "x")
         with unittest.mock.patch.dict(os.environ, {"GPT2_CACHE_DIR": str(cache),
                                                    "HF_HUB_OFFLINE": "1"}), \
-                self.assertRaisesRegex(utils.InputError, "is not the SMS Spam Collection zip"):
+                self.assertRaisesRegex(utils.InputError, "sms_spam_collection.zip, from .*, is not "
+                                       "the zip it should be .*it is deleted"):
             data.sms_spam_file()
         self.assertEqual(list((cache / "sms_spam").iterdir()), [])  # the bad zip is deleted
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data import by_length, encode, encode_examples, load_dataset, pad_batch
+from data import encode, encode_examples, load_dataset, pad_batch
 from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
 from model import GPTModel
 from report import check_out, final_report, read_classifier, save_run
@@ -120,17 +120,18 @@ def select_logits(logits, lengths, pooling="last"):
     """(B, T, num_classes) logits -> (B, num_classes): what the classifier reads (6.6). Every
     number a run reports comes through here: the loss, the accuracies, the final report,
     --predict. pooling: "last" (real token), "first" or "mean" (of the real tokens)."""
+    if pooling == "last":
+        # The chapter reads model(input_batch)[:, -1, :], the last *position*. Our batches are
+        # padded on the right to their own longest text, so for every shorter text that position
+        # is padding. We read each row's last *real* token instead: causal attention lets it see
+        # its whole text and none of the padding after it, so a text gets the result it would
+        # get alone.
+        return logits[torch.arange(len(lengths)), lengths - 1]
     if pooling == "first":  # the bonus table's row 2: causal attention, so it saw only itself
         return logits[:, 0]
-    if pooling == "mean":  # row 19; its flag averages the padding too, we the real tokens only
-        real = torch.arange(logits.size(1), device=logits.device) < lengths[:, None].to(
-            logits.device)  # (B, T)
-        return torch.where(real[..., None], logits, 0).sum(dim=1) / real.sum(1, keepdim=True)
-    # The chapter reads model(input_batch)[:, -1, :], the last *position*. Our batches are padded
-    # on the right to their own longest text, so for every shorter text that position is padding.
-    # We read each row's last *real* token instead: causal attention lets it see its whole text
-    # and none of the padding after it, so every text gets the result it would get alone.
-    return logits[torch.arange(len(lengths)), lengths - 1]
+    # "mean", row 19: over the real tokens only (the book's flag averages the padding too)
+    real = (torch.arange(logits.size(1)) < lengths[:, None]).to(logits.device)  # (B, T)
+    return torch.where(real[..., None], logits, 0).sum(dim=1) / real.sum(dim=1, keepdim=True)
 
 
 def calc_loss_batch(input_batch, target_batch, lengths, model, device, pooling="last"):
@@ -325,10 +326,8 @@ def main(argv=None):
             check_finite(model, "after training", "training diverged; try a smaller --lr")
             if not master_process:
                 return model
-            loaders = {name: DataLoader(by_length(sets.get(name, [])), 64, collate_fn=collate)
-                       for name in ("train", "validation", "test", "unused")}
             read = functools.partial(select_logits, pooling=args.pooling)
-            history.append(final_report(net, loaders, labels, device, read, start))
+            history.append(final_report(net, sets, collate, labels, device, read, start))
             settings = {"cfg": model.cfg, "labels": labels, "max_length": max_length,
                         "pooling": args.pooling, "truncate": args.truncate, "run": vars(args)}
             texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]

@@ -4,6 +4,7 @@ and argparse helpers. Nothing here knows about GPT-2 or data; skip it on a first
 import argparse
 import datetime
 import errno
+import functools
 import hashlib
 import http.client
 import itertools
@@ -16,6 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -221,6 +223,32 @@ def fetch(url, part, headers, state):
         progress.end()
         if total > start and state["hashed"] != total:
             raise http.client.IncompleteRead(b"", total - state["hashed"])
+
+
+def zip_member(urls, member, sha256, dest, zip_path):
+    """dest, the file member of a zip: taken by name (never extractall() on a downloaded
+    archive) from the first of urls whose zip (kept at zip_path) holds it with this SHA-256.
+    A zip that does not is deleted."""
+    def take(url):
+        if not zip_path.exists():
+            download(url, zip_path)
+        try:
+            with zipfile.ZipFile(zip_path) as z:
+                if z.getinfo(member).file_size > 100_000_000:
+                    raise zipfile.BadZipFile(f"its {member} is implausibly large")
+                content = z.read(member)  # also checks the zip's CRC
+            if hashlib.sha256(content).hexdigest() != sha256:
+                raise zipfile.BadZipFile(f"its {member} has SHA-256 "
+                                         f"{hashlib.sha256(content).hexdigest()}, not {sha256}")
+        except (zipfile.BadZipFile, KeyError, OSError) as e:
+            zip_path.unlink(missing_ok=True)
+            raise InputError(f"{zip_path}, from {url}, is not the zip it should be ({e}); it is "
+                             "deleted") from None
+        with atomic_write(dest) as tmp:
+            tmp.write_bytes(content)
+        return dest
+    return dest if dest.exists() else first_that_works(
+        [functools.partial(take, url) for url in urls], f"{member} (or pass its path)")
 
 
 def first_that_works(tries, what):
