@@ -406,7 +406,8 @@ class TestLoadGPT2(unittest.TestCase):
 
 
 TF_FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tf"
-ENCODER_JSON = ROOT.parent / "shared" / "tiktoken-cache" / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"
+ENCODER_JSON = (ROOT.parent / "shared" / "tiktoken-cache"
+                / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6")  # tiktoken's name for encoder.json
 
 
 class TestSources(unittest.TestCase):
@@ -500,7 +501,8 @@ class TestSources(unittest.TestCase):
 
     def test_any_gpt2_repo_on_the_hub_downloads_once(self):
         files = {("org/tiny-gpt2", "config.json"): (FIXTURE / "config.json").read_bytes(),
-                 ("org/tiny-gpt2", "model.safetensors"): (FIXTURE / "model.safetensors").read_bytes(),
+                 ("org/tiny-gpt2", "model.safetensors"):
+                     (FIXTURE / "model.safetensors").read_bytes(),
                  ("org/bert", "config.json"): b'{"model_type": "bert", "n_embd": 8}',
                  ("org/pickles", "config.json"): (FIXTURE / "config.json").read_bytes()}
         hub = self.hub(files)

@@ -305,9 +305,10 @@ def main(argv=None):
                          args.lora_alpha).to(device)
         params = [p for p in model.parameters() if p.requires_grad]
         bf16 = use_bf16(args.dtype, device)
-        log(f"model: {args.model} ({model.source}) on {device} in {'bfloat16' if bf16 else 'float32'}"
-            f", {sum(map(torch.numel, params)):,} of {sum(map(torch.numel, model.parameters())):,}"
-            f" parameters train ({args.trainable}, --pooling {args.pooling})")
+        log(f"model: {args.model} ({model.source}) on {device} in "
+            f"{'bfloat16' if bf16 else 'float32'}, {sum(map(torch.numel, params)):,} of "
+            f"{sum(map(torch.numel, model.parameters())):,} parameters train ({args.trainable}, "
+            f"--pooling {args.pooling})")
         with autocast(bf16, device):  # both paths alike (--dtype)
             net = model
             if args.fast:  # speed.py: the same logits, computed with less work

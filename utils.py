@@ -1,5 +1,6 @@
-"""What every script shares: errors a user can fix, safe writes, downloads, progress lines,
-and argparse helpers. Nothing here knows about GPT-2 or data; skip it on a first reading.
+"""What every script shares: errors a user can fix, safe writes, checked and resumable downloads
+(the Hugging Face hub's conventions too), locks, progress lines, torchrun and argparse helpers.
+Nothing here knows GPT-2's model or the data's format; skip it on a first reading.
 """
 import argparse
 import datetime
@@ -28,6 +29,7 @@ if os.name == "nt":
     import msvcrt
 else:
     import fcntl
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help keeps a script's docstring layout and shows every default (in words if None)."""
@@ -112,8 +114,11 @@ class Redirects(urllib.request.HTTPRedirectHandler):
         self.follow = follow
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        new = super().redirect_request(req, fp, code, msg, headers, newurl) if self.follow else None
-        if new and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+        if not self.follow:
+            return None
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        host = lambda url: urllib.parse.urlsplit(url).netloc
+        if new and host(newurl) != host(req.full_url):
             new.remove_header("Authorization")
         return new
 
@@ -168,7 +173,7 @@ def download(url, dest, sha256=None, size=None, headers=None, hint=""):
                           file=sys.stderr)
                     time.sleep(pause)
             got, digest = part.stat().st_size, state["sha256"].hexdigest()
-            if got != (state["size"] or got) or digest != (sha256 or digest):
+            if state["size"] not in (None, got) or sha256 not in (None, digest):
                 part.unlink()
                 raise InputError(f"{url} sent {got:,} bytes with SHA-256 {digest}, not the "
                                  f"file announced ({state['size'] or 'any number of'} bytes, "
@@ -195,7 +200,8 @@ def fetch(url, part, headers, state):
                 while chunk := kept.read(1 << 20):
                     state["sha256"].update(chunk)
     try:
-        response = open_url(url, {**(headers or {}), **({"Range": f"bytes={have}-"} if have else {})})
+        ranged = dict(headers or {}, **({"Range": f"bytes={have}-"} if have else {}))
+        response = open_url(url, ranged)
     except urllib.error.HTTPError as e:  # 416: no byte after the part's end
         if e.code == 416 and have and state["size"] in (None, have):
             return  # it is whole (the checks that follow tell)
@@ -321,8 +327,10 @@ def hf_snapshot(repo):
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
     folder = Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub") / \
         f"models--{repo.replace('/', '--')}"
-    try:
-        commit = (folder / "refs" / "main").read_text(encoding="utf-8").strip()[:100]
+    ref = folder / "refs" / "main"
+    try:  # a commit hash, not whatever the file may be
+        commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() and \
+            ref.stat().st_size < 100 else ""
     except (OSError, UnicodeError):
         return None
     snapshot = folder / "snapshots" / commit
