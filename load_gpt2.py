@@ -11,6 +11,7 @@ GPTModel by one table (gpt2_state_dict), so a damaged file is an error, never a 
 """
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -230,6 +231,7 @@ def crc32c(data):
     return int(c[0] ^ linear(zero_bytes(n), np.array([0xFFFFFFFF], np.uint32))[0]) ^ 0xFFFFFFFF
 
 
+@functools.lru_cache(maxsize=None)  # tensors of one shape share it
 def zero_bytes(n):
     """The linear map (the images of the 32 bits) that n zero bytes apply to the register."""
     bits = np.uint32(1) << np.arange(32, dtype=np.uint32)
@@ -260,7 +262,11 @@ def read_tf_checkpoint(folder):
     and CRC-32C. Every entry, range and checksum is checked; OpenAI's names are renamed."""
     index, data_file = folder / "model.ckpt.index", folder / "model.ckpt.data-00000-of-00001"
     try:
-        entries = dict(table_entries(np.frombuffer(read_small(index, 100_000_000), np.uint8)))
+        pairs = list(itertools.islice(table_entries(np.frombuffer(
+            read_small(index, 10_000_000), np.uint8)), 10_002))  # GPT-2 xl has 580 tensors
+        entries = dict(pairs)
+        if len(pairs) > 10_001 or len(entries) < len(pairs) or b"" not in entries:
+            raise ValueError("not one header and at most 10,000 differently named tensors")
         header = protobuf(entries.pop(b""))
         if header.get(1, [1]) != [1] or header.get(2, [0]) != [0]:
             raise ValueError("the tensors are in several files or big-endian")
@@ -313,7 +319,9 @@ def table_entries(table):
         raise ValueError("no table footer")
     _, i = varint(footer, varint(footer, 0)[1])  # the meta-index block: not used
     offset, i = varint(footer, i)
-    for _, handle in block_entries(block(table, offset, varint(footer, i)[0])):
+    for n, (_, handle) in enumerate(block_entries(block(table, offset, varint(footer, i)[0]))):
+        if n == 10_000:
+            raise ValueError("over 10,000 blocks")
         offset, i = varint(handle, 0)
         yield from block_entries(block(table, offset, varint(handle, i)[0]))
 
@@ -334,8 +342,8 @@ def block_entries(block):
         shared, i = varint(block, i)
         unshared, i = varint(block, i)
         size, i = varint(block, i)
-        key, value, i = key[:shared] + block[i:i + unshared], block[i + unshared:i + unshared
-                                                                      + size], i + unshared + size
+        key, i = key[:shared] + block[i:i + unshared], i + unshared
+        value, i = block[i:i + size], i + size
         if i > end:
             raise ValueError("a block entry runs past its block")
         yield key, value
