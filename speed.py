@@ -132,6 +132,7 @@ class FastClassifier(nn.Module):
             self.file.flush()
             self.store = torch.from_numpy(np.memmap(self.file, np.float32, "c",
                                                     shape=(end, self.model.cfg["emb_dim"])))
+            self.file.close()  # the map keeps the (already unlinked) file while it lives
 
 
 def frozen_bottom(model):

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -427,19 +428,31 @@ def distributed(device, backend=None, timeout_s=1800):
                          "MASTER_ADDR are not what torchrun sets; start it with torchrun, or "
                          "unset RANK")
     where = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}"
-    note = threading.Timer(1, print, [f"rank {env['RANK']}: waiting for all "
-                                      f"{env['WORLD_SIZE']} processes to meet at {where} "
-                                      f"(for up to {timeout_s:g} s)"], {"file": sys.stderr})
+    # torch's C++ code writes pages of stack frames to file descriptor 2 while the others do
+    # not come: until they have met, fd 2 goes to a file, shown only if they do.
+    backend = backend or ("nccl" if device.startswith("cuda") else "gloo")
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    waiting = (f"rank {env['RANK']}: waiting for all {env['WORLD_SIZE']} processes to meet at "
+               f"{where} (for up to {timeout_s:g} s)\n")
+    note = threading.Timer(1, os.write, [terminal, waiting.encode()])
     note.start()
     try:
-        dist.init_process_group(backend or ("nccl" if device.startswith("cuda") else "gloo"),
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        with tempfile.TemporaryFile() as kept:
+            os.dup2(kept.fileno(), 2)
+            try:
+                dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            finally:
+                os.dup2(terminal, 2)
+            kept.seek(0)
+            os.write(2, kept.read())
     except (RuntimeError, ValueError) as e:
         raise InputError(f"the {env['WORLD_SIZE']} torchrun processes did not meet at {where} "
                          f"({' '.join(str(e).split())[:150]}); start them all with the same "
                          "torchrun settings") from None
     finally:
         note.cancel()
+        os.close(terminal)
     if device.startswith("cuda"):
         device = f"cuda:{env['LOCAL_RANK']}"
         torch.cuda.set_device(device)
