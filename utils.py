@@ -126,9 +126,17 @@ class Redirects(urllib.request.HTTPRedirectHandler):
 
 def open_url(url, headers=None, method="GET", follow=True):
     """An open HTTP response; proxies come from the environment at each call."""
-    opener = urllib.request.build_opener(Redirects(follow))
-    return opener.open(urllib.request.Request(url, headers=headers or {}, method=method),
-                       timeout=60)
+    try:
+        request = urllib.request.Request(url, headers=headers or {}, method=method)
+        return urllib.request.build_opener(Redirects(follow)).open(request, timeout=60)
+    except ValueError as e:  # HF_ENDPOINT=huggingface.co (no scheme), http://[::1 ...
+        raise urllib.error.URLError(f"not a URL: {e}") from None
+
+
+def header_number(headers, name):
+    """A header's whole number (Content-Length, X-Linked-Size), or None if it holds no such."""
+    value = (headers.get(name) or "").strip()
+    return int(value) if re.fullmatch("[0-9]{1,20}", value) else None
 
 
 RETRIES, PAUSE_S = 3, 1.0  # a transfer that fails midway is tried again after 1, 2 and 4 s
@@ -216,7 +224,7 @@ def fetch(url, part, headers, state):
             raise http.client.HTTPException("the server resumed at another byte")
         if start != have:
             state.update(sha256=hashlib.sha256(), hashed=0)
-        total, name = start + int(response.headers.get("Content-Length") or 0), part.stem
+        total, name = start + (header_number(response.headers, "Content-Length") or 0), part.stem
         state["size"] = state["size"] or (total if total > start else None)
         if start:
             print(f"resuming {name} at {start / 1e9:.1f} of {total / 1e9:.1f} GB", file=sys.stderr)
@@ -271,10 +279,10 @@ def first_that_works(tries, what):
 
 
 def why(e):
-    """A network error in a few words."""
+    """A network error in a few words, on one line."""
     if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP {e.code} {e.reason}"
-    return str(getattr(e, "reason", None) or e.__class__.__name__)
+        return " ".join(f"HTTP {e.code} {e.reason}".split())
+    return " ".join(str(getattr(e, "reason", None) or e.__class__.__name__).split())
 
 
 def hub_url(repo, filename):
@@ -313,11 +321,11 @@ def hub_download(repo, filename, dest, hint=""):
     except NETWORK_ERRORS as e:
         raise InputError(f"could not reach {url} ({why(e)}); check the network, or set "
                          f"HF_ENDPOINT to a mirror of the hub{hint}") from None
-    etag = meta.get("X-Linked-Etag", "").strip('"')
-    length = meta.get("X-Linked-Size") or (None if "Location" in meta else
-                                           meta.get("Content-Length"))
-    return download(url, dest, etag if re.fullmatch("[0-9a-f]{64}", etag) else None,
-                    int(length) if length and length.isdigit() else None, headers, hint)
+    etag = (meta.get("X-Linked-Etag") or "").strip().strip('"')
+    size = header_number(meta, "X-Linked-Size") if "Location" in meta else \
+        header_number(meta, "Content-Length")  # a redirect's own length is not the file's
+    return download(url, dest, etag if re.fullmatch("[0-9a-f]{64}", etag) else None, size,
+                    headers, hint)
 
 
 def hf_snapshot(repo):
