@@ -97,7 +97,14 @@ def atomic_write(dest, suffix=".tmp"):
 
 def cache_dir():
     """Where this project keeps what it downloads: GPT2_CACHE_DIR, else ~/.cache/gpt2-classifier."""
-    return Path(os.environ.get("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier")
+    return env_path("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier"
+
+
+def env_path(name):
+    """The folder an environment variable names, ~ and $VARS expanded (as huggingface_hub
+    does), or None if it is unset or empty."""
+    value = os.environ.get(name)
+    return Path(os.path.expandvars(os.path.expanduser(value))) if value else None
 
 
 def offline():
@@ -296,7 +303,10 @@ def hub_download(repo, filename, dest, hint=""):
     announces. A large file's URL answers with a redirect to storage whose headers carry both
     (X-Linked-Size, X-Linked-Etag); urllib would follow it and drop them, so a HEAD request that
     does not follow it asks first, as huggingface_hub does. HF_TOKEN is sent, to the hub only."""
-    url, token = hub_url(repo, filename), os.environ.get("HF_TOKEN")
+    url, token = hub_url(repo, filename), (os.environ.get("HF_TOKEN") or "").strip()
+    if not re.fullmatch("[!-~]*", token):  # never printed: it may be most of a real token
+        raise InputError("HF_TOKEN holds a character no token has (a space or a line break "
+                         "inside it?); set it again")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if offline():
         return download(url, dest)  # the one-line refusal, no request
@@ -332,10 +342,9 @@ def hf_snapshot(repo):
     """repo's folder in the Hugging Face cache, as transformers and huggingface_hub leave it
     (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub): the snapshot that
     refs/main names, whose files are read in place; None if there is none."""
-    home = os.environ.get("HF_HOME") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
-    folder = Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub") / \
-        f"models--{repo.replace('/', '--')}"
+    home = env_path("HF_HOME") or (env_path("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+        "huggingface"
+    folder = (env_path("HF_HUB_CACHE") or home / "hub") / f"models--{repo.replace('/', '--')}"
     ref = folder / "refs" / "main"
     try:  # a commit hash, not whatever the file may be
         commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() and \
