@@ -106,7 +106,7 @@ def encoding_from(path):
                  if token != "<|endoftext|>"}
         digest = hashlib.sha256(b"".join(r.to_bytes(4, "little") + len(t).to_bytes(2, "little")
                                          + t for t, r in sorted(ranks.items(), key=lambda x: x[1])))
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
         raise InputError(f"{path} is not GPT-2's vocabulary ({e})") from None
     if digest.hexdigest() != GPT2_RANKS_SHA256 or vocab.get("<|endoftext|>") != 50256:
         raise InputError(f"{path} is not GPT-2's vocabulary (its tokens differ)")
@@ -167,25 +167,36 @@ def read_safetensors(path):
         covered = end
     if covered != data_size:
         raise damaged(f"{data_size - covered} bytes at the end belong to no tensor")
-    if "data_sha256" in metadata and hashlib.sha256(data).hexdigest() != metadata["data_sha256"]:
-        raise damaged("its data does not match the SHA-256 its header holds")  # ours hold one
+    others = {key: value for key, value in metadata.items() if key != "sha256"}
+    if "sha256" in metadata and fingerprint(header, others, [data]) != metadata["sha256"]:
+        raise damaged("it does not match the SHA-256 its header holds")  # ours hold one
     return tensors, metadata
+
+
+def fingerprint(entries, metadata, blobs):
+    """The SHA-256 write_safetensors stores: of the header (the tensors' entries and the rest
+    of the metadata, as sorted JSON) and of the data, so that a changed byte anywhere shows."""
+    digest = hashlib.sha256(json.dumps({**entries, "__metadata__": metadata},
+                                       sort_keys=True).encode("utf-8"))
+    for blob in blobs:
+        digest.update(blob)
+    return digest.hexdigest()
 
 
 def write_safetensors(path, tensors, metadata):
     """The reverse: {name: tensor} and {key: text} into path, as the format defines it (the
     header padded with spaces so the data starts 8-byte aligned), through a temporary file.
-    The metadata gains data_sha256, which read_safetensors checks: a damaged file is refused."""
+    The metadata gains sha256 (fingerprint), which read_safetensors checks: a file changed
+    anywhere, header or data, is refused."""
     raw = {name: t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
            for name, t in tensors.items()}  # views of the tensors' bytes, no copies
-    names, digest = {dtype: name for name, (_, dtype) in DTYPES.items()}, hashlib.sha256()
-    header, offset = {}, 0
+    names, header, offset = {dtype: name for name, (_, dtype) in DTYPES.items()}, {}, 0
     for name, t in tensors.items():
         header[name] = {"dtype": names[t.dtype], "shape": list(t.shape),
                         "data_offsets": [offset, offset + len(raw[name])]}
         offset += len(raw[name])
-        digest.update(raw[name])
-    header["__metadata__"] = {**metadata, "data_sha256": digest.hexdigest()}
+    header["__metadata__"] = {**metadata,
+                              "sha256": fingerprint(header, metadata, raw.values())}
     head = json.dumps(header).encode("utf-8")
     head += b" " * (-len(head) % 8)
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
@@ -208,6 +219,7 @@ for _ in range(8):  # the table for one byte (polynomial 0x82F63B78, reflected) 
     CRC[0] = np.where(CRC[0] & 1, (CRC[0] >> 1) ^ np.uint32(0x82F63B78), CRC[0] >> 1)
 for _ in range(3):  # ... and the tables that take 4 bytes a step
     CRC.append((CRC[-1] >> 8) ^ CRC[0][CRC[-1] & 255])
+CRC_TABLE = CRC[0].tolist()
 
 
 def crc32c(data):
@@ -216,6 +228,11 @@ def crc32c(data):
     where Z, appending len(b) zero bytes, is a linear map on the 32-bit register (zero_bytes).
     Zero bytes in front change nothing; the initial register 0xFFFFFFFF is added at the end."""
     n = len(data)
+    if n < 4096:  # a few bytes: one at a time, in Python, costs less than numpy's setup
+        c = 0xFFFFFFFF
+        for byte in data.tobytes():
+            c = CRC_TABLE[(c ^ byte) & 255] ^ (c >> 8)
+        return c ^ 0xFFFFFFFF
     K = 1 << min(14, max(0, (n // 64).bit_length() - 1))  # slices: 2**k, 64+ bytes each
     L = -(-n // K)  # bytes a slice, rounded up to a multiple of 4
     L += -L % 4
@@ -289,6 +306,8 @@ def read_tf_checkpoint(folder):
                 raise ValueError(f"tensor {name!r} fails its CRC-32C checksum in {data_file}")
             array = data[offset:offset + nbytes].view(np_type).reshape(shape)
             tensor = torch.from_numpy(array).view(torch_type)
+            if hub_name(name) in tensors:  # model/wte and model/wte/w, say
+                raise ValueError(f"two tensors are both {hub_name(name)!r}")
             # OpenAI's Conv1D weights carry a leading 1: (1, in, out) is Hugging Face's (in, out)
             tensors[hub_name(name)] = tensor[0] if len(shape) == 3 and shape[0] == 1 else tensor
             ranges.append((offset, offset + nbytes))

@@ -271,6 +271,8 @@ def read_classifier(path):
                 and all(type(label) is str and label.isprintable() and label for label in labels)):
             raise ValueError("its labels are not two or more different printable names")
         check_config(cfg)
+        if cfg["vocab_size"] <= 50256 or "sha256" not in metadata:  # <|endoftext|> pads batches
+            raise ValueError("its vocabulary lacks GPT-2's, or it holds no SHA-256")
         if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"]:
             raise ValueError(f"max_length {max_length!r} is not within the context length")
         if settings["pooling"] not in POOLINGS or settings["truncate"] not in TRUNCATIONS \

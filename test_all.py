@@ -1542,6 +1542,12 @@ class TestTrainClassifier(unittest.TestCase):
         code, _, err = cli(tc.main, "--out", self.dir / "bad", "--predict", texts[0])
         self.assertEqual(code, 1)
         self.assertIn("does not match the SHA-256", err)
+        raw = bytearray(saved.read_bytes())  # one digit of the header's cfg: n_heads 2 -> 1
+        at = raw.index(b'\\"n_heads\\": 2')
+        raw[at + 12:at + 13] = b"1"
+        (self.dir / "bad" / "classifier.safetensors").write_bytes(bytes(raw))
+        code, _, err = cli(tc.main, "--out", self.dir / "bad", "--predict", texts[0])
+        self.assertIn("does not match the SHA-256", err)
 
     def test_the_one_read_decides_every_reported_number(self):
         """A fork that changes select_logits changes the final report and --predict too."""
@@ -1719,7 +1725,7 @@ class TestNothingLost(unittest.TestCase):
         path = self.out / "classifier.safetensors"
         tensors, metadata = load_gpt2.read_safetensors(path)
         tensors = {k: v.clone() for k, v in tensors.items()}
-        del metadata["data_sha256"]
+        del metadata["sha256"]
         nan_head = dict(tensors, **{"out_head.weight": torch.full_like(
             tensors["out_head.weight"], float("nan"))})
         cfg = json.loads(metadata["cfg"])
