@@ -405,6 +405,39 @@ class TestLoadGPT2(unittest.TestCase):
         self.assertEqual(tok.encode("Every effort moves you"), [6109, 3626, 6100, 345])
 
 
+def varint(n):
+    out = b""
+    while True:
+        out += bytes([n & 0x7F | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            return out
+
+
+def tf_entry(offset, size, dtype=1, shape=(1,), crc=0):
+    """A BundleEntryProto (TensorFlow's index value for one tensor), written by hand."""
+    dims = b"".join(b"\x12" + varint(len(d)) + d for d in (b"\x08" + varint(x) for x in shape))
+    return (b"\x08" + varint(dtype) + b"\x12" + varint(len(dims)) + dims + b"\x20"
+            + varint(offset) + b"\x28" + varint(size) + b"\x35" + crc.to_bytes(4, "little"))
+
+
+def write_tf_index(path, entries):
+    """A LevelDB-format table of entries {key: value}, in key order: one data block, its index
+    block, the footer; each block with its type and masked CRC-32C. An independent writer."""
+    def block(pairs):
+        body = b"".join(varint(0) + varint(len(k)) + varint(len(v)) + k + v for k, v in pairs)
+        body += (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # one restart point, at 0
+        crc = load_gpt2.crc32c(np.frombuffer(body + b"\x00", np.uint8))
+        masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) % 2**32
+        return body + b"\x00" + masked.to_bytes(4, "little")
+    data = block(sorted(entries.items()))
+    handle = varint(0) + varint(len(data) - 5)
+    index = block([(max(entries), handle)])
+    footer = varint(0) + varint(0) + varint(len(data)) + varint(len(index) - 5)
+    footer += bytes(40 - len(footer)) + (0xdb4775248b80fb57).to_bytes(8, "little")
+    Path(path).write_bytes(data + index + footer)
+
+
 TF_FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tf"
 ENCODER_JSON = (ROOT.parent / "shared" / "tiktoken-cache"
                 / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6")  # tiktoken's name for encoder.json
@@ -608,6 +641,68 @@ class TestSources(unittest.TestCase):
                                                         "activation_function": "gelu_pytorch_tanh",
                                                         "resid_pdrop": 0.1}))
         load_gpt2.load_gpt2(folder)  # 4 x n_embd, the same tanh GELU, dropout: the same math
+
+    def test_crafted_tensorflow_tables_are_refused_in_bounded_time(self):
+        entries = dict(load_gpt2.table_entries(np.frombuffer(
+            (TF_FIXTURE / "model.ckpt.index").read_bytes(), np.uint8)))
+        book = self.dir / "book"
+        shutil.copytree(TF_FIXTURE, book)
+        write_tf_index(book / "model.ckpt.index", entries)  # our writer, checked on the real
+        self.assert_fixture(load_gpt2.load_gpt2(book), book / "model.ckpt.index")
+        cases = {"two tensors are both 'wte.weight'":
+                     {**entries, b"model/wte/w": entries[b"model/wte"]},
+                 "at most 10,000 differently named tensors":
+                     {**entries, **{f"model/x{i:05}".encode(): tf_entry(0, 0)
+                                    for i in range(10_001)}},
+                 "is not a whole float tensor": {**entries, b"model/wpe": tf_entry(0, 4, 7)},
+                 "claims bytes": {**entries, b"model/wpe": tf_entry(10**12, 4)}}
+        for message, crafted in cases.items():
+            with self.subTest(message):
+                write_tf_index(book / "model.ckpt.index", crafted)
+                start = time.time()
+                with self.assertRaisesRegex(utils.InputError, re.escape(message)):
+                    load_gpt2.load_gpt2(book)
+                self.assertLess(time.time() - start, 10)
+
+    def test_hostile_caches_headers_and_variables_are_one_line(self):
+        refs = self.dir / "hf" / "hub" / "models--openai-community--gpt2" / "refs"
+        refs.mkdir(parents=True)
+        for kind in ("fifo", "device", "huge"):
+            with self.subTest(kind):
+                (refs / "main").unlink(missing_ok=True)
+                if kind == "fifo":
+                    os.mkfifo(refs / "main")
+                elif kind == "device":
+                    (refs / "main").symlink_to("/dev/zero")
+                else:
+                    with open(refs / "main", "wb") as f:
+                        f.truncate(200_000_000)  # sparse: 200 MB of nothing
+                self.assertIsNone(utils.hf_snapshot("openai-community/gpt2"))  # at once
+        self.assertEqual([utils.header_number({"Content-Length": v}, "Content-Length")
+                          for v in ("12", " 7 ", "²", "abc", "-1", "")], [12, 7, None, None,
+                                                                           None, None])
+        loop = FileServer({}, redirect={"/org/x/resolve/main/config.json":
+                                        "/org/x/resolve/main/config.json"})
+        self.addCleanup(loop.close)
+        for env, message in (({"HF_ENDPOINT": loop.url}, "redirects within the hub again"),
+                             ({"HF_ENDPOINT": "http://[::1"}, "not a URL"),
+                             ({"HF_ENDPOINT": "huggingface.co"}, "not a URL"),
+                             ({"HF_TOKEN": "hf_sec\nret"}, "HF_TOKEN holds a character"),
+                             ({"HF_TOKEN": "hf_✓"}, "HF_TOKEN holds a character")):
+            with self.subTest(env), unittest.mock.patch.dict(os.environ, env):
+                with self.assertRaises(utils.InputError) as e:
+                    utils.hub_download("org/x", "config.json", self.dir / "x" / "config.json")
+                self.assertIn(message, str(e.exception))
+                self.assertEqual(len(str(e.exception).splitlines()), 1)
+                self.assertNotIn("hf_sec", str(e.exception))
+        with unittest.mock.patch.dict(os.environ, {"GPT2_CACHE_DIR": "~/gpt2-cache",
+                                                   "HOME": str(self.dir / "home")}):
+            self.assertEqual(utils.cache_dir(), self.dir / "home" / "gpt2-cache")
+        deep = self.dir / "deep"
+        deep.mkdir()
+        (deep / "encoder.json").write_text("[" * 100_000 + "]" * 100_000)
+        with self.assertRaisesRegex(utils.InputError, "is not GPT-2's vocabulary"):
+            load_gpt2.encoding_from(deep / "encoder.json")
 
     def test_apple_mps_only_with_torch_2_9_or_newer(self):
         for version, device in (("2.8.0", "cpu"), ("2.9.1", "mps"), ("2.10.0", "mps")):

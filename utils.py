@@ -322,6 +322,8 @@ def hub_download(repo, filename, dest, hint=""):
                 if urllib.parse.urlsplit(location).netloc:
                     break  # to storage: these headers describe the file
                 url = urllib.parse.urljoin(url, location)
+        else:
+            raise InputError(f"{url} redirects within the hub again and again; check HF_ENDPOINT")
     except urllib.error.HTTPError as e:
         if e.code in (401, 403, 404):
             raise InputError(f"the hub has no {filename} in {repo} that we may read ({url}: "
