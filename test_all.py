@@ -966,6 +966,26 @@ class TestDownloads(unittest.TestCase):
             with self.assertRaisesRegex(utils.InputError, "has SHA-256 .*, not edc1f2ca"):
                 data.sms_spam_file()
 
+    def test_zips_that_cannot_be_read_are_one_line(self):
+        plain = io.BytesIO()
+        with zipfile.ZipFile(plain, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("SMSSpamCollection", "ham\thello there\n" * 500)
+        raw = plain.getvalue()
+        central = raw.index(b"PK\x01\x02")
+        cases = {"damaged deflate data": raw[:60] + bytes(40) + raw[100:],
+                 "encrypted": raw[:central + 8] + b"\x01" + raw[central + 9:],
+                 "unknown compression": raw[:central + 10] + b"\x63" + raw[central + 11:]}
+        for what, content in cases.items():
+            with self.subTest(what):
+                folder = tmpdir(self)
+                (folder / "f.zip").write_bytes(content)
+                with unittest.mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}), \
+                        self.assertRaisesRegex(utils.InputError, "f.zip, from x, is not the zip "
+                                               "it should be"):
+                    utils.zip_member(["x"], "SMSSpamCollection", "0" * 64, folder / "out",
+                                     folder / "f.zip")
+                self.assertEqual(list(folder.iterdir()), [])
+
     def test_a_zip_without_the_file_is_a_clear_error(self):
         cache = tmpdir(self)
         (cache / "sms_spam").mkdir()
@@ -1707,6 +1727,10 @@ class TestTrainClassifier(unittest.TestCase):
             (["--accumulation-steps", "0"], "must be a number > 0"),
             (["--batch-size", "8", "--accumulation-steps", "3", "--model", self.model_dir,
               "--data", self.data, "--out", empty], "x --accumulation-steps 3 is more than"),
+            (["--predict", "hi", "--pooling", "mean"], "--pooling does nothing with --predict"),
+            (["--predict", "hi", "--epochs", "2"], "--epochs does nothing with --predict"),
+            (["--dist-timeout", "0.001"], "must be a number >= 1"),
+            (["--dist-timeout", "1e30"], "and <= 1000000"),
             (["--seed", "99999999999999999999999"], "must be a number >= 0 and <= 4294967295"),
             (["--eval-iter", "x"], "invalid int value: 'x'")]
         for args, message in cases:

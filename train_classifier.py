@@ -398,8 +398,7 @@ def predict(args):
 
 def trainable_spec(text):
     if text not in ("head", "all", "lora") and not re.fullmatch(r"last-[1-9][0-9]*", text):
-        raise argparse.ArgumentTypeError(f"use head, all, lora or last-N (such as last-2), "
-                                         f"got {text}")
+        raise argparse.ArgumentTypeError(f"use head, all, lora or last-N (last-2...), got {text}")
     return text
 
 
@@ -412,10 +411,8 @@ def parse_args(argv=None):
       help="random: train from scratch, no download")
     a("--data", default=None, help="labelled .tsv/.csv/.jsonl file or train/validation/test "
       "folder (default: the SMS Spam Collection, downloaded once)")
-    a("--text-column", default=None, help="the text's column (or JSON key) in --data (default: "
-      "found by name in a header, else the second column)")
-    a("--label-column", default=None, help="the label's column (or JSON key) in --data "
-      "(default: found by name in a header, else the first column)")
+    a("--text-column", help="the text's column (or JSON key) in --data (default: by its name)")
+    a("--label-column", help="the label's column (or JSON key) in --data (default: by its name)")
     a("--balance", action=argparse.BooleanOptionalAction, default=None,
       help="undersample every label to the rarest; the left-out examples are then tested on their "
       "own (default: only for a file named SMSSpamCollection)")
@@ -457,15 +454,18 @@ def parse_args(argv=None):
       help="where the frozen-prefix cache lives (auto: in RAM up to --cache-mb, else on disk)")
     a("--cache-mb", type=number(float, inclusive=True), default=2048,
       help="RAM budget of the frozen-prefix cache, in MB")
-    a("--backend", default=None, help="torchrun process-group backend (default: nccl on CUDA, "
-      "else gloo)")
-    a("--dist-timeout", type=number(float), default=1800,
+    a("--backend", help="torchrun process-group backend (default: nccl on CUDA, else gloo)")
+    a("--dist-timeout", type=number(float, 1, True, 10**6), default=1800,
       help="seconds torchrun processes wait for each other before giving up")
     a("--predict", nargs="+", metavar="TEXT", help="label these texts with the saved classifier "
       "and exit; - reads one text per line from standard input")
     a("--classifier", type=Path, default=None, help="for --predict: a classifier.safetensors, or "
       "a folder holding one (default: the one in --out)")
     args = p.parse_args(argv)
+    unused = [k for k, v in vars(args).items() if args.predict and v != p.get_default(k)
+              and k not in ("predict", "classifier", "out", "device", "dtype", "fast")]
+    if unused:  # no setting silently ignored: a classifier brings its own (pooling, ...)
+        p.error(f"--{unused[0].replace('_', '-')} does nothing with --predict; leave it out")
     args.lr = args.lr or (8e-4 if args.trainable == "lora" else 5e-5)
     return args
 

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -262,7 +263,8 @@ def zip_member(urls, member, sha256, dest, zip_path):
             if hashlib.sha256(content).hexdigest() != sha256:
                 raise zipfile.BadZipFile(f"its {member} has SHA-256 "
                                          f"{hashlib.sha256(content).hexdigest()}, not {sha256}")
-        except (zipfile.BadZipFile, KeyError, OSError) as e:
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError, zlib.error, RuntimeError,
+                NotImplementedError) as e:  # damaged, encrypted, compressed in an unknown way
             zip_path.unlink(missing_ok=True)
             raise InputError(f"{zip_path}, from {url}, is not the zip it should be ({e}); it is "
                              "deleted") from None
