@@ -302,18 +302,19 @@ def read_tf_checkpoint(folder):
             if nbytes != math.prod(shape) * np.dtype(np_type).itemsize or offset + nbytes > size:
                 raise ValueError(f"tensor {name!r} claims bytes {offset}..{offset + nbytes} of "
                                  f"{data_file} ({size})")
-            if unmask(entry.get(6, [0])[0]) != crc32c(data[offset:offset + nbytes]):
-                raise ValueError(f"tensor {name!r} fails its CRC-32C checksum in {data_file}")
             array = data[offset:offset + nbytes].view(np_type).reshape(shape)
             tensor = torch.from_numpy(array).view(torch_type)
             if hub_name(name) in tensors:  # model/wte and model/wte/w, say
                 raise ValueError(f"two tensors are both {hub_name(name)!r}")
             # OpenAI's Conv1D weights carry a leading 1: (1, in, out) is Hugging Face's (in, out)
             tensors[hub_name(name)] = tensor[0] if len(shape) == 3 and shape[0] == 1 else tensor
-            ranges.append((offset, offset + nbytes))
-        for (_, end), (begin, _) in zip(sorted(ranges), sorted(ranges)[1:]):
+            ranges.append((offset, offset + nbytes, entry.get(6, [0])[0], name))
+        for (_, end, *_), (begin, *_) in zip(sorted(ranges), sorted(ranges)[1:]):
             if begin < end:
                 raise ValueError(f"two tensors share bytes {begin}..{end} of {data_file}")
+        for begin, end, crc, name in ranges:  # last: the costly check, on a sound structure
+            if unmask(crc) != crc32c(data[begin:end]):
+                raise ValueError(f"tensor {name!r} fails its CRC-32C checksum in {data_file}")
     except (ValueError, KeyError, IndexError, TypeError, OSError) as e:
         raise InputError(f"{index} is damaged or not OpenAI's TensorFlow checkpoint ({e}); if it "
                          "was downloaded, delete the folder's files and download them again"
