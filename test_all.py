@@ -870,6 +870,9 @@ class TestDownloads(unittest.TestCase):
         self.assertIn(f"{server.url}/file sent 3,000,000 bytes with SHA-256", str(e.exception))
         self.assertIn(f"SHA-256 {self.sha}); the partial file is deleted", str(e.exception))
         self.assertEqual(list(self.dest.parent.iterdir()), [])  # no file, no part
+        with self.assertRaisesRegex(utils.InputError, "sends more than the 1,000 bytes announced"):
+            self.download(self.serve(), None, 1000)  # a server that sends more than announced
+        self.assertEqual(list(self.dest.parent.iterdir()), [])
         short = self.serve(lie=500)  # claims 500 bytes more than it has
         with self.assertRaisesRegex(utils.InputError, "could not download .*HTTP 416"):
             self.download(short)

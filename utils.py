@@ -126,7 +126,7 @@ class Redirects(urllib.request.HTTPRedirectHandler):
         if not self.follow:
             return None
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        host = lambda url: urllib.parse.urlsplit(url).netloc
+        host = lambda url: urllib.parse.urlsplit(url)[:2]  # scheme too: never https -> http
         if new and host(newurl) != host(req.full_url):
             new.remove_header("Authorization")
         return new
@@ -239,11 +239,17 @@ def fetch(url, part, headers, state):
         progress = Progress(f"downloading {name}", total / 1e6, "MB", 0)
         with open(part, "ab" if start else "wb") as f:
             while chunk := response.read(1 << 20):
+                if state["hashed"] + len(chunk) > (state["size"] or math.inf):
+                    break
                 f.write(chunk)
                 state["sha256"].update(chunk)
                 state["hashed"] += len(chunk)
                 progress.show(state["hashed"] / 1e6)
         progress.end()
+        if chunk:  # it stopped early: more than announced; the disk holds no more than that
+            part.unlink()
+            raise InputError(f"{url} sends more than the {state['size']:,} bytes announced; the "
+                             "partial file is deleted")
         if total > start and state["hashed"] != total:
             raise http.client.IncompleteRead(b"", total - state["hashed"])
 
