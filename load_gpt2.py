@@ -68,18 +68,26 @@ def pick_device(name=None):
 # its 50,256 tokens in rank order (rank, length, bytes), as tiktoken's own "gpt2" holds them.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_RANKS_SHA256 = "3688d51d64f4f960692ec9745abe1ddb9699fb637fe608cceaf8917b0653b79b"
-TIKTOKEN_URLS = [f"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/{name}"
-                 for name in ("vocab.bpe", "encoder.json")]
+# tiktoken's two files, and the SHA-256 it checks them against
+TIKTOKEN_FILES = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"}
 
 
 def get_tokenizer(model=None):
     """GPT-2's byte-pair encoding: tiktoken's (from its cache, else its download); if that
     fails, built from encoder.json (OpenAI's name) or vocab.json (Hugging Face's), taken from
     where model's weights are or come from, and checked token by token against GPT-2's."""
-    tiktoken_dir = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get(
-        "DATA_GYM_CACHE_DIR") or Path(tempfile.gettempdir()) / "data-gym-cache")
-    cached = all((tiktoken_dir / hashlib.sha1(url.encode()).hexdigest()).is_file()
-                 for url in TIKTOKEN_URLS)
+    # Where tiktoken looks, as it looks (TIKTOKEN_CACHE_DIR="" means no cache), and whether it
+    # would find both files there, whole: otherwise it would download them.
+    folder = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get(
+        "DATA_GYM_CACHE_DIR", str(Path(tempfile.gettempdir()) / "data-gym-cache")))
+    url = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+    paths = {Path(folder) / hashlib.sha1((url + name).encode()).hexdigest(): sha
+             for name, sha in TIKTOKEN_FILES.items()}
+    cached = folder != "" and all(path.is_file() and path.stat().st_size < 10**7 and
+                                  hashlib.sha256(path.read_bytes()).hexdigest() == sha
+                                  for path, sha in paths.items())
     try:
         if cached or not offline():  # offline: not one request, not even tiktoken's
             return tiktoken.get_encoding("gpt2")
@@ -339,11 +347,14 @@ def table_entries(table):
         raise ValueError("no table footer")
     _, i = varint(footer, varint(footer, 0)[1])  # the meta-index block: not used
     offset, i = varint(footer, i)
+    end = 0  # data blocks follow each other: none is read twice
     for n, (_, handle) in enumerate(block_entries(block(table, offset, varint(footer, i)[0]))):
-        if n == 10_000:
-            raise ValueError("over 10,000 blocks")
         offset, i = varint(handle, 0)
-        yield from block_entries(block(table, offset, varint(handle, i)[0]))
+        if n == 10_000 or offset < end:
+            raise ValueError("over 10,000 blocks, or blocks that overlap")
+        size = varint(handle, i)[0]
+        end = offset + size
+        yield from block_entries(block(table, offset, size))
 
 
 def block(table, offset, size):

@@ -7,9 +7,12 @@ balancing left out are a free, realistic test of false positives. Then metrics.j
 matplotlib is installed, metrics.png; the split files; and classifier.safetensors, written and
 read back with the checked safetensors code of load_gpt2.py: data, never code.
 """
+import contextlib
 import json
 import os
 import shutil
+import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -176,6 +179,8 @@ def save_metrics(history, out):
 
 
 # The files a run writes in --out: the only ones it ever replaces or removes there.
+# And the settings a classifier may carry (train_classifier.py's --pooling and --truncate).
+POOLINGS, TRUNCATIONS = ("last", "first", "mean"), ("start", "end")
 OWN_FILES = ("classifier.safetensors", "metrics.jsonl", "metrics.png",
              *(f"splits/{name}.tsv" for name in ("train", "validation", "test", "unused")))
 
@@ -204,9 +209,12 @@ def save_run(out, model, settings, splits, history):
     are ever replaced or removed. Saves into one out wait for each other. Returns a log line."""
     with lock(out, "another run is saving into"):
         for left in out.glob(".incomplete-*"):  # a save that was killed: none runs but ours
-            shutil.rmtree(left, ignore_errors=True)
-        staged = out / f".incomplete-{os.getpid()}"
-        try:
+            if left.is_symlink():
+                left.unlink()
+            else:
+                shutil.rmtree(left, ignore_errors=True)
+        staged, swapped = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out)), False
+        try:  # (mkdtemp: a new folder, ours alone)
             write_splits(splits, staged / "splits")
             metadata = {key: value if key in ("pooling", "truncate") else
                         json.dumps(value, default=str)  # a Path in the flags as text
@@ -216,11 +224,16 @@ def save_run(out, model, settings, splits, history):
             save_metrics(history, staged)
             new = [name for name in OWN_FILES if (staged / name).is_file()]
             swap_in(out, staged, new)
+            swapped = True
         except OSError as e:
             raise InputError(f"could not save the run in {out} ({e.strerror or e}); the files "
                              "there are as they were") from None
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+        finally:  # the last run's files, moved aside: deleted once replaced, or once put back
+            if swapped or not any(p.is_file() for p in (staged / "old").rglob("*")):
+                shutil.rmtree(staged, ignore_errors=True)
+            else:  # the undo could not put them all back: kept, and said where
+                print(f"the last run's files that could not be put back are in {staged}/old",
+                      file=sys.stderr)
     plot = "" if "metrics.png" in new else " (pip install matplotlib for metrics.png)"
     return f"saved in {out}: {', '.join(new)}{plot}"
 
@@ -228,10 +241,12 @@ def save_run(out, model, settings, splits, history):
 def swap_in(out, staged, new):
     """Move every OWN_FILES file in out aside into staged/old, then staged's new files into out,
     each a rename; on any failure (or Ctrl-C), undo the renames done, last first."""
-    done = []
+    done, made = [], []
 
     def move(source, dest):
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.parent.exists():
+            dest.parent.mkdir(parents=True)
+            made.append(dest.parent)
         os.replace(source, dest)
         done.append((source, dest))
     try:
@@ -241,12 +256,13 @@ def swap_in(out, staged, new):
         for name in new:
             move(staged / name, out / name)
     except BaseException:
-        for source, dest in reversed(done):
-            os.replace(dest, source)
+        for source, dest in reversed(done):  # all that can be put back is
+            with contextlib.suppress(OSError):
+                os.replace(dest, source)
+        for folder in reversed(made):  # out/splits, if this save made it
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
-
-
-POOLINGS, TRUNCATIONS = ("last", "first", "mean"), ("start", "end")
 
 
 def read_classifier(path):

@@ -175,8 +175,10 @@ def adamw(params, fused, **settings):
 
 
 def use_bf16(dtype, device):
+    """--dtype auto: bfloat16 on CUDA GPUs that compute in it natively (compute capability 8,
+    Ampere, or newer); a T4 or V100 would emulate it, slower than float32."""
     return dtype == "bfloat16" or (dtype == "auto" and device.startswith("cuda")
-                                   and torch.cuda.is_bf16_supported())
+                                   and torch.cuda.get_device_capability(device)[0] >= 8)
 
 
 def autocast(bf16, device):

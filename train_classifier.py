@@ -11,11 +11,9 @@ plumbing (flags, checks, torchrun, files) below main, and speed.py, which makes 
 numbers about 10x faster.
 """
 import argparse
-import contextlib
 import functools
 import itertools
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,10 +27,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from data import encode, encode_examples, load_dataset, pad_batch
 from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
 from model import GPTModel
-from report import check_out, final_report, read_classifier, save_run
+from report import POOLINGS, TRUNCATIONS, check_out, final_report, read_classifier, save_run
 from speed import FastClassifier, adamw, autocast, use_bf16
 from utils import (HelpFormatter, InputError, Progress, distributed, first_on_each_machine,
-                   line_chunks, number, run_main, tracked)
+                   gradient_sync, line_chunks, number, run_main, tracked)
 
 EXAMPLES = [  # the chapter's two examples
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -129,7 +127,8 @@ def select_logits(logits, lengths, pooling="last"):
         return logits[torch.arange(len(lengths)), lengths - 1]
     if pooling == "first":  # the bonus table's row 2: causal attention, so it saw only itself
         return logits[:, 0]
-    # "mean", row 19: over the real tokens only (the book's flag averages the padding too)
+    if pooling != "mean":  # row 19: over the real tokens only (its flag averages the padding)
+        raise ValueError(f"pooling {pooling!r}: use last, first or mean")
     real = (torch.arange(logits.size(1)) < lengths[:, None]).to(logits.device)  # (B, T)
     return torch.where(real[..., None], logits, 0).sum(dim=1) / real.sum(dim=1, keepdim=True)
 
@@ -195,11 +194,9 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
             loss = calc_loss_batch(input_batch, target_batch, lengths, model, device, pooling)
             stop_if_diverged(loss, global_step + 1)
             # Gradient accumulation (the bonus table's row 15): a step's loss is the mean over
-            # accumulation_steps micro-batches. Under torchrun, gradients are averaged across
-            # processes in backward(), on the step's last micro-batch only.
+            # accumulation_steps micro-batches, and the optimizer steps after the last one.
             update = (batch_idx + 1) % accumulation_steps == 0
-            with contextlib.nullcontext() if update or not hasattr(model, "no_sync") \
-                    else model.no_sync():
+            with gradient_sync(model, update):  # under torchrun: averaged across processes
                 (loss / accumulation_steps).backward()
             examples_seen += input_batch.shape[0]
             if not update:
@@ -220,9 +217,10 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
         if master_process:
             # The chapter measures accuracy on eval_iter batches here; we take whole splits
             # unless they are large (IMDB-sized): the final report always takes them whole.
-            train_accuracy, val_accuracy = (calc_accuracy_loader(
-                loader, model, device, accuracy_batches(loader, eval_iter), pooling)
-                for loader in (train_loader, val_loader))
+            train_accuracy = calc_accuracy_loader(
+                train_loader, model, device, accuracy_batches(train_loader, eval_iter), pooling)
+            val_accuracy = calc_accuracy_loader(
+                val_loader, model, device, accuracy_batches(val_loader, eval_iter), pooling)
             history.append({"epoch": epoch, "train_acc": train_accuracy, "val_acc": val_accuracy,
                             "elapsed_s": time.time() - start})
             print(f"Training accuracy: {train_accuracy:.2%} | Validation accuracy: "
@@ -342,12 +340,14 @@ def main(argv=None):
 # ---------------------------------------------------------------------------------------------
 # Plumbing: flags, checks, --predict.
 
-def check_trainable(trainable, n_layers):
+def check_trainable(trainable, n_layers=None):
+    """--trainable's value, checked: as a flag (n_layers None), then against the model."""
     n = trainable.removeprefix("last-")
     if trainable not in ("head", "all", "lora") and not (
-            trainable.startswith("last-") and n.isdigit() and 1 <= int(n) <= n_layers):
-        raise InputError(f"--trainable {trainable!r}: use head, all, lora or last-N with "
-                         f"1 <= N <= {n_layers}")
+            trainable.startswith("last-") and n.isdecimal() and 1 <= int(n) <= (n_layers or 10**9)):
+        raise InputError(f"--trainable {trainable!r}: use head, all, lora or last-N"
+                         + (f" with 1 <= N <= {n_layers}" if n_layers else ""))
+    return trainable
 
 
 def check_fits(args, model, tokenizer, sets, max_length, world_size):
@@ -396,12 +396,6 @@ def predict(args):
     return model
 
 
-def trainable_spec(text):
-    if text not in ("head", "all", "lora") and not re.fullmatch(r"last-[1-9][0-9]*", text):
-        raise argparse.ArgumentTypeError(f"use head, all, lora or last-N (last-2...), got {text}")
-    return text
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     a = p.add_argument
@@ -416,12 +410,12 @@ def parse_args(argv=None):
     a("--balance", action=argparse.BooleanOptionalAction, default=None,
       help="undersample every label to the rarest; the left-out examples are then tested on their "
       "own (default: only for a file named SMSSpamCollection)")
-    a("--trainable", type=trainable_spec, default="last-1",
+    a("--trainable", type=check_trainable, default="last-1",
       help="head, last-N (last N blocks + final_norm + head), all, or lora (low-rank updates of "
       "every Linear layer, appendix E)")
     a("--lora-rank", type=number(int, high=4096), default=16, help="rank of the LoRA updates")
     a("--lora-alpha", type=number(float), default=16, help="LoRA scale: updates x alpha / rank")
-    a("--pooling", choices=["last", "first", "mean"], default="last",
+    a("--pooling", choices=POOLINGS, default="last",
       help="what the class is read from: the last real token, the first, or the mean of all real")
     a("--epochs", type=number(int, inclusive=True), default=5, help="passes over the training data")
     a("--batch-size", type=number(int), default=8,
@@ -433,7 +427,7 @@ def parse_args(argv=None):
     a("--weight-decay", type=number(float, inclusive=True), default=0.1, help="AdamW weight decay")
     a("--max-length", type=number(int), default=None,
       help="tokens kept per text (default: the model's context length)")
-    a("--truncate", choices=["start", "end"], default="start",
+    a("--truncate", choices=TRUNCATIONS, default="start",
       help="which tokens a longer text keeps: its start or its end")
     a("--eval-freq", type=number(int), default=50,
       help="every N optimizer steps, log training and validation loss")
@@ -448,7 +442,7 @@ def parse_args(argv=None):
       help="the speed layer (same results); --no-fast runs the chapter's plain path")
     a("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-      help="bfloat16 autocast, with or without --fast (auto: on CUDA when supported)")
+      help="bfloat16 autocast, with or without --fast (auto: on CUDA GPUs from Ampere on)")
     a("--compile", action="store_true", help="torch.compile the trained blocks (worth it on GPUs)")
     a("--cache", choices=["auto", "ram", "disk", "off"], default="auto",
       help="where the frozen-prefix cache lives (auto: in RAM up to --cache-mb, else on disk)")
@@ -462,10 +456,13 @@ def parse_args(argv=None):
     a("--classifier", type=Path, default=None, help="for --predict: a classifier.safetensors, or "
       "a folder holding one (default: the one in --out)")
     args = p.parse_args(argv)
-    unused = [k for k, v in vars(args).items() if args.predict and v != p.get_default(k)
-              and k not in ("predict", "classifier", "out", "device", "dtype", "fast")]
-    if unused:  # no setting silently ignored: a classifier brings its own (pooling, ...)
-        p.error(f"--{unused[0].replace('_', '-')} does nothing with --predict; leave it out")
+    for k, value in vars(args).items():  # no setting is silently ignored
+        why = ("with --predict: a classifier brings its own settings" if args.predict and k not in
+               ("predict", "classifier", "out", "device", "dtype", "fast") else "with --no-fast"
+               if not args.fast and k in ("compile", "cache", "cache_mb") else
+               "without --predict" if not args.predict and k == "classifier" else None)
+        if why and value != p.get_default(k):
+            p.error(f"--{k.replace('_', '-')} does nothing {why}; leave it out")
     args.lr = args.lr or (8e-4 if args.trainable == "lora" else 5e-5)
     return args
 

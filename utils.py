@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -77,6 +77,11 @@ def run_main(main, interrupted="interrupted"):
         sys.exit(1)
     except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
         sys.exit(f"error: {e}")
+    except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError
+        if not isinstance(e, MemoryError) and "memory" not in str(e):
+            raise
+        sys.exit(f"error: out of memory ({str(e).splitlines()[0][:150]}); use a smaller "
+                 "--batch-size or model, or --cache disk")
     except KeyboardInterrupt:
         print(f"\n{interrupted}", file=sys.stderr)  # a new line: a progress line may be open
         sys.exit(130)  # the shell's code for Ctrl-C
@@ -487,6 +492,12 @@ def distributed(device, backend=None, timeout_s=1800):
         yield True, dist.get_rank(), dist.get_world_size(), device
     finally:
         dist.destroy_process_group()
+
+
+def gradient_sync(model, sync):
+    """Under torchrun, backward() averages gradients across processes; with gradient
+    accumulation only a step's last micro-batch needs to (sync), as in nanoGPT."""
+    return model.no_sync() if hasattr(model, "no_sync") and not sync else nullcontext()
 
 
 @contextmanager
