@@ -289,7 +289,8 @@ def encode(tokenizer, texts, max_length, truncate="start"):
     opening usually tells what it is about, as in the textbook) or the last ("end"), tokenized
     from a window of words only, so memory follows max_length. "<|endoftext|>" in a text is
     ordinary text: encode_ordinary never makes control tokens (plain encode() would raise)."""
-    ids, todo, window = [[] for _ in texts], range(len(texts)), 8 * max_length
+    ids, window = [[] for _ in texts], 8 * max_length  # 8 characters a token, to start with
+    todo = range(len(texts))
     while todo:  # a window that gave too few tokens, in a text that goes on, is widened
         parts = [word_window(texts[i], window, truncate) for i in todo]
         for i, tokens in zip(todo, tokenizer.encode_ordinary_batch(parts)):

@@ -117,7 +117,8 @@ def encoding_from(path):
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
         raise InputError(f"{path} is not GPT-2's vocabulary ({e})") from None
     if digest.hexdigest() != GPT2_RANKS_SHA256 or vocab.get("<|endoftext|>") != 50256:
-        raise InputError(f"{path} is not GPT-2's vocabulary (its tokens differ)")
+        raise InputError(f"{path} is not GPT-2's vocabulary (its tokens differ); this project "
+                         "reads every text with GPT-2's, so this model would read garbage")
     return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)
 
@@ -617,8 +618,9 @@ def checkpoint_folder(name_or_dir, pretrained=True):
                          "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it")
 
     def from_hub():
-        if not size:  # is it a GPT-2? Asked before its weights come
+        if not size:  # is it a GPT-2, with GPT-2's vocabulary? Asked before its weights come
             read_config(hub_download(repo, "config.json", ours / "config.json"))
+            encoding_from(hub_download(repo, "vocab.json", ours / "vocab.json"))
         if pretrained:
             hub_download(repo, "model.safetensors", ours / "model.safetensors")
         return ours
@@ -662,6 +664,9 @@ def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
         cfg, tensors, path = get_config(str(name_or_dir)), {}, None
     else:
         folder = checkpoint_folder(name_or_dir, pretrained)
+        for vocab in (folder / "encoder.json", folder / "vocab.json"):
+            if vocab.is_file():  # texts are tokenized with GPT-2's: a model of another is refused
+                encoding_from(vocab)
         path = folder / "model.safetensors"
         if not path.is_file() and (folder / "model.ckpt.index").is_file():
             path, cfg = folder / "model.ckpt.index", read_config(folder / "hparams.json")

@@ -46,8 +46,9 @@ class FastClassifier(nn.Module):
         why_not = ("no frozen blocks" if self.n_bottom == 0
                    else "dropout is on" if model.cfg["drop_rate"]
                    else "not asked for" if cache == "off" or not texts else None)
-        if not why_not and cache == "disk":
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        if not why_not and cache == "disk":  # in cache_dir, or the nearest folder above it
+            cache_dir = next(p for p in (Path(cache_dir), *Path(cache_dir).absolute().parents)
+                             if p.is_dir())  # (a run that fails must not leave a new --out)
             if shutil.disk_usage(cache_dir).free < 1.1 * mb * 2**20:
                 why_not = f"{mb:,.0f} MB do not fit the free disk space in {cache_dir}"
         # Every cached text's rows, one after another in one (tokens, C) buffer; index: a text's

@@ -533,19 +533,25 @@ class TestSources(unittest.TestCase):
         os.environ["HF_ENDPOINT"] = hub.url
         return hub
 
+    @unittest.skipUnless(ENCODER_JSON.exists(), f"{ENCODER_JSON} not present")
     def test_any_gpt2_repo_on_the_hub_downloads_once(self):
-        files = {("org/tiny-gpt2", "config.json"): (FIXTURE / "config.json").read_bytes(),
+        config, vocab = (FIXTURE / "config.json").read_bytes(), ENCODER_JSON.read_bytes()
+        other = json.loads(vocab)
+        other["Ġthe"], other["Ġa"] = other["Ġa"], other["Ġthe"]  # another tokenizer's ranks
+        files = {("org/tiny-gpt2", "config.json"): config, ("org/tiny-gpt2", "vocab.json"): vocab,
                  ("org/tiny-gpt2", "model.safetensors"):
                      (FIXTURE / "model.safetensors").read_bytes(),
                  ("org/bert", "config.json"): b'{"model_type": "bert", "n_embd": 8}',
-                 ("org/pickles", "config.json"): (FIXTURE / "config.json").read_bytes()}
+                 ("org/pickles", "config.json"): config, ("org/pickles", "vocab.json"): vocab,
+                 ("org/chinese", "config.json"): config,
+                 ("org/chinese", "vocab.json"): json.dumps(other).encode()}
         hub = self.hub(files)
         with contextlib.redirect_stderr(io.StringIO()):
             model = load_gpt2.load_gpt2("org/tiny-gpt2")
         ours = self.dir / "ours" / "org--tiny-gpt2"
         self.assert_fixture(model, ours / "model.safetensors")
         self.assertEqual(sorted(p.name for p in ours.iterdir() if p.name != ".lock"),
-                         ["config.json", "model.safetensors"])
+                         ["config.json", "model.safetensors", "vocab.json"])
         asked = len(hub.requests)
         self.assert_fixture(load_gpt2.load_gpt2("org/tiny-gpt2"), ours / "model.safetensors")
         self.assertEqual(len(hub.requests), asked)  # nothing downloaded twice
@@ -556,6 +562,10 @@ class TestSources(unittest.TestCase):
         with self.assertRaisesRegex(utils.InputError, "the hub has no model.safetensors in "
                                                       "org/pickles"):
             load_gpt2.load_gpt2("org/pickles")
+        with self.assertRaisesRegex(utils.InputError, "vocab.json is not GPT-2's vocabulary .*"
+                                                      "would read garbage"):
+            load_gpt2.load_gpt2("org/chinese")
+        self.assertFalse((self.dir / "ours" / "org--chinese" / "model.safetensors").exists())
         folder = self.dir / "org" / "tiny-gpt2"  # a folder of that name comes first
         shutil.copytree(TF_FIXTURE, folder)
         with contextlib.chdir(self.dir):
@@ -1672,6 +1682,8 @@ class TestTrainClassifier(unittest.TestCase):
                     self.assertAlmostEqual(float(got_prob), prob, delta=1e-3)
         self.assertTrue((self.dir / "out" / "splits" / "train.tsv").exists())
         self.assertFalse((self.dir / "empty").exists())  # --predict writes nothing
+        code, out, _ = cli(tc.main, "--out", self.dir / "out", "--predict", "a\tb\nc", "d\re")
+        self.assertEqual([line.split("\t")[2] for line in out.splitlines()], ["a b c", "d e"])
         # a damaged file is refused, not loaded: its data no longer matches its SHA-256
         raw = bytearray(saved.read_bytes())
         raw[-64:] = bytes(64)
@@ -2177,6 +2189,11 @@ class TestHostileInput(unittest.TestCase):
         self.assertIn(f"rank 1: waiting for all 2 processes to meet at 127.0.0.1:{port}", err)
         self.assertIn("error: the 2 torchrun processes did not meet at", err)
         self.assertEqual(len(err.strip().splitlines()), 2)  # no pages of C++ stack frames
+
+    def test_a_failed_run_with_the_disk_cache_leaves_no_new_out(self):
+        with self.assertRaisesRegex(utils.InputError, "training diverged"):
+            self.main("--cache", "disk", "--lr", "1e30", "--trainable", "last-1")
+        self.assertFalse(self.out.exists())
 
     def test_a_full_disk_under_the_prefix_cache_is_one_line(self):
         class Full(io.BytesIO):

@@ -177,11 +177,11 @@ def evaluate_model(model, train_loader, val_loader, device, eval_iter, pooling="
 def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
                             eval_freq, eval_iter, master_process=True, pooling="last",
                             accumulation_steps=1):
-    """The chapter's loop (6.7). It returns one list of records (what metrics.jsonl stores)
-    instead of four lists, and examples_seen. Under torchrun only the master process evaluates
-    and prints."""
-    history, examples_seen, global_step, seen_at_tick = [], 0, -1, 0
+    """The chapter's loop (6.7), returning (history, examples_seen): one list of records (what
+    metrics.jsonl stores), not four lists. Under torchrun only the master process evaluates."""
+    history, examples_seen, global_step = [], 0, -1
     start = tick = time.time()
+    seen_at_tick = 0  # examples per second: counted from the last log line
     steps_per_epoch = len(train_loader) // accumulation_steps
     for epoch in range(1, num_epochs + 1):
         model.train()
@@ -236,8 +236,9 @@ def classify(model, tokenizer, texts, label_names, max_length, pooling="last", t
     Texts are batched by length; padding never changes a result, so a text gets the same
     answer alone or beside much longer ones."""
     model.eval()
-    tokens, device = encode(tokenizer, texts, max_length, truncate), next(model.parameters()).device
+    tokens = encode(tokenizer, texts, max_length, truncate)
     order = sorted(range(len(texts)), key=lambda i: len(tokens[i]))
+    device = next(model.parameters()).device
     results = [None] * len(texts)
     for start in range(0, len(order), batch_size):
         ids = order[start:start + batch_size]
@@ -358,8 +359,7 @@ def check_fits(args, model, tokenizer, sets, max_length, world_size):
     if model.cfg["vocab_size"] <= tokenizer.eot_token:
         raise InputError(f"the model's vocabulary of {model.cfg['vocab_size']} tokens lacks "
                          "GPT-2's (50,257, <|endoftext|> pads the batches); use a GPT-2 checkpoint")
-    micro = args.batch_size * world_size * args.accumulation_steps
-    if len(sets["train"]) < micro:
+    if len(sets["train"]) < args.batch_size * world_size * args.accumulation_steps:
         raise InputError(f"--batch-size {args.batch_size} x {world_size} process(es) x "
                          f"--accumulation-steps {args.accumulation_steps} is more than the "
                          f"{len(sets['train'])} texts of the training split; use smaller ones")
@@ -379,7 +379,7 @@ def predict(args):
     standard input and answers in order, a chunk at a time (constant memory)."""
     device = pick_device(args.device)
     model, s = load_classifier(args.classifier or args.out / "classifier.safetensors", device)
-    tokenizer = get_tokenizer(s["run"].get("model"))
+    tokenizer = get_tokenizer()  # GPT-2's: checked when the classifier was trained
     net = FastClassifier(model, tokenizer.eot_token, s["pooling"]) if args.fast else model
     chunks = line_chunks(sys.stdin) if args.predict == ["-"] else [args.predict]
     # A progress line only when the answers go to a file: on one terminal the two would mix.
@@ -389,7 +389,8 @@ def predict(args):
             for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, s["labels"],
                                                            s["max_length"], s["pooling"],
                                                            s["truncate"])):
-                print(f"{label}\t{prob:.3f}\t{text}")
+                shown = " ".join(text.replace("\t", " ").splitlines())  # 3 fields, 1 line
+                print(f"{label}\t{prob:.3f}\t{shown}")
             done += len(texts)
             progress.show(done)
     progress.end()
