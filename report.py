@@ -272,7 +272,8 @@ def read_classifier(path):
     if not path.exists():
         if path.with_name("classifier.pt").exists():
             raise InputError(f"{path.with_name('classifier.pt')} is from an older version of "
-                             "this script (a pickle, never opened here); retrain with this one")
+                             "this script (torch's format, which can hold code: never opened "
+                             "here); retrain with this one")
         raise InputError(f"no trained classifier at {path}; train one first with "
                          "python train_classifier.py, or point --out or --classifier at it")
     if not path.is_file():
