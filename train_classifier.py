@@ -103,7 +103,7 @@ def replace_linear_with_lora(model, rank, alpha):
 @torch.no_grad()
 def merge_lora(model):
     """Fold each LoRA update into its weight, W + scale * (A @ B)^T (nn.Linear stores W as
-    (out, in)), leaving a plain GPTModel with a new head: what classifier.pt holds."""
+    (out, in)), leaving a plain GPTModel with a new head: what classifier.safetensors holds."""
     for name, module in model.named_children():
         if isinstance(module, LinearWithLoRA):
             lora = module.lora
@@ -215,8 +215,8 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
                       f"{record['examples_per_s']:.1f} ex/s | {time.time() - start:.1f} s")
                 tick, seen_at_tick = time.time(), examples_seen  # ex/s: training steps only
         if master_process:
-            # The chapter measures accuracy on eval_iter batches here; we take whole splits
-            # unless they are large (IMDB-sized): the final report always takes them whole.
+            # The chapter measures accuracy on eval_iter batches here; we take whole loaders
+            # unless they are large (IMDB-sized): the final report always takes every text.
             train_accuracy = calc_accuracy_loader(
                 train_loader, model, device, accuracy_batches(train_loader, eval_iter), pooling)
             val_accuracy = calc_accuracy_loader(
