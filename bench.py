@@ -37,7 +37,7 @@ from generate import generate
 from load_gpt2 import get_tokenizer, load_gpt2
 from model import GPTModel, get_config
 from speed import FastClassifier
-from utils import InputError, number, run_main
+from utils import InputError, line_chunks, number, run_main
 
 
 def machine():
@@ -127,7 +127,7 @@ def bench_predict(args):
     model = train_classifier.build_classifier(GPTModel(get_config("gpt2-small")), 2).eval()
     fast, labels = FastClassifier(model, tokenizer.eot_token), ["ham", "spam"]
     start = time.time()  # what --predict - does: chunks of lines, each batched by length
-    for chunk in train_classifier.line_chunks(io.BytesIO("\n".join(texts).encode())):
+    for chunk in line_chunks(io.BytesIO("\n".join(texts).encode())):
         train_classifier.classify(fast, tokenizer, chunk, labels, 1024)
     batched = len(texts) / (time.time() - start)
     few = texts[:500]  # the slow ways, on the first 500 texts
