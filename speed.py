@@ -12,7 +12,7 @@ are NaN). What it saves, and why the numbers stay the same:
     it back costs far less than recomputing the blocks.
   - The last block at the last token only (--pooling last): the head reads nothing else, so
     that block computes one query per text (its keys and values still come from every position).
-  - Optional torch.compile, fused AdamW. (bfloat16, --dtype, is autocast around both paths.)
+  - Optional torch.compile, fused AdamW. (bfloat16, --dtype: Autocast, around either path.)
 Tests check that losses and weights with and without it agree to 1e-5 in float32.
 """
 import contextlib
@@ -183,8 +183,25 @@ def use_bf16(dtype, device):
 
 
 def autocast(bf16, device):
-    """bfloat16 autocast around the chapter's functions, with or without the speed layer, if
-    asked for; otherwise nothing (older torch refuses autocast on some devices even when off)."""
+    """bfloat16 autocast for a block of forward passes, if asked for; otherwise nothing (older
+    torch refuses autocast on some devices even when off). Never around an optimizer step:
+    autocast keeps the bfloat16 copies it makes of trainable weights for as long as the block
+    lasts, so every step after the first would compute with the first step's weights."""
     if bf16:
         return torch.autocast(torch.device(device).type, torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class Autocast(nn.Module):
+    """net with each forward pass under bfloat16 autocast (--dtype), as PyTorch's documentation
+    asks: the forward pass alone, a new region each call, so backward() and the optimizer step
+    run outside it. The logits come back in float32, so the loss is computed in float32, as
+    autocast itself computes cross_entropy; the weights and the optimizer stay float32."""
+
+    def __init__(self, net, device):
+        super().__init__()
+        self.net, self.device = net, device
+
+    def forward(self, input_batch):  # (B, T) -> (B, T, num_classes), float32
+        with autocast(True, self.device):
+            return self.net(input_batch).float()

@@ -28,7 +28,7 @@ from data import encode, encode_examples, load_dataset, pad_batch
 from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
 from model import GPTModel
 from report import POOLINGS, TRUNCATIONS, check_out, final_report, read_classifier, save_run
-from speed import FastClassifier, adamw, autocast, use_bf16
+from speed import Autocast, FastClassifier, adamw, autocast, use_bf16
 from utils import (HelpFormatter, InputError, Progress, distributed, first_on_each_machine,
                    gradient_sync, line_chunks, number, run_main, tracked)
 
@@ -308,32 +308,33 @@ def main(argv=None):
             f"{'bfloat16' if bf16 else 'float32'}, {sum(map(torch.numel, params)):,} of "
             f"{sum(map(torch.numel, model.parameters())):,} parameters train ({args.trainable}, "
             f"--pooling {args.pooling})")
-        with autocast(bf16, device):  # both paths alike (--dtype)
-            net = model
-            if args.fast:  # speed.py: the same logits, computed with less work
-                texts = [ids for split in ("train", "validation", "test") for ids, _ in sets[split]]
-                net = FastClassifier(model, tokenizer.eot_token, args.pooling, args.compile, texts,
-                                     args.cache, args.cache_mb, args.out)
-                log(f"speed layer: {net.note}")
-            optimizer = adamw(params, args.fast, lr=args.lr, weight_decay=args.weight_decay)
+        net = model
+        if args.fast:  # speed.py: the same logits where select_logits reads them, less work
+            texts = [ids for split in ("train", "validation", "test") for ids, _ in sets[split]]
+            with autocast(bf16, device):  # the fill: forward passes only, before any step
+                net = FastClassifier(model, tokenizer.eot_token, args.pooling, args.compile,
+                                     texts, args.cache, args.cache_mb, args.out)
+            log(f"speed layer: {net.note}")
+        net = Autocast(net, device) if bf16 else net  # --dtype: each forward pass in bfloat16
+        optimizer = adamw(params, args.fast, lr=args.lr, weight_decay=args.weight_decay)
 
-            # Fine-tuning (6.7), then the accuracy on every split.
-            torch.manual_seed(args.seed)
-            history, _ = train_classifier_simple(
-                DDP(net) if ddp else net, train_loader, val_loader, optimizer, device,
-                args.epochs, args.eval_freq, args.eval_iter, master_process, args.pooling,
-                args.accumulation_steps)
-            check_finite(model, "after training", "training diverged; try a smaller --lr")
-            if not master_process:
-                return model
-            read = functools.partial(select_logits, pooling=args.pooling)
-            history.append(final_report(net, sets, collate, labels, device, read, start))
-            settings = {"cfg": model.cfg, "labels": labels, "max_length": max_length,
-                        "pooling": args.pooling, "truncate": args.truncate, "run": vars(args)}
-            texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
-            for text, (label, prob) in zip(texts, classify(
-                    net, tokenizer, texts, labels, max_length, args.pooling, args.truncate)):
-                log(f"{label} ({prob:.1%}): {text}")
+        # Fine-tuning (6.7), then the accuracy on every split.
+        torch.manual_seed(args.seed)
+        history, _ = train_classifier_simple(
+            DDP(net) if ddp else net, train_loader, val_loader, optimizer, device,
+            args.epochs, args.eval_freq, args.eval_iter, master_process, args.pooling,
+            args.accumulation_steps)
+        check_finite(model, "after training", "training diverged; try a smaller --lr")
+        if not master_process:
+            return model
+        read = functools.partial(select_logits, pooling=args.pooling)
+        history.append(final_report(net, sets, collate, labels, device, read, start))
+        settings = {"cfg": model.cfg, "labels": labels, "max_length": max_length,
+                    "pooling": args.pooling, "truncate": args.truncate, "run": vars(args)}
+        texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
+        for text, (label, prob) in zip(texts, classify(
+                net, tokenizer, texts, labels, max_length, args.pooling, args.truncate)):
+            log(f"{label} ({prob:.1%}): {text}")
         log(save_run(args.out, merge_lora(model), settings, splits, history))
     return model
 
@@ -380,19 +381,20 @@ def predict(args):
     device = pick_device(args.device)
     model, s = load_classifier(args.classifier or args.out / "classifier.safetensors", device)
     tokenizer = get_tokenizer()  # GPT-2's: checked when the classifier was trained
+    bf16 = use_bf16(args.dtype, device)
     net = FastClassifier(model, tokenizer.eot_token, s["pooling"]) if args.fast else model
+    net = Autocast(net, device) if bf16 else net
     chunks = line_chunks(sys.stdin) if args.predict == ["-"] else [args.predict]
     # A progress line only when the answers go to a file: on one terminal the two would mix.
     progress, done = Progress("classifying", 0, "texts", 1e9 if sys.stdout.isatty() else 2.0), 0
-    with autocast(use_bf16(args.dtype, device), device):
-        for texts in chunks:
-            for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, s["labels"],
-                                                           s["max_length"], s["pooling"],
-                                                           s["truncate"])):
-                shown = " ".join(text.replace("\t", " ").splitlines())  # 3 fields, 1 line
-                print(f"{label}\t{prob:.3f}\t{shown}")
-            done += len(texts)
-            progress.show(done)
+    for texts in chunks:
+        for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, s["labels"],
+                                                       s["max_length"], s["pooling"],
+                                                       s["truncate"])):
+            shown = " ".join(text.replace("\t", " ").splitlines())  # 3 fields, 1 line
+            print(f"{label}\t{prob:.3f}\t{shown}")
+        done += len(texts)
+        progress.show(done)
     progress.end()
     return model
 
