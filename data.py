@@ -1,11 +1,10 @@
-"""From raw labelled text to padded batches: parse, balance, split, tokenize, batch. It imports
-neither model.py nor load_gpt2.py: it hands token ids and lengths onward.
+"""From raw labelled text to padded batches: parse, balance, split, tokenize, batch.
 
-The default dataset is the SMS Spam Collection (UCI). Any labelled .tsv, .csv or .jsonl file
-works too (split 70/10/20 with a seed), or a folder of train/validation/test files: a row is
-label<sep>text unless a header names the columns (docs/forking.md has every layout). A
-malformed row stops with its file and line number. Labels are strings, numbered in sorted
-order (numerically when every label is an integer).
+Token ids and lengths are all it hands on (it imports neither model.py nor load_gpt2.py). The
+SMS Spam Collection by default; any labelled .tsv, .csv or .jsonl file (split 70/10/20 with a
+seed) or a folder of train/validation/test files: a row is label<sep>text unless a header names
+the columns (docs/forking.md). A bad row stops with its file and line number. Labels are strings,
+numbered in sorted order (numerically when every label is an integer).
 """
 import csv
 import functools
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from utils import InputError, atomic_write, cache_dir, zip_member
+from download import cache_dir, zip_member
+from utils import InputError, atomic_write
 
 # The UCI archive, then the book's backup copy of the same zip; the file in it, pinned.
 SMS_URLS = ("https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",

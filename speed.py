@@ -183,20 +183,18 @@ def use_bf16(dtype, device):
 
 
 def autocast(bf16, device):
-    """bfloat16 autocast for a block of forward passes, if asked for; otherwise nothing (older
-    torch refuses autocast on some devices even when off). Never around an optimizer step:
-    autocast keeps the bfloat16 copies it makes of trainable weights for as long as the block
-    lasts, so every step after the first would compute with the first step's weights."""
+    """bfloat16 autocast around forward passes, if asked for (older torch refuses autocast on
+    some devices even when off). Never around an optimizer step: autocast keeps its bfloat16
+    copies of trainable weights while the block lasts, so later steps would use stale ones."""
     if bf16:
         return torch.autocast(torch.device(device).type, torch.bfloat16)
     return contextlib.nullcontext()
 
 
 class Autocast(nn.Module):
-    """net with each forward pass under bfloat16 autocast (--dtype), as PyTorch's documentation
-    asks: the forward pass alone, a new region each call, so backward() and the optimizer step
-    run outside it. The logits come back in float32, so the loss is computed in float32, as
-    autocast itself computes cross_entropy; the weights and the optimizer stay float32."""
+    """net, each forward pass under a new bfloat16 autocast region (--dtype), as PyTorch asks:
+    backward() and the optimizer step run outside it. The logits come back in float32 (as
+    autocast computes cross_entropy); the weights and the optimizer stay float32."""
 
     def __init__(self, net, device):
         super().__init__()

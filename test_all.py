@@ -32,10 +32,13 @@ import numpy as np
 import torch
 
 import data
+import download
+import formats
 import generate as gen
 import load_gpt2
 import model as gpt
 import report
+import save
 import speed
 import train_classifier as tc
 import utils
@@ -428,7 +431,7 @@ def write_tf_index(path, entries, handles=1):
     def block(pairs):
         body = b"".join(varint(0) + varint(len(k)) + varint(len(v)) + k + v for k, v in pairs)
         body += (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # one restart point, at 0
-        crc = load_gpt2.crc32c(np.frombuffer(body + b"\x00", np.uint8))
+        crc = formats.crc32c(np.frombuffer(body + b"\x00", np.uint8))
         masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) % 2**32
         return body + b"\x00" + masked.to_bytes(4, "little")
     data = block(sorted(entries.items()))
@@ -454,7 +457,7 @@ class TestSources(unittest.TestCase):
                     "HF_HUB_CACHE": "", "HF_ENDPOINT": "http://127.0.0.1:9",
                     "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_TOKEN": ""}
         for patch in (unittest.mock.patch.dict(os.environ, self.env),
-                      unittest.mock.patch.object(utils, "PAUSE_S", 0.01)):
+                      unittest.mock.patch.object(download, "PAUSE_S", 0.01)):
             patch.start()
             self.addCleanup(patch.stop)
         self.prompt = torch.tensor([json.loads((FIXTURE / "expected.json").read_text())["prompt"]])
@@ -580,7 +583,7 @@ class TestSources(unittest.TestCase):
             self.addCleanup(server.close)
         os.environ["HF_ENDPOINT"] = hub.url
         urls = (openai.url + "/{size}/", book.url + "/{size}/")
-        with unittest.mock.patch.object(load_gpt2, "OPENAI", urls), \
+        with unittest.mock.patch.object(download, "OPENAI", urls), \
                 contextlib.redirect_stderr(io.StringIO()):
             model = load_gpt2.load_gpt2("gpt2-small")
             self.assert_fixture(model, self.dir / "ours" / "openai" / "124M" / "model.ckpt.index")
@@ -663,7 +666,7 @@ class TestSources(unittest.TestCase):
         load_gpt2.load_gpt2(folder)  # 4 x n_embd, the same tanh GELU, dropout: the same math
 
     def test_crafted_tensorflow_tables_are_refused_in_bounded_time(self):
-        entries = dict(load_gpt2.table_entries(np.frombuffer(
+        entries = dict(formats.table_entries(np.frombuffer(
             (TF_FIXTURE / "model.ckpt.index").read_bytes(), np.uint8)))
         book = self.dir / "book"
         shutil.copytree(TF_FIXTURE, book)
@@ -699,8 +702,8 @@ class TestSources(unittest.TestCase):
                 else:
                     with open(refs / "main", "wb") as f:
                         f.truncate(200_000_000)  # sparse: 200 MB of nothing
-                self.assertIsNone(utils.hf_snapshot("openai-community/gpt2"))  # at once
-        self.assertEqual([utils.header_number({"Content-Length": v}, "Content-Length")
+                self.assertIsNone(download.hf_snapshot("openai-community/gpt2"))  # at once
+        self.assertEqual([download.header_number({"Content-Length": v}, "Content-Length")
                           for v in ("12", " 7 ", "²", "abc", "-1", "")], [12, 7, None, None,
                                                                            None, None])
         loop = FileServer({}, redirect={"/org/x/resolve/main/config.json":
@@ -713,18 +716,18 @@ class TestSources(unittest.TestCase):
                              ({"HF_TOKEN": "hf_✓"}, "HF_TOKEN holds a character")):
             with self.subTest(env), unittest.mock.patch.dict(os.environ, env):
                 with self.assertRaises(utils.InputError) as e:
-                    utils.hub_download("org/x", "config.json", self.dir / "x" / "config.json")
+                    download.hub_download("org/x", "config.json", self.dir / "x" / "config.json")
                 self.assertIn(message, str(e.exception))
                 self.assertEqual(len(str(e.exception).splitlines()), 1)
                 self.assertNotIn("hf_sec", str(e.exception))
         with unittest.mock.patch.dict(os.environ, {"GPT2_CACHE_DIR": "~/gpt2-cache",
                                                    "HOME": str(self.dir / "home")}):
-            self.assertEqual(utils.cache_dir(), self.dir / "home" / "gpt2-cache")
+            self.assertEqual(download.cache_dir(), self.dir / "home" / "gpt2-cache")
         deep = self.dir / "deep"
         deep.mkdir()
         (deep / "encoder.json").write_text("[" * 100_000 + "]" * 100_000)
         with self.assertRaisesRegex(utils.InputError, "is not GPT-2's vocabulary"):
-            load_gpt2.encoding_from(deep / "encoder.json")
+            formats.encoding_from(deep / "encoder.json")
 
     def test_apple_mps_only_with_torch_2_9_or_newer(self):
         for version, device in (("2.8.0", "cpu"), ("2.9.1", "mps"), ("2.10.0", "mps")):
@@ -818,7 +821,7 @@ class TestDownloads(unittest.TestCase):
         self.body = os.urandom(3_000_000)
         self.sha = hashlib.sha256(self.body).hexdigest()
         self.dest = tmpdir(self) / "sub" / "file.bin"
-        patch = unittest.mock.patch.object(utils, "PAUSE_S", 0.01)  # retries without the wait
+        patch = unittest.mock.patch.object(download, "PAUSE_S", 0.01)  # retries without the wait
         patch.start()
         self.addCleanup(patch.stop)
 
@@ -830,7 +833,7 @@ class TestDownloads(unittest.TestCase):
     def download(self, server, *args, **kwargs):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            utils.download(server.url + "/file", self.dest, *args, **kwargs)
+            download.download(server.url + "/file", self.dest, *args, **kwargs)
         return err.getvalue()
 
     def test_download_completes_and_reports_progress(self):
@@ -841,7 +844,7 @@ class TestDownloads(unittest.TestCase):
 
     def test_an_interrupted_download_resumes_on_the_next_run(self):
         server = self.serve(cut_after=[1_200_000])
-        with unittest.mock.patch.object(utils, "RETRIES", 0), \
+        with unittest.mock.patch.object(download, "RETRIES", 0), \
                 self.assertRaisesRegex(utils.InputError, "could not download .* place it at"):
             self.download(server, self.sha, len(self.body))
         part = self.dest.with_name("file.bin.part")
@@ -865,7 +868,7 @@ class TestDownloads(unittest.TestCase):
         for code in (404, 401):
             server = self.serve(fail=[code, code])
             with self.subTest(code), self.assertRaisesRegex(utils.InputError, f"HTTP {code}"):
-                utils.download(server.url + "/file", self.dest.with_name(f"{code}.bin"))
+                download.download(server.url + "/file", self.dest.with_name(f"{code}.bin"))
             self.assertEqual(len(server.requests), 1)  # never retried
 
     def test_a_server_that_ignores_ranges_restarts_the_file(self):
@@ -904,7 +907,7 @@ class TestDownloads(unittest.TestCase):
     def test_no_network_names_the_url_and_the_place_for_the_file(self):
         url = "http://127.0.0.1:9/model.safetensors"  # port 9 (discard): connection refused
         with self.assertRaises(utils.InputError) as e:
-            utils.download(url, self.dest)
+            download.download(url, self.dest)
         self.assertIn(url, str(e.exception))
         self.assertIn(str(self.dest), str(e.exception))
 
@@ -946,8 +949,8 @@ class TestDownloads(unittest.TestCase):
         env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_secret"}
         with unittest.mock.patch.dict(os.environ, env), \
                 contextlib.redirect_stderr(io.StringIO()):
-            utils.hub_download("org/tiny", "model.safetensors", self.dest)
-            utils.hub_download("org/tiny", "config.json", self.dest.with_name("config.json"))
+            download.hub_download("org/tiny", "model.safetensors", self.dest)
+            download.hub_download("org/tiny", "config.json", self.dest.with_name("config.json"))
         self.assertEqual(self.dest.read_bytes(), self.body)
         self.assertEqual([r[0] for r in hub.requests], ["HEAD", "GET", "HEAD", "GET"])
         self.assertTrue(all(r[2].get("Authorization") == "Bearer hf_secret"
@@ -956,10 +959,10 @@ class TestDownloads(unittest.TestCase):
         storage.switch["corrupt"] = True  # storage sends other bytes: the hub's SHA-256 tells
         with unittest.mock.patch.dict(os.environ, env), \
                 self.assertRaisesRegex(utils.InputError, f"SHA-256 {self.sha}"):
-            utils.hub_download("org/tiny", "model.safetensors", self.dest.with_name("2"))
+            download.hub_download("org/tiny", "model.safetensors", self.dest.with_name("2"))
         with unittest.mock.patch.dict(os.environ, env), \
                 self.assertRaisesRegex(utils.InputError, "no model.bin in org/tiny.*HF_TOKEN"):
-            utils.hub_download("org/tiny", "model.bin", self.dest.with_name("3"))
+            download.hub_download("org/tiny", "model.bin", self.dest.with_name("3"))
 
     def test_sms_zip_is_downloaded_checked_then_reused_offline(self):
         content = SMS.read_bytes() if SMS.exists() else None
@@ -1007,7 +1010,7 @@ class TestDownloads(unittest.TestCase):
                 with unittest.mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}), \
                         self.assertRaisesRegex(utils.InputError, "f.zip, from x, is not the zip "
                                                "it should be"):
-                    utils.zip_member(["x"], "SMSSpamCollection", "0" * 64, folder / "out",
+                    download.zip_member(["x"], "SMSSpamCollection", "0" * 64, folder / "out",
                                      folder / "f.zip")
                 self.assertEqual(list(folder.iterdir()), [])
 
@@ -1504,7 +1507,7 @@ class TestTrainClassifier(unittest.TestCase):
             fast, log = self.train(*flags, *fast_flags, out="fast")
             self.assertIn(note, log)
             left = {str(p.relative_to(self.dir / "fast")) for p in (self.dir / "fast").rglob("*")}
-            self.assertLessEqual(left, {*report.OWN_FILES, "splits"})  # no cache file, no staging
+            self.assertLessEqual(left, {*save.OWN_FILES, "splits"})  # no cache file, no staging
             for x, y in zip(self.losses("fast"), self.losses("plain"), strict=True):
                 self.assertLess(max(abs(x[0] - y[0]), abs(x[1] - y[1])), tol)
             assert_same_weights(self, fast.state_dict(), plain.state_dict(), tol)
@@ -1889,7 +1892,7 @@ class TestNothingLost(unittest.TestCase):
 
     def test_a_classifier_file_is_checked_before_use(self):
         path = self.out / "classifier.safetensors"
-        tensors, metadata = load_gpt2.read_safetensors(path)
+        tensors, metadata = formats.read_safetensors(path)
         tensors = {k: v.clone() for k, v in tensors.items()}
         del metadata["sha256"]
         nan_head = dict(tensors, **{"out_head.weight": torch.full_like(
@@ -1913,7 +1916,7 @@ class TestNothingLost(unittest.TestCase):
                                                if k != "final_norm.scale"}, metadata)}
         for message, (crafted, meta) in cases.items():
             with self.subTest(message):
-                load_gpt2.write_safetensors(self.dir / "bad.safetensors", crafted, meta)
+                formats.write_safetensors(self.dir / "bad.safetensors", crafted, meta)
                 with self.assertRaisesRegex(utils.InputError, re.escape(message.strip())):
                     tc.load_classifier(self.dir / "bad.safetensors")
         raw = path.read_bytes()
@@ -2001,7 +2004,7 @@ class TestHostileInput(unittest.TestCase):
                     raise error
                 return real(source, dest)
             with self.subTest(type(error).__name__), \
-                    unittest.mock.patch.object(report.os, "replace", third_fails), \
+                    unittest.mock.patch.object(save.os, "replace", third_fails), \
                     self.assertRaises(type(error) if isinstance(error, KeyboardInterrupt)
                                       else utils.InputError) as e:
                 self.main("--seed", "7")
@@ -2015,7 +2018,7 @@ class TestHostileInput(unittest.TestCase):
                 raise PermissionError(1, "Operation not permitted")
             return real(source, dest)
         err = io.StringIO()
-        with unittest.mock.patch.object(report.os, "replace", never_back), \
+        with unittest.mock.patch.object(save.os, "replace", never_back), \
                 contextlib.redirect_stderr(err), self.assertRaises(utils.InputError):
             tc.main([str(a) for a in [*self.common, "--out", self.out, "--seed", "9"]])
         kept = next(self.out.glob(".incomplete-*/old/splits/train.tsv"))
@@ -2025,7 +2028,7 @@ class TestHostileInput(unittest.TestCase):
         shutil.rmtree(kept.parents[2])
         self.assertEqual(self.snapshot(), before)
         full = OSError(errno.ENOSPC, "No space left on device")
-        with unittest.mock.patch.object(report, "write_safetensors", side_effect=full), \
+        with unittest.mock.patch.object(save, "write_safetensors", side_effect=full), \
                 self.assertRaisesRegex(utils.InputError, "could not save the run in .*No space "
                                        "left on device.*the files there are as they were"):
             self.main("--seed", "8")
@@ -2070,7 +2073,7 @@ class TestHostileInput(unittest.TestCase):
         settings = {"cfg": model.cfg, "labels": ["ham", "spam"], "max_length": 64,
                     "pooling": "last", "truncate": "start", "run": {}}
         with contextlib.redirect_stderr(err):
-            report.save_run(self.out, model, settings, {"train": [("ham", "hi")]},
+            save.save_run(self.out, model, settings, {"train": [("ham", "hi")]},
                             [{"final": True, "labels": ["ham", "spam"]}])
         thread.join()
         self.assertIn("waiting: another run is saving into", err.getvalue())
@@ -2233,7 +2236,7 @@ class TestHostileInput(unittest.TestCase):
             "vocab_size": 50257, "n_positions": 1024, "n_embd": 8192, "n_layer": 11,
             "n_head": 64}))
         page, pages = os.sysconf("SC_PAGE_SIZE"), 8 * 2**30 // os.sysconf("SC_PAGE_SIZE")
-        with unittest.mock.patch.object(load_gpt2.os, "sysconf",
+        with unittest.mock.patch.object(formats.os, "sysconf",
                                         lambda name: page if name == "SC_PAGE_SIZE" else pages), \
                 self.assertRaisesRegex(utils.InputError, "9.7e\\+09 parameters, 39 GB of float32 "
                                        "weights: more than this machine's 9 GB"):
@@ -2300,7 +2303,7 @@ class TestDistributed(unittest.TestCase):
         written = {p.name for p in (folder / "ddp").iterdir()} - {"metrics.png"}  # with matplotlib
         self.assertEqual(written, {"classifier.safetensors", "metrics.jsonl", "splits"})
         self.assertEqual(out.count("final |"), 1)  # only rank 0 logs
-        ranks = [load_gpt2.read_safetensors(folder / "ranks" / f"{r}.safetensors")[0]
+        ranks = [formats.read_safetensors(folder / "ranks" / f"{r}.safetensors")[0]
                  for r in (0, 1)]
         with contextlib.redirect_stdout(io.StringIO()):
             argv = [str(a) for a in [*common, "--batch-size", "4", "--out", folder / "one"]]
@@ -2332,7 +2335,7 @@ def ddp_worker(argv):
     ranks, args = Path(argv[0]), argv[1:]
     model = tc.main(args)
     ranks.mkdir(exist_ok=True)
-    load_gpt2.write_safetensors(ranks / f"{os.environ['RANK']}.safetensors", model.state_dict(),
+    formats.write_safetensors(ranks / f"{os.environ['RANK']}.safetensors", model.state_dict(),
                                 {})
 
 

@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from data import encode, encode_examples, load_dataset, pad_batch
 from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
 from model import GPTModel
-from report import POOLINGS, TRUNCATIONS, check_out, final_report, read_classifier, save_run
+from ddp import distributed, first_on_each_machine, gradient_sync
+from report import final_report
+from save import POOLINGS, TRUNCATIONS, check_out, read_classifier, save_run
 from speed import Autocast, FastClassifier, adamw, autocast, use_bf16
-from utils import (HelpFormatter, InputError, Progress, distributed, first_on_each_machine,
-                   gradient_sync, line_chunks, number, run_main, tracked)
+from utils import HelpFormatter, InputError, Progress, line_chunks, number, run_main, tracked
 
 EXAMPLES = [  # the chapter's two examples
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",

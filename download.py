@@ -1,0 +1,395 @@
+"""Where GPT-2's files come from: where a user already has them, else downloaded, resumed and
+checked. Skip it on a first reading; docs/downloads.md says what is tried, in which order, and
+which of Hugging Face's conventions (HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN, its cache) we honour.
+"""
+import functools
+import hashlib
+import http.client
+import itertools
+import math
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path
+
+from formats import encoding_from, read_config
+from model import ALIASES, model_name
+from utils import InputError, Progress, atomic_write, lock
+
+# The four released sizes: their hub repo (openai-community/...) and their name at OpenAI.
+REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
+         "gpt2-large (774M)": "gpt2-large", "gpt2-xl (1558M)": "gpt2-xl"}
+OPENAI = ("https://openaipublic.blob.core.windows.net/gpt-2/models/{size}/",
+          "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2/{size}/")  # the book's backup
+TF_FILES = ("hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001")
+
+
+# ---------------------------------------------------------------------------------------------
+# The caches on disk: this project's, and Hugging Face's
+
+def cache_dir():
+    """Where this project keeps what it downloads: GPT2_CACHE_DIR, else ~/.cache/gpt2-classifier."""
+    return env_path("GPT2_CACHE_DIR") or Path.home() / ".cache" / "gpt2-classifier"
+
+
+def env_path(name):
+    """The folder an environment variable names, ~ and $VARS expanded (as huggingface_hub
+    does), or None if it is unset or empty."""
+    value = os.environ.get(name)
+    return Path(os.path.expandvars(os.path.expanduser(value))) if value else None
+
+
+def offline():
+    """Hugging Face's switch, HF_HUB_OFFLINE=1 (or transformers' TRANSFORMERS_OFFLINE=1): no
+    network call at all. Honoured by every download here."""
+    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hf_snapshot(repo):
+    """repo's folder in the Hugging Face cache, as transformers and huggingface_hub leave it
+    (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub): the snapshot that
+    refs/main names, whose files are read in place; None if there is none."""
+    home = env_path("HF_HOME") or (env_path("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+        "huggingface"
+    folder = (env_path("HF_HUB_CACHE") or home / "hub") / f"models--{repo.replace('/', '--')}"
+    ref = folder / "refs" / "main"
+    try:  # a commit hash, not whatever the file may be
+        commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() and \
+            ref.stat().st_size < 100 else ""
+    except (OSError, UnicodeError):
+        return None
+    snapshot = folder / "snapshots" / commit
+    return snapshot if re.fullmatch("[0-9a-f]{40}", commit) and snapshot.is_dir() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the files of a size or a hub repo are, and where they come from
+
+def source(name_or_dir):
+    """(hub repo, OpenAI's size name or None, this project's folder) of a size or ORG/NAME;
+    None for a folder. Size names come first: a folder called "gpt2" needs "./gpt2"."""
+    name = str(name_or_dir)
+    if name in ALIASES:
+        full = model_name(name)  # "gpt2-small (124M)"
+        return f"openai-community/{REPOS[full]}", full.split("(")[1][:-1], cache_dir() / REPOS[full]
+    if Path(name).is_dir():
+        return None
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and ".." not in name:
+        return name, None, cache_dir() / name.replace("/", "--")
+    try:
+        model_name(name)  # not a size: its error lists the sizes
+    except ValueError as e:
+        raise InputError(f"{e}; or a folder (model.safetensors, or the book's gpt2/124M), or a "
+                         "Hugging Face repo ORG/NAME") from None
+
+
+def folders(name_or_dir):
+    """The folders on disk that may hold name_or_dir's files, in the order tried: the folder
+    itself; or this project's cache, then the Hugging Face cache's snapshot."""
+    if source(name_or_dir) is None:
+        return [Path(name_or_dir)]
+    repo, size, ours = source(name_or_dir)
+    if not size:
+        return [folder for folder in (ours, hf_snapshot(repo)) if folder]
+    # a size: OpenAI's files too, and the hub's cache under the old name (gpt2, not
+    # openai-community/gpt2)
+    return [folder for folder in (ours, ours.parent / "openai" / size, hf_snapshot(repo),
+                                  hf_snapshot(repo.split("/")[1])) if folder]
+
+
+def checkpoint_folder(name_or_dir, pretrained=True):
+    """The folder that holds name_or_dir's weights (or only its config, pretrained=False):
+    found on disk (folders()), else downloaded: from the hub, then for the four sizes OpenAI's
+    original files, then the book's backup copy of them."""
+    for folder in folders(name_or_dir):
+        if (folder / "config.json").exists() and not pretrained or \
+                (folder / "model.safetensors").is_file() or all(
+                    (folder / name).is_file() for name in TF_FILES):
+            return folder
+    if source(name_or_dir) is None:
+        raise InputError(f"{name_or_dir} holds neither model.safetensors nor OpenAI's "
+                         f"{', '.join(TF_FILES)}")
+    repo, size, ours = source(name_or_dir)
+    if offline():
+        raise InputError(f"{repo} is not in {' or '.join(map(str, folders(name_or_dir)))}, and "
+                         "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it")
+
+    def from_hub():
+        if not size:  # is it a GPT-2, with GPT-2's vocabulary? Asked before its weights come
+            read_config(hub_download(repo, "config.json", ours / "config.json"))
+            encoding_from(hub_download(repo, "vocab.json", ours / "vocab.json"))
+        if pretrained:
+            hub_download(repo, "model.safetensors", ours / "model.safetensors")
+        return ours
+
+    def from_openai(url, folder=ours.parent / "openai" / str(size)):  # as gpt_download.py does
+        for name in TF_FILES:
+            download(url.format(size=size) + name, folder / name)
+        return folder
+    return first_that_works([from_hub] + [functools.partial(from_openai, url)
+                                          for url in OPENAI if size], f"{repo}'s weights")
+
+
+def vocab_file(name_or_dir):
+    """encoder.json (OpenAI's name) or vocab.json (Hugging Face's) of name_or_dir: in its
+    folders, else downloaded from the hub, then for the sizes OpenAI's copy and the book's."""
+    for folder in folders(name_or_dir):
+        for name in ("encoder.json", "vocab.json"):
+            if (folder / name).is_file():
+                return folder / name
+    if source(name_or_dir) is None:
+        raise InputError(f"{name_or_dir} holds no encoder.json or vocab.json")
+    repo, size, ours = source(name_or_dir)
+    openai = ours.parent / "openai" / str(size) / "encoder.json"
+    return first_that_works(
+        [functools.partial(hub_download, repo, "vocab.json", ours / "vocab.json")]
+        + [functools.partial(download, url.format(size=size) + "encoder.json", openai)
+           for url in OPENAI if size], "the vocabulary")
+
+
+# ---------------------------------------------------------------------------------------------
+# One file from a URL: resumed, retried, checked
+
+RETRIES, PAUSE_S = 3, 1.0  # a transfer that fails midway is tried again after 1, 2 and 4 s
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+def worth_retrying(e):
+    """A dropped connection, a timeout or a server error (5xx, 429) may pass; a refusal (404,
+    401, no such host, connection refused) will not."""
+    if isinstance(e, urllib.error.HTTPError):
+        return e.code >= 500 or e.code == 429
+    reason = e.reason if isinstance(e, urllib.error.URLError) else e
+    return isinstance(reason, (TimeoutError, ConnectionResetError, ConnectionAbortedError,
+                               http.client.HTTPException))
+
+
+def download(url, dest, sha256=None, size=None, headers=None, hint=""):
+    """Fetch url into dest. The bytes go to dest.part (one per destination): kept when a transfer
+    fails or is interrupted, and continued with an HTTP Range request by the next try or the next
+    run. A dropped connection, a timeout or a 5xx is tried again after a growing pause. The file
+    is hashed while it is written and checked against size and sha256 (or the size the server
+    first announced) before it becomes dest, so a corrupt download is never used. One process at
+    a time per folder; another one waits. hint: what else the user can do, for the error."""
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    if offline():
+        raise InputError(f"{dest} is missing, and HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) "
+                         f"forbids downloading it; place it there, or unset the variable{hint}")
+    try:
+        with lock(dest.parent, "another process is downloading into"):
+            if dest.exists():  # the process we waited for has downloaded it
+                return dest
+            state = {"sha256": None, "hashed": -1, "size": size}  # kept across tries
+            for attempt in itertools.count():
+                try:
+                    fetch(url, part, headers, state)
+                    break
+                except NETWORK_ERRORS as e:
+                    if attempt == RETRIES or not worth_retrying(e):
+                        raise
+                    pause = PAUSE_S * 2 ** attempt
+                    print(f"downloading {dest.name}: {why(e)}; trying again in {pause:g} s",
+                          file=sys.stderr)
+                    time.sleep(pause)
+            got, digest = part.stat().st_size, state["sha256"].hexdigest()
+            if state["size"] not in (None, got) or sha256 not in (None, digest):
+                part.unlink()
+                raise InputError(f"{url} sent {got:,} bytes with SHA-256 {digest}, not the "
+                                 f"file announced ({state['size'] or 'any number of'} bytes, "
+                                 f"SHA-256 {sha256 or 'any'}); the partial file is deleted: run "
+                                 "again, or get the file another way")
+            os.replace(part, dest)
+    except NETWORK_ERRORS as e:
+        raise InputError(f"could not download {url} ({why(e)}); check the network, or download "
+                         f"it another way and place it at {dest}{hint}") from None
+    except OSError as e:  # the network was fine; the disk was not
+        raise InputError(f"could not write {part} ({e.strerror or e})") from None
+    return dest
+
+
+def fetch(url, part, headers, state):
+    """One request: continue part where it stops, or write it from the start if the server
+    ignores the range. state: the running SHA-256, the bytes it has hashed, the size expected."""
+    have = part.stat().st_size if part.exists() else 0
+    have = 0 if have > (state["size"] or have) else have  # longer than the file: not a part
+    if state["hashed"] != have:  # a part kept from an earlier run is hashed first
+        state.update(sha256=hashlib.sha256(), hashed=have)
+        if have:
+            with open(part, "rb") as kept:
+                while chunk := kept.read(1 << 20):
+                    state["sha256"].update(chunk)
+    try:
+        ranged = dict(headers or {}, **({"Range": f"bytes={have}-"} if have else {}))
+        response = open_url(url, ranged)
+    except urllib.error.HTTPError as e:  # 416: no byte after the part's end
+        if e.code == 416 and have and state["size"] in (None, have):
+            return  # it is whole (the checks that follow tell)
+        if e.code == 416:
+            part.unlink()  # shorter than announced, yet the server has nothing more: start anew
+        raise
+    with response:
+        start = have if response.status == 206 else 0  # 200: the server ignores ranges
+        if start and not response.headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+            part.unlink()
+            raise http.client.HTTPException("the server resumed at another byte")
+        if start != have:
+            state.update(sha256=hashlib.sha256(), hashed=0)
+        total, name = start + (header_number(response.headers, "Content-Length") or 0), part.stem
+        state["size"] = state["size"] or (total if total > start else None)
+        if start:
+            print(f"resuming {name} at {start / 1e9:.1f} of {total / 1e9:.1f} GB", file=sys.stderr)
+        progress = Progress(f"downloading {name}", total / 1e6, "MB", 0)
+        with open(part, "ab" if start else "wb") as f:
+            while chunk := response.read(1 << 20):
+                if state["hashed"] + len(chunk) > (state["size"] or math.inf):
+                    break
+                f.write(chunk)
+                state["sha256"].update(chunk)
+                state["hashed"] += len(chunk)
+                progress.show(state["hashed"] / 1e6)
+        progress.end()
+        if chunk:  # it stopped early: more than announced; the disk holds no more than that
+            part.unlink()
+            raise InputError(f"{url} sends more than the {state['size']:,} bytes announced; the "
+                             "partial file is deleted")
+        if total > start and state["hashed"] != total:
+            raise http.client.IncompleteRead(b"", total - state["hashed"])
+
+
+def zip_member(urls, member, sha256, dest, zip_path):
+    """dest, the file member of a zip: taken by name (never extractall() on a downloaded
+    archive) from the first of urls whose zip (kept at zip_path) holds it with this SHA-256.
+    A zip that does not is deleted."""
+    def take(url):
+        if not zip_path.exists():
+            download(url, zip_path)
+        try:
+            with zipfile.ZipFile(zip_path) as z:
+                info = z.getinfo(member)
+                if info.file_size > 100_000_000 or info.flag_bits & 1 or info.compress_type not in (
+                        zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise zipfile.BadZipFile(f"its {member} is huge, encrypted or compressed in a "
+                                             "way zip files rarely are")
+                content = z.read(member)  # also checks the zip's CRC
+            if hashlib.sha256(content).hexdigest() != sha256:
+                raise zipfile.BadZipFile(f"its {member} has SHA-256 "
+                                         f"{hashlib.sha256(content).hexdigest()}, not {sha256}")
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError, zlib.error) as e:
+            zip_path.unlink(missing_ok=True)
+            raise InputError(f"{zip_path}, from {url}, is not the zip it should be ({e}); it is "
+                             "deleted") from None
+        with atomic_write(dest) as tmp:
+            tmp.write_bytes(content)
+        return dest
+    return dest if dest.exists() else first_that_works(
+        [functools.partial(take, url) for url in urls], f"{member} (or pass its path)")
+
+
+def first_that_works(tries, what):
+    """The result of the first of tries (functions, one per source) that does not raise an
+    InputError; if all do, one InputError that says what each source said."""
+    errors = []
+    for attempt in tries:
+        try:
+            return attempt()
+        except InputError as e:
+            errors.append(str(e))
+    raise InputError(f"no source of {what} could be read: " + "; ".join(errors))
+
+
+def why(e):
+    """A network error in a few words, on one line."""
+    if isinstance(e, urllib.error.HTTPError):
+        return " ".join(f"HTTP {e.code} {e.reason}".split())
+    return " ".join(str(getattr(e, "reason", None) or e.__class__.__name__).split())
+
+
+# ---------------------------------------------------------------------------------------------
+# The hub: its URLs, its redirects to storage, the size and SHA-256 it announces
+
+class Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects (none with follow=False), but never carries the Authorization header
+    to another host: the hub sends large files from storage servers that must not see tokens."""
+
+    def __init__(self, follow=True):
+        self.follow = follow
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not self.follow:
+            return None
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        host = lambda url: urllib.parse.urlsplit(url)[:2]  # scheme too: never https -> http
+        if new and host(newurl) != host(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+def open_url(url, headers=None, method="GET", follow=True):
+    """An open HTTP response; proxies come from the environment at each call."""
+    try:
+        request = urllib.request.Request(url, headers=headers or {}, method=method)
+        return urllib.request.build_opener(Redirects(follow)).open(request, timeout=60)
+    except ValueError as e:  # HF_ENDPOINT=huggingface.co (no scheme), http://[::1 ...
+        raise urllib.error.URLError(f"not a URL: {e}") from None
+
+
+def header_number(headers, name):
+    """A header's whole number (Content-Length, X-Linked-Size), or None if it holds no such."""
+    value = (headers.get(name) or "").strip()
+    return int(value) if re.fullmatch("[0-9]{1,20}", value) else None
+
+
+def hub_url(repo, filename):
+    """The hub's URL of a repo's file; HF_ENDPOINT (a mirror) replaces https://huggingface.co."""
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    return f"{endpoint.rstrip('/')}/{repo}/resolve/main/{filename}"
+
+
+def hub_download(repo, filename, dest, hint=""):
+    """A file of a Hugging Face hub repo into dest, checked against the size and SHA-256 the hub
+    announces. A large file's URL answers with a redirect to storage whose headers carry both
+    (X-Linked-Size, X-Linked-Etag); urllib would follow it and drop them, so a HEAD request that
+    does not follow it asks first, as huggingface_hub does. HF_TOKEN is sent, to the hub only."""
+    url, token = hub_url(repo, filename), (os.environ.get("HF_TOKEN") or "").strip()
+    if not re.fullmatch("[!-~]*", token):  # never printed: it may be most of a real token
+        raise InputError("HF_TOKEN holds a character no token has (a space or a line break "
+                         "inside it?); set it again")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if offline():
+        return download(url, dest)  # the one-line refusal, no request
+    try:
+        for _ in range(5):  # a renamed repo redirects within the hub: follow that
+            try:
+                meta = open_url(url, headers, "HEAD", follow=False).headers
+                break
+            except urllib.error.HTTPError as e:
+                if e.code not in (301, 302, 303, 307, 308):
+                    raise
+                meta, location = e.headers, e.headers.get("Location", "")
+                if urllib.parse.urlsplit(location).netloc:
+                    break  # to storage: these headers describe the file
+                url = urllib.parse.urljoin(url, location)
+        else:
+            raise InputError(f"{url} redirects within the hub again and again; check HF_ENDPOINT")
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403, 404):
+            raise InputError(f"the hub has no {filename} in {repo} that we may read ({url}: "
+                             f"{why(e)}); check the name, or set HF_TOKEN for a private or "
+                             "gated repo") from None
+        raise InputError(f"could not reach {url} ({why(e)}){hint}") from None
+    except NETWORK_ERRORS as e:
+        raise InputError(f"could not reach {url} ({why(e)}); check the network, or set "
+                         f"HF_ENDPOINT to a mirror of the hub{hint}") from None
+    etag = (meta.get("X-Linked-Etag") or "").strip().strip('"')
+    size = header_number(meta, "X-Linked-Size") if "Location" in meta else \
+        header_number(meta, "Content-Length")  # a redirect's own length is not the file's
+    return download(url, dest, etag if re.fullmatch("[0-9a-f]{64}", etag) else None, size,
+                    headers, hint)

@@ -1,0 +1,137 @@
+"""A run's files in --out, written all at once or not at all, and the classifier read back,
+checked. Skip it on a first reading (docs/training.md says what --out holds and promises).
+"""
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from data import write_splits
+from formats import check_config, read_safetensors, write_safetensors
+from report import save_metrics
+from utils import InputError, lock
+
+# The files a run writes in --out: the only ones it ever replaces or removes there.
+# And the settings a classifier may carry (train_classifier.py's --pooling and --truncate).
+POOLINGS, TRUNCATIONS = ("last", "first", "mean"), ("start", "end")
+OWN_FILES = ("classifier.safetensors", "metrics.jsonl", "metrics.png",
+             *(f"splits/{name}.tsv" for name in ("train", "validation", "test", "unused")))
+
+
+def check_out(out):
+    """Before training: --out is a folder we can write to, with nothing in the way of OWN_FILES,
+    and no link that would take the split files outside it."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder (it holds the run's files)")
+    if (out / "splits").is_symlink() or (out / "splits").exists() and not (out / "splits").is_dir():
+        raise InputError(f"{out / 'splits'} is a link or a file, in the way of the run's split "
+                         "files; move it away")
+    for name in OWN_FILES:
+        if (out / name).is_dir():
+            raise InputError(f"{out / name} is a folder, in the way of this run's {name}; "
+                             "move it away")
+    folder = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"--out {out} cannot be written to; choose another folder")
+
+
+def save_run(out, model, settings, splits, history):
+    """Write the run's files together, at the end: first into a folder of their own, then moved
+    into out, the files they replace moved aside first; if any move fails, all are undone. So out
+    never mixes two runs, a failed or interrupted save leaves it as it was, and only OWN_FILES
+    are ever replaced or removed. Saves into one out wait for each other. Returns a log line."""
+    with lock(out, "another run is saving into"):
+        for left in out.glob(".incomplete-*"):  # a save that was killed: none runs but ours
+            if left.is_symlink():
+                left.unlink()
+            else:
+                shutil.rmtree(left, ignore_errors=True)
+        staged, swapped = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out)), False
+        try:  # (mkdtemp: a new folder, ours alone)
+            write_splits(splits, staged / "splits")
+            metadata = {key: value if key in ("pooling", "truncate") else
+                        json.dumps(value, default=str)  # a Path in the flags as text
+                        for key, value in settings.items()}
+            write_safetensors(staged / "classifier.safetensors", model.state_dict(),
+                              {"format": "pt", **metadata})
+            save_metrics(history, staged)
+            new = [name for name in OWN_FILES if (staged / name).is_file()]
+            swap_in(out, staged, new)
+            swapped = True
+        except OSError as e:
+            raise InputError(f"could not save the run in {out} ({e.strerror or e}); the files "
+                             "there are as they were") from None
+        finally:  # the last run's files, moved aside: deleted once replaced, or once put back
+            if swapped or not any(p.is_file() for p in (staged / "old").rglob("*")):
+                shutil.rmtree(staged, ignore_errors=True)
+            else:  # the undo could not put them all back: kept, and said where
+                print(f"the last run's files that could not be put back are in {staged}/old",
+                      file=sys.stderr)
+    plot = "" if "metrics.png" in new else " (pip install matplotlib for metrics.png)"
+    return f"saved in {out}: {', '.join(new)}{plot}"
+
+
+def swap_in(out, staged, new):
+    """Move every OWN_FILES file in out aside into staged/old, then staged's new files into out,
+    each a rename; on any failure (or Ctrl-C), undo the renames done, last first."""
+    done, made = [], []
+
+    def move(source, dest):
+        if not dest.parent.exists():
+            dest.parent.mkdir(parents=True)
+            made.append(dest.parent)
+        os.replace(source, dest)
+        done.append((source, dest))
+    try:
+        for name in OWN_FILES:
+            if (out / name).is_file() or (out / name).is_symlink():  # a link moves, not its file
+                move(out / name, staged / "old" / name)
+        for name in new:
+            move(staged / name, out / name)
+    except BaseException:
+        for source, dest in reversed(done):  # all that can be put back is
+            with contextlib.suppress(OSError):
+                os.replace(dest, source)
+        for folder in reversed(made):  # out/splits, if this save made it
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def read_classifier(path):
+    """(tensors, settings) from a classifier.safetensors that save_run wrote (path: the file or
+    its folder), read as data by read_safetensors; every setting checked before use."""
+    path = path / "classifier.safetensors" if path.is_dir() else path
+    if not path.exists():
+        if path.with_name("classifier.pt").exists():
+            raise InputError(f"{path.with_name('classifier.pt')} is from an older version of "
+                             "this script (torch's format, which can hold code: never opened "
+                             "here); retrain with this one")
+        raise InputError(f"no trained classifier at {path}; train one first with "
+                         "python train_classifier.py, or point --out or --classifier at it")
+    if not path.is_file():
+        raise InputError(f"{path} is not a regular file")
+    tensors, metadata = read_safetensors(path)
+    try:
+        settings = {key: metadata[key] if key in ("pooling", "truncate")
+                    else json.loads(metadata[key])
+                    for key in ("cfg", "labels", "max_length", "pooling", "truncate", "run")}
+        labels, max_length, cfg = settings["labels"], settings["max_length"], settings["cfg"]
+        if not (type(labels) is list and len(labels) >= 2 and len(set(labels)) == len(labels)
+                and all(type(label) is str and label.isprintable() and label for label in labels)):
+            raise ValueError("its labels are not two or more different printable names")
+        check_config(cfg)
+        if cfg["vocab_size"] <= 50256 or "sha256" not in metadata:  # <|endoftext|> pads batches
+            raise ValueError("its vocabulary lacks GPT-2's, or it holds no SHA-256")
+        if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"]:
+            raise ValueError(f"max_length {max_length!r} is not within the context length")
+        if settings["pooling"] not in POOLINGS or settings["truncate"] not in TRUNCATIONS \
+                or type(settings["run"]) is not dict:
+            raise ValueError("its pooling, truncate or run settings are not ones this script has")
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
+        why = f"no {e} setting" if isinstance(e, KeyError) else " ".join(str(e).split())[:200]
+        raise InputError(f"{path} is not a classifier saved by this script ({why})") from None
+    return tensors, settings
