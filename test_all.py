@@ -46,8 +46,15 @@ import utils
 ROOT = Path(__file__).resolve().parent
 FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tiny"
 SMS = ROOT.parent / "shared" / "data" / "SMSSpamCollection"
+TF_FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tf"
+ENCODER_JSON = (ROOT.parent / "shared" / "tiktoken-cache"
+                / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6")  # tiktoken's name for encoder.json
 
 
+# =============================================================================================
+# Shared helpers: temporary folders, checkpoints in the real format, the command lines,
+# the training fixture
+# =============================================================================================
 @functools.lru_cache(maxsize=None)
 def real_tokenizer():
     try:
@@ -55,13 +62,11 @@ def real_tokenizer():
     except utils.InputError as e:
         return str(e)
 
-
 def tokenizer():
     tok = real_tokenizer()
     if isinstance(tok, str):
         raise unittest.SkipTest(f"GPT-2 vocabulary not available offline: {tok}")
     return tok
-
 
 def tmpdir(test):
     folder = tempfile.TemporaryDirectory()
@@ -84,7 +89,6 @@ def write_safetensors(path, arrays, dtype="F32", header_pad=0):
     head = json.dumps(header).encode() + b" " * header_pad
     Path(path).write_bytes(len(head).to_bytes(8, "little") + head + b"".join(blobs))
 
-
 def as_stored(a, dtype):
     """The float64 values an array has after a round trip through dtype."""
     a = np.asarray(a, dtype=np.float32)
@@ -93,7 +97,6 @@ def as_stored(a, dtype):
     if dtype == "BF16":
         return ((a.view(np.uint32) >> 16) << 16).view(np.float32).astype(np.float64)
     return a.astype(np.float64)
-
 
 def random_hf_arrays(V=64, T=16, C=32, L=2, seed=0):
     """Random GPT-2 weights under Hugging Face's names and (Conv1D) layout."""
@@ -109,7 +112,6 @@ def random_hf_arrays(V=64, T=16, C=32, L=2, seed=0):
                   p + "mlp.c_fc.bias": r(4 * C), p + "mlp.c_proj.weight": r(4 * C, C),
                   p + "mlp.c_proj.bias": r(C)})
     return w
-
 
 def numpy_gpt2(w, ids, n_head):
     """GPT-2's forward pass straight from the checkpoint arrays, in float64 (picoGPT style):
@@ -140,7 +142,6 @@ def numpy_gpt2(w, ids, n_head):
         x = x + h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
     return ln(x, w["ln_f.weight"], w["ln_f.bias"]) @ w["wte.weight"].T
 
-
 def write_checkpoint(folder, arrays, n_head, dtype="F32", prefix="transformer.", extras=(),
                      config=True):
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,30 +158,122 @@ def write_checkpoint(folder, arrays, n_head, dtype="F32", prefix="transformer.",
             "n_layer": sum(k.endswith("ln_1.weight") for k in arrays), "n_head": n_head}))
     return folder
 
-
 def tiny_gpt2_folder(folder, V=50257, C=16, T=64, L=2, seed=0):
     """A tiny checkpoint with GPT-2's full vocabulary, so real tokenized text fits it."""
     return write_checkpoint(folder, random_hf_arrays(V=V, T=T, C=C, L=L, seed=seed), n_head=2)
 
 
-class TestModel(unittest.TestCase):
+def run_script(*args, env=None):
+    """Run a script as a user would, in a new process; returns (exit code, stdout, stderr)."""
+    env = {**os.environ, **(env or {}), "PYTHONIOENCODING": "utf-8"}
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+                            text=True, encoding="utf-8", env=env, timeout=120)
+    return result.returncode, result.stdout, result.stderr
+
+def cli(main, *args, stdin=b"", env=None):
+    """Run a script's main as its command line does (through utils.run_main), in this process:
+    the same code, without a second of torch import per call. Returns (exit code, stdout,
+    stderr); stdin: bytes, or a stream (None: closed)."""
+    out, err = io.StringIO(), io.StringIO()
+    stream = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8") if isinstance(
+        stdin, bytes) else stdin
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            unittest.mock.patch.object(sys, "stdin", stream), \
+            unittest.mock.patch.dict(os.environ, env or {}):
+        try:
+            utils.run_main(lambda: main([str(a) for a in args]))
+            code = 0
+        except SystemExit as e:  # what the interpreter does with sys.exit(code)
+            code = e.code if isinstance(e.code, int) else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+    return code, out.getvalue(), err.getvalue()
+
+def assert_same_weights(test, a, b, tol=1e-5):
+    """Two state_dicts agree to tol. The key bias adds the same amount to every score of a
+    query, which softmax ignores: its true gradient is 0, and Adam turns the float rounding left
+    in it into lr-sized steps. It cannot change any output, so it is left out."""
+    test.assertEqual(a.keys(), b.keys())
+    for name, p in a.items():
+        if not name.endswith("W_key.bias"):
+            test.assertLess((p - b[name]).abs().max().item(), tol, name)
+
+def spam_like(folder, n=24):
+    """A trivially separable two-label file: the label is the last word."""
+    rows = [f"{'spam' if i % 2 else 'ham'}\tmessage number {i} says {'apple' if i % 2 else 'zebra'}"
+            for i in range(n)]
+    path = folder / "toy.tsv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+class Trains(unittest.TestCase):
+    """The fixture of every test that trains: a tiny GPT-2 with GPT-2's whole vocabulary and a
+    toy spam file in a temporary folder. train() runs train_classifier.main in this process and
+    returns (model, what it printed); main() runs it quietly and returns the model."""
+
+    def setUp(self):
+        self.tok = tokenizer()
+        self.dir = tmpdir(self)
+        self.model_dir = tiny_gpt2_folder(self.dir / "tiny")
+        self.data = spam_like(self.dir)
+        self.out = self.dir / "out"
+        self.common = ["--model", self.model_dir, "--data", self.data, "--batch-size", "4",
+                       "--epochs", "1"]
+
+    def train(self, *extra, out="out"):
+        args = ["--model", self.model_dir, "--data", self.data, "--out", self.dir / out,
+                "--batch-size", "4"]
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            model = tc.main([str(a) for a in [*args, *extra]])
+        return model, printed.getvalue()
+
+    def main(self, *args):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return tc.main([str(a) for a in [*self.common, "--out", self.out, *args]])
+
+    def records(self, out="out"):
+        lines = (self.dir / out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines]
+
+    def losses(self, out):
+        return [(r["train_loss"], r["val_loss"]) for r in self.records(out) if "val_loss" in r]
+
+    def assert_fast_matches_plain(self, flags, variants, tol=1e-5):
+        """The plain chapter path (--no-fast) and the speed layer with each of variants
+        ((flags, note in the log) pairs) give the same losses and weights; returns the log."""
+        plain, log_plain = self.train(*flags, "--no-fast", out="plain")
+        self.assertNotIn("speed layer", log_plain)
+        for fast_flags, note in variants:
+            fast, log = self.train(*flags, *fast_flags, out="fast")
+            self.assertIn(note, log)
+            left = {str(p.relative_to(self.dir / "fast")) for p in (self.dir / "fast").rglob("*")}
+            self.assertLessEqual(left, {*save.OWN_FILES, "splits"})  # no cache file, no staging
+            for x, y in zip(self.losses("fast"), self.losses("plain"), strict=True):
+                self.assertLess(max(abs(x[0] - y[0]), abs(x[1] - y[1])), tol)
+            assert_same_weights(self, fast.state_dict(), plain.state_dict(), tol)
+        return plain, log_plain
+
+    def snapshot(self, folder=None):
+        folder = folder or self.out
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# =============================================================================================
+# train_classifier.py: chapter 6's functions, the book's numbers, the command line
+# =============================================================================================
+
+class TestBooksNumbers(unittest.TestCase):
+    """The numbers the book prints, pinned. A fork that changes the head, the pooling or what
+    trains is expected to change them: each message says which number of the book it is."""
+
     def test_parameter_counts_quoted_by_the_text(self):
         with torch.device("meta"):
             m = gpt.GPTModel(gpt.get_config("gpt2-small (124M)", qkv_bias=False))
         total = sum(p.numel() for p in m.parameters())
         self.assertEqual(total, 163_009_536)
         self.assertEqual(total - m.out_head.weight.numel(), 124_412_160)
-
-    def test_named_configs_and_aliases(self):
-        sizes = {"gpt2": (768, 12, 12), "355M": (1024, 24, 16), "gpt2-large": (1280, 36, 20),
-                 "gpt2-xl (1558M)": (1600, 48, 25)}
-        for name, (C, L, H) in sizes.items():
-            cfg = gpt.get_config(name)
-            self.assertEqual((cfg["emb_dim"], cfg["n_layers"], cfg["n_heads"]), (C, L, H))
-            self.assertEqual((cfg["vocab_size"], cfg["context_length"]), (50257, 1024))
-        with self.assertRaises(ValueError) as e:
-            gpt.get_config("gpt3")
-        self.assertIn("gpt2-medium", str(e.exception))
 
     def test_trainable_parameter_count_124M(self):
         with torch.device("meta"):
@@ -197,6 +290,91 @@ class TestModel(unittest.TestCase):
         self.assertEqual(sum(p.numel() for p in model.parameters() if p.requires_grad), 2_666_528)
         self.assertIsInstance(model.out_head, tc.LinearWithLoRA)  # the head too, as in the appendix
         self.assertIsInstance(model.trf_blocks[3].ff.layers[2], tc.LinearWithLoRA)
+
+    def test_textbook_snippets_work_verbatim(self):
+        with torch.device("meta"):
+            model = gpt.GPTModel(gpt.get_config("gpt2-small"))
+            for p in model.parameters():
+                p.requires_grad = False
+            model.out_head = torch.nn.Linear(768, 2)
+            for p in model.trf_blocks[-1].parameters():
+                p.requires_grad = True
+            for p in model.final_norm.parameters():
+                p.requires_grad = True
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.assertEqual(trainable, 7_087_872 + 1_536 + 1_538)
+        self.assertTrue(hasattr(model.trf_blocks[0].att, "W_query"))
+
+
+class TestTrainClassifier(Trains):
+    def test_loss_falls_and_accuracy_reaches_100(self):
+        _, log = self.train("--trainable", "all", "--lr", "3e-3", "--epochs", "6",
+                            "--eval-freq", "1")
+        records = self.records()
+        losses = [r["train_loss"] for r in records if "train_loss" in r]
+        val_losses = [r["val_loss"] for r in records if "val_loss" in r]
+        final = records[-1]
+        self.assertLess(sum(losses[-4:]) / 4, sum(losses[:4]) / 4 / 3)
+        self.assertLess(sum(val_losses[-4:]) / 4, sum(val_losses[:4]) / 4)
+        self.assertEqual(final["train_acc"], 1.0)
+        self.assertIn("test_acc", final)
+        n_train = len(data.split(data.read_examples(self.data), 123)["train"])
+        self.assertEqual(len(losses), 6 * (n_train // 4))  # drop_last, as in the chapter
+        self.assertIn("Ep 6 (Step 000023): Train loss", log)
+        self.assertEqual(log.count("Validation accuracy"), 6)
+
+    def test_mean_pooling_reads_the_real_tokens_only(self):
+        logits = torch.arange(12.0).view(2, 3, 2)  # (B, T, num_classes)
+        lengths = torch.tensor([3, 1])
+        self.assertEqual(tc.select_logits(logits, lengths, "mean").tolist(),
+                         [[2.0, 3.0], [6.0, 7.0]])
+        self.assertEqual(tc.select_logits(logits, lengths, "last").tolist(),
+                         [[4.0, 5.0], [6.0, 7.0]])
+        logits[1, 1:] = float("nan")  # the speed layer's NaN after a text's end is never read
+        self.assertEqual(tc.select_logits(logits, lengths, "first").tolist(),
+                         [[0.0, 1.0], [6.0, 7.0]])
+        self.assertEqual(tc.select_logits(logits, lengths, "mean")[1].tolist(), [6.0, 7.0])
+
+    def test_accumulated_micro_batches_match_one_big_batch(self):
+        big, log_big = self.train("--batch-size", "8", "--epochs", "2", "--eval-freq", "1",
+                                  "--lr", "1e-3", out="big")
+        small, log_small = self.train("--batch-size", "2", "--accumulation-steps", "4",
+                                      "--epochs", "2", "--eval-freq", "1", "--lr", "1e-3")
+        assert_same_weights(self, small.state_dict(), big.state_dict())
+        # --eval-freq counts optimizer steps: 16 texts / 8 = 2 a epoch, in both runs
+        steps = lambda out: [r["step"] for r in self.records(out) if "val_loss" in r]
+        self.assertEqual(steps("out"), [0, 1, 2, 3])
+        self.assertEqual(steps("out"), steps("big"))
+        for x, y in zip(self.records("out"), self.records("big")):  # validation: same batches
+            self.assertAlmostEqual(x.get("val_loss", 0), y.get("val_loss", 0), delta=1e-5)
+            self.assertEqual(x.get("examples_seen"), y.get("examples_seen"))
+
+    def test_micro_batches_left_at_an_epochs_end_are_dropped_not_carried(self):
+        self.train("--batch-size", "2", "--accumulation-steps", "3", "--epochs", "2",
+                   "--eval-freq", "1")  # 16 texts: 8 micro-batches, 2 steps of 3, 2 left over
+        seen = [(r["step"], r["examples_seen"]) for r in self.records() if "val_loss" in r]
+        self.assertEqual(seen, [(0, 6), (1, 12), (2, 18), (3, 24)])
+
+    def test_large_splits_are_measured_on_eval_iter_batches_during_training(self):
+        small, large = [0] * 5000, [0] * 5001
+        self.assertIsNone(tc.accuracy_batches(torch.utils.data.DataLoader(small), 5))
+        self.assertEqual(tc.accuracy_batches(torch.utils.data.DataLoader(large), 5), 5)
+
+    def test_prediction_does_not_depend_on_batch_mates(self):
+        model = load_gpt2.load_gpt2(self.model_dir)
+        tc.build_classifier(model, 3, "last-1")
+        text = "Call now to claim your prize"
+        alone = tc.classify(model, self.tok, [text], ["a", "b", "c"], 64)[0]
+        mixed = tc.classify(model, self.tok, ["x " * 60, text, "y " * 30], ["a", "b", "c"], 64,
+                            batch_size=3)[1]
+        self.assertEqual(alone[0], mixed[0])
+        self.assertAlmostEqual(alone[1], mixed[1], delta=1e-5)
+        # and the class is read at the last real token: the same as the whole model on the
+        # text alone
+        ids = torch.tensor([self.tok.encode(text)])
+        with torch.no_grad():
+            direct = torch.softmax(model(ids)[0, -1], -1).max().item()
+        self.assertAlmostEqual(alone[1], direct, delta=1e-5)
 
     def test_lora_starts_at_the_base_model_and_merges_exactly(self):
         torch.manual_seed(0)
@@ -219,19 +397,180 @@ class TestModel(unittest.TestCase):
             self.assertEqual(merged.state_dict().keys(), plain.state_dict().keys())
             self.assertLess((merged(idx) - adapted).abs().max().item(), 1e-5)
 
-    def test_textbook_snippets_work_verbatim(self):
-        with torch.device("meta"):
-            model = gpt.GPTModel(gpt.get_config("gpt2-small"))
-            for p in model.parameters():
-                p.requires_grad = False
-            model.out_head = torch.nn.Linear(768, 2)
-            for p in model.trf_blocks[-1].parameters():
-                p.requires_grad = True
-            for p in model.final_norm.parameters():
-                p.requires_grad = True
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.assertEqual(trainable, 7_087_872 + 1_536 + 1_538)
-        self.assertTrue(hasattr(model.trf_blocks[0].att, "W_query"))
+    def test_lora_trains_and_saves_a_plain_classifier(self):
+        model, log = self.train("--trainable", "lora", "--lora-rank", "4", "--epochs", "3")
+        lora_params = sum(4 * (m.in_features + m.out_features)
+                          for m in load_gpt2.load_gpt2(self.model_dir).modules()
+                          if isinstance(m, torch.nn.Linear))
+        lora_params += 4 * (16 + 2) - 4 * (16 + 50257)  # the head has 2 outputs, not 50,257
+        self.assertIn(f"{lora_params:,} of", log)
+        self.assertIn("frozen-prefix cache off (no frozen blocks)", log)
+        self.assertFalse(any(isinstance(m, tc.LinearWithLoRA) for m in model.modules()))
+        loaded, settings = tc.load_classifier(self.dir / "out")
+        texts = ["message number 99 says apple", "message number 98 says zebra"]
+        labels, max_length = settings["labels"], settings["max_length"]
+        self.assertEqual(tc.classify(loaded, self.tok, texts, labels, max_length),
+                         tc.classify(model, self.tok, texts, labels, max_length))
+        self.assertEqual(settings["run"]["trainable"], "lora")
+        self.assertGreater(self.records()[-1]["train_acc"], 0.5)
+
+    def test_the_one_read_decides_every_reported_number(self):
+        """A fork that changes select_logits changes the final report and --predict too."""
+        texts = ["message number 99 says apple", "message number 98 says zebra", "hi"]
+        real = tc.select_logits
+
+        def run(out, read=real):
+            with unittest.mock.patch.object(tc, "select_logits", read):
+                model, _ = self.train("--epochs", "0", out=out)
+                code, printed, err = cli(tc.main, "--out", self.dir / out, "--predict", *texts)
+            self.assertEqual(code, 0, err)
+            return self.records(out)[-1], [line.split("\t")[0] for line in printed.splitlines()]
+        final, labels = run("plain")
+        flipped = lambda logits, lengths, pooling="last": real(logits, lengths, pooling).flip(-1)
+        final_flipped, labels_flipped = run("flipped", flipped)
+        for name in ("train", "validation", "test"):
+            self.assertEqual(final_flipped[f"{name}_confusion"],
+                             [row[::-1] for row in final[f"{name}_confusion"]])
+        self.assertEqual(labels_flipped, [{"ham": "spam", "spam": "ham"}[x] for x in labels])
+
+    def test_predict_from_standard_input_answers_every_line_in_order(self):
+        model, _ = self.train("--epochs", "1")
+        texts = [f"message number {i} says {'apple' if i % 3 else 'zebra'}" for i in range(7)]
+        lines = texts[:3] + ["", "   "] + texts[3:]
+        code, out, err = cli(tc.main, "--out", self.dir / "out", "--predict", "-",
+                             stdin="\n".join(lines).encode("utf-8"))
+        self.assertEqual(code, 0, err)
+        out = out.splitlines()
+        self.assertEqual([line.split("\t")[2] for line in out], texts)
+        expected = tc.classify(model, self.tok, texts, ["ham", "spam"], 64)
+        self.assertEqual([line.split("\t")[0] for line in out], [label for label, _ in expected])
+        self.assertIn("line 4 is empty: skipped", err)
+        self.assertIn("line 5 is empty: skipped", err)
+        with contextlib.redirect_stderr(io.StringIO()):  # large inputs go a chunk at a time
+            chunks = list(utils.line_chunks(io.BytesIO(b"a\n\nb\r\nc\n"), size=2))
+        self.assertEqual(chunks, [["a", "b"], ["c"]])
+
+    def test_streams_that_are_closed_or_odd(self):
+        self.main()
+        predict = ["--out", self.out, "--predict", "-"]
+        code, _, err = cli(tc.main, *predict, stdin=None)
+        self.assertEqual((code, err.strip()), (1, "error: standard input is closed; pipe the "
+                                                  "texts into it, one per line"))
+
+        class Folder(io.RawIOBase):  # what reading a directory as standard input does
+            def readable(self):
+                return True
+
+            def readinto(self, b):
+                raise IsADirectoryError(21, "Is a directory")
+        code, _, err = cli(tc.main, *predict, stdin=io.BufferedReader(Folder()))
+        self.assertEqual((code, err.strip()), (1, "error: standard input cannot be read (Is a "
+                                                  "directory)"))
+        for length, code in ((1_000_000, 0), (1_000_001, 1)):
+            with self.subTest(length), contextlib.redirect_stderr(io.StringIO()):
+                line = b"a" * length + b"\r\n"
+                try:
+                    self.assertEqual(len(next(utils.line_chunks(io.BytesIO(line)))[0]), length)
+                    self.assertEqual(code, 0)
+                except utils.InputError as e:
+                    self.assertEqual((code, str(e)), (1, "standard input, line 1: over "
+                                                         "1,000,000 bytes; one text a line"))
+        with unittest.mock.patch.object(sys, "stdout", None), \
+                contextlib.redirect_stderr(io.StringIO()) as err:
+            with self.assertRaises(SystemExit) as e:
+                utils.run_main(lambda: print("x"))
+        self.assertEqual(e.exception.code, "error: standard output is closed, so the results "
+                                           "have nowhere to go")
+
+    def test_columns_chosen_by_flags(self):
+        rows = "".join(f'{i},"{t}",{y}\n' for i, (y, t) in enumerate(
+            (label, text) for label, text in data.read_examples(self.data)))
+        self.data = self.dir / "reviews.csv"
+        self.data.write_text("id,body,stars\n" + rows, encoding="utf-8")
+        _, log = self.train("--epochs", "0", "--text-column", "body", "--label-column", "stars")
+        self.assertIn("labels: ['ham', 'spam']", log)
+        written = (self.dir / "out" / "splits" / "test.tsv").read_text(encoding="utf-8")
+        splits = data.load_dataset(self.data, 123, None, "body", "stars")[0]
+        self.assertEqual(written.split("\t")[0], splits["test"][0][0])
+
+    def test_cli_errors_are_one_clear_line(self):
+        empty = self.dir / "empty"
+        (self.dir / "one_label.tsv").write_text("".join(f"a\ttext {i}\n" for i in range(20)),
+                                                encoding="utf-8")
+        cases = [
+            (["--predict", "hi", "--out", empty], "no trained classifier at"),
+            (["--trainable", "last-9", "--model", self.model_dir, "--data", self.data,
+              "--out", empty], "last-N with 1 <= N <= 2"),
+            (["--model", "gpt-7", "--data", self.data, "--out", empty], "unknown model 'gpt-7'"),
+            (["--data", empty / "nope.tsv", "--out", empty], "no data file at"),
+            (["--batch-size", "0"], "must be a number > 0"),
+            (["--lr", "nan"], "must be a number > 0"),
+            (["--trainable", "bottom"], "use head, all, lora or last-N"),
+            (["--out", self.data, "--predict", "hi"], "no trained classifier at"),
+            (["--data", self.dir / "one_label.tsv", "--out", empty], "has a single label"),
+            (["--init", "random", "--model", "gpt-7", "--data", self.data, "--out", empty],
+             "unknown model 'gpt-7'"),
+            (["--max-length", "65", "--model", self.model_dir, "--data", self.data,
+              "--out", empty], "exceeds the model's context length 64"),
+            (["--pooling", "max"], "invalid choice: 'max'"),
+            (["--accumulation-steps", "0"], "must be a number > 0"),
+            (["--batch-size", "8", "--accumulation-steps", "3", "--model", self.model_dir,
+              "--data", self.data, "--out", empty], "x --accumulation-steps 3 is more than"),
+            (["--predict", "hi", "--pooling", "mean"], "--pooling does nothing with --predict"),
+            (["--predict", "hi", "--epochs", "2"], "--epochs does nothing with --predict"),
+            (["--no-fast", "--compile"], "--compile does nothing with --no-fast"),
+            (["--classifier", empty], "--classifier does nothing without --predict"),
+            (["--dist-timeout", "0.001"], "must be a number >= 1"),
+            (["--dist-timeout", "1e30"], "and <= 1000000"),
+            (["--seed", "99999999999999999999999"], "must be a number >= 0 and <= 4294967295"),
+            (["--eval-iter", "x"], "invalid int value: 'x'")]
+        for args, message in cases:
+            with self.subTest(message):
+                code, _, err = cli(tc.main, *args)
+                self.assertNotEqual(code, 0)
+                self.assertIn(message, err)
+                if code == 1:  # argparse's errors (2) come after its usage lines
+                    self.assertEqual(len(err.strip().splitlines()), 1)
+        # variables torchrun sets, set by hand
+        for env in ({"RANK": "0"}, {"RANK": "0", "LOCAL_RANK": "x", "WORLD_SIZE": "2"}):
+            code, _, err = cli(tc.main, "--data", self.data, "--model", self.model_dir, "--out",
+                               empty, env=env)
+            self.assertEqual(code, 1)
+            self.assertIn("looks like a torchrun process", err)
+            self.assertEqual(len(err.strip().splitlines()), 1)
+        # the command line itself, once: the same one line and status, from a new process
+        code, _, err = run_script("train_classifier.py", "--predict", "hi", "--out", empty)
+        self.assertEqual((code, err.strip()), (1, f"error: no trained classifier at "
+                         f"{empty / 'classifier.safetensors'}; train one first with python "
+                         "train_classifier.py, or point --out or --classifier at it"))
+
+    def test_no_network_ends_with_a_clear_message(self):
+        # An empty cache and a proxy that refuses every connection: no network, even on a
+        # machine that has one.
+        no_network = {"GPT2_CACHE_DIR": str(self.dir / "cache"),
+                      "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+        code, _, err = cli(tc.main, "--out", self.dir / "o", "--model", self.model_dir,
+                           env=no_network)
+        self.assertEqual(code, 1)
+        self.assertIn("could not download https://archive.ics.uci.edu/", err)
+        self.assertNotIn("Traceback", err)
+
+
+# =============================================================================================
+# model.py: GPT-2 itself
+# =============================================================================================
+
+class TestModel(unittest.TestCase):
+    def test_named_configs_and_aliases(self):
+        sizes = {"gpt2": (768, 12, 12), "355M": (1024, 24, 16), "gpt2-large": (1280, 36, 20),
+                 "gpt2-xl (1558M)": (1600, 48, 25)}
+        for name, (C, L, H) in sizes.items():
+            cfg = gpt.get_config(name)
+            self.assertEqual((cfg["emb_dim"], cfg["n_layers"], cfg["n_heads"]), (C, L, H))
+            self.assertEqual((cfg["vocab_size"], cfg["context_length"]), (50257, 1024))
+        with self.assertRaises(ValueError) as e:
+            gpt.get_config("gpt3")
+        self.assertIn("gpt2-medium", str(e.exception))
 
     def test_matches_transformers_fixture(self):
         # Logits and greedy continuation computed by Hugging Face transformers (see
@@ -270,17 +609,6 @@ class TestModel(unittest.TestCase):
             parts += [model(idx[:, t:t + 1], cache) for t in range(12, 20)]
         self.assertLess((torch.cat(parts, dim=1) - full).abs().max().item(), 1e-5)
 
-    def test_block_computing_only_the_last_token_matches_the_full_block(self):
-        torch.manual_seed(0)
-        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, context_length=16)
-        block = gpt.TransformerBlock(cfg).eval()
-        x, last = torch.randn(3, 10, 32), torch.tensor([9, 4, 0])
-        with torch.no_grad():
-            full = block(x)[torch.arange(3), last]
-            only = speed.last_token_block(block, x, last)
-        self.assertEqual(only.shape, (3, 32))
-        self.assertLess((full - only).abs().max().item(), 1e-5)
-
     def test_attention_is_chapter_3_attention(self):
         # The formula written above the fused call in model.py, computed step by step.
         torch.manual_seed(0)
@@ -297,6 +625,320 @@ class TestModel(unittest.TestCase):
         with torch.no_grad():
             self.assertLess((att(x) - expected).abs().max().item(), 1e-5)
 
+
+# =============================================================================================
+# data.py: parse, balance, split, tokenize, batch
+# =============================================================================================
+
+class TestData(unittest.TestCase):
+    def write(self, name, text):
+        path = tmpdir(self) / name
+        path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+        return path
+
+    def test_tsv_is_parsed_exactly(self):
+        lines = ['ham\tHe said "hi" and left', 'spam\tWIN\ta "free"\tprize!!',
+                 "ham\tCafé für 2€ 😀", "ham\tform\x0cfeed and line\u2028separator stay",
+                 "spam\tWindows line end\r", "", "ham\t  leading spaces kept"]
+        path = self.write("data.tsv", "\n".join(lines) + "\n")
+        self.assertEqual(data.read_examples(path), [
+            ("ham", 'He said "hi" and left'), ("spam", 'WIN\ta "free"\tprize!!'),
+            ("ham", "Café für 2€ 😀"), ("ham", "form\x0cfeed and line\u2028separator stay"),
+            ("spam", "Windows line end"), ("ham", "  leading spaces kept")])
+
+    def test_csv_with_header_and_quoting(self):
+        path = self.write("news.csv",
+                          'label,text\n3,"Stocks, bonds ""rally"""\n1,World news, more\n')
+        self.assertEqual(data.read_examples(path),
+                         [("3", 'Stocks, bonds "rally"'), ("1", "World news, more")])
+
+    def test_too_few_examples_and_optional_balancing(self):
+        path = self.write("small.tsv", "".join(f"{'ab'[i % 2]}\ttext {i}\n" for i in range(6)))
+        with self.assertRaisesRegex(utils.InputError, "leave the validation or test split empty"):
+            data.load_dataset(path)
+        path = self.write("skewed.tsv",
+                          "".join(f"{'a' if i < 30 else 'b'}\ttext {i}\n" for i in range(40)))
+        unbalanced, _ = data.load_dataset(path)
+        self.assertEqual(sum(len(v) for v in unbalanced.values()), 40)  # off for custom data
+        balanced, _ = data.load_dataset(path, balance_classes=True)
+        unused = balanced.pop("unused")
+        both = [label for split in balanced.values() for label, _ in split]
+        self.assertEqual((both.count("a"), both.count("b")), (10, 10))
+        self.assertEqual(sorted(unused + [ex for split in balanced.values() for ex in split]),
+                         sorted(data.read_examples(path)))  # every example in exactly one split
+        path = self.write("rare.tsv",
+                          "".join(f"a\ttext {i}\n" for i in range(30)) + "b\tonly one\n")
+        with self.assertRaisesRegex(utils.InputError, "keeps 1 example.* as many as 'b' has"):
+            data.load_dataset(path, balance_classes=True)
+
+    def test_malformed_lines_name_the_file_and_line(self):
+        cases = {"no separator": ("ham\tok\nspam no tab here\n", "line 2: expected label<TAB>text"),
+                 "unclosed quote": ("a,ok\nb,\"open quote\nc,more\nd,rows\n",
+                                    "line 2: malformed CSV"),
+                 "empty text": ("ham\tok\n\nspam\t   \n", "line 3: empty text"),
+                 "not utf-8": (b"ham\tok\nham\tok\nspam\tcaf\xe9\n",
+                               "line 3: bytes that are not UTF-8"),
+                 "tab in a label": ('a,ok\n"b\tc",text\n',
+                                    "line 2: label 'b\\tc' holds a control character"),
+                 "CR-only lines": ("ham\tok\rspam\tno\r",
+                                   "its lines end in a carriage return alone")}
+        for what, (content, message) in cases.items():
+            with self.subTest(what):
+                path = self.write("bad.csv" if "quote" in what or "tab" in what else "bad.tsv",
+                                  content)
+                with self.assertRaises(utils.InputError) as e:
+                    data.read_examples(path)
+                self.assertIn(message, str(e.exception))
+                self.assertTrue(str(e.exception).startswith(str(path)))
+
+    def test_label_order_is_sorted_and_numeric_when_numbers(self):
+        self.assertEqual(data.label_names([("spam", ""), ("ham", "")]), ["ham", "spam"])
+        self.assertEqual(data.label_names([("10", ""), ("2", ""), ("1", "")]), ["1", "2", "10"])
+        self.assertEqual(data.label_names([("1", ""), ("01", "")]), ["01", "1"])  # not hash order
+
+    def test_folder_dataset_and_unseen_labels(self):
+        folder = tmpdir(self)
+        (folder / "train.tsv").write_text("a\tone\nb\ttwo\n", encoding="utf-8")
+        (folder / "val.tsv").write_text("a\tthree\n", encoding="utf-8")
+        (folder / "test.tsv").write_text("b\tfour\n", encoding="utf-8")
+        splits, labels = data.load_dataset(folder)
+        self.assertEqual((labels, [len(splits[k]) for k in ("train", "validation", "test")]),
+                         (["a", "b"], [2, 1, 1]))
+        (folder / "test.tsv").write_text("b\tfour\nc\tfive\n", encoding="utf-8")
+        with self.assertRaisesRegex(utils.InputError, r"test.tsv, line 2: label 'c' never appears"):
+            data.load_dataset(folder)
+
+    def test_split_files_round_trip(self):
+        splits = {"train": [("a", "x\ty"), ("b", "w")], "validation": [("b", "two\nlines")],
+                  "test": [("a", "z")]}
+        folder = tmpdir(self)
+        data.write_splits(splits, folder)
+        again, _ = data.load_dataset(folder)
+        self.assertEqual(again["train"], [("a", "x\ty"), ("b", "w")])
+        self.assertEqual(again["validation"], [("b", "two lines")])
+
+    def test_sms_spam_collection_counts_and_split(self):
+        if not SMS.exists():
+            self.skipTest(f"{SMS} not present")
+        examples = data.read_examples(SMS)
+        labels = [label for label, _ in examples]
+        self.assertEqual((len(examples), labels.count("ham"), labels.count("spam")),
+                         (5574, 4827, 747))
+        first, _ = data.load_dataset(SMS, seed=123)
+        again, labels = data.load_dataset(SMS, seed=123)
+        self.assertEqual({k: len(v) for k, v in first.items()},
+                         {"train": 1045, "validation": 149, "test": 300, "unused": 4080})
+        self.assertEqual({label for label, _ in first["unused"]}, {"ham"})  # 4,827 - 747 ham
+        self.assertEqual(first, again)
+        self.assertEqual(labels, ["ham", "spam"])
+        # Python's seeded generator gives this split on every OS and Python version we know of
+        self.assertEqual(first["train"][0][1][:31], "ASKED 3MOBILE IF 0870 CHATLINES")
+        self.assertEqual(first["test"][0][1][:28], "FREE entry into our £250 wee")
+        both = first["train"] + first["validation"] + first["test"]
+        self.assertEqual(sum(label == "spam" for label, _ in both), 747)  # balanced: 747 + 747
+        self.assertLessEqual(set(both), set(examples))
+
+    def test_special_token_text_and_overlong_text(self):
+        tok = tokenizer()
+        ids = data.encode(tok, ["win <|endoftext|> now", "word " * 500], max_length=100)
+        self.assertNotIn(tok.eot_token, ids[0])
+        self.assertEqual(tok.decode(ids[0]), "win <|endoftext|> now")
+        self.assertEqual(ids[1], tok.encode_ordinary("word " * 500)[:100])  # the start is kept
+        with self.assertRaisesRegex(utils.InputError, "empty text"):
+            data.encode(tok, [""], 10)
+
+    def test_batches_are_padded_to_their_own_longest_row(self):
+        input_batch, target_batch, lengths = data.pad_batch([([4], 1), ([5, 6], 0)], pad_id=99)
+        self.assertEqual(input_batch.tolist(), [[4, 99], [5, 6]])
+        self.assertEqual((target_batch.tolist(), lengths.tolist()), ([1, 0], [1, 2]))
+        longer, _, _ = data.pad_batch([([1, 2, 3], 0), ([7, 8, 9, 10, 11], 1)], pad_id=99)
+        self.assertEqual(longer.shape, (2, 5))
+
+
+class TestDataLayouts(unittest.TestCase):
+    """Your own data as people have it: headers in any column order, JSON lines, clear hints."""
+    examples = [("ham" if i % 3 else "spam", f"message {i}, with a comma") for i in range(12)]
+    flags = "use --text-column and --label-column"
+
+    def write(self, name, text, folder=None):
+        path = (folder or tmpdir(self)) / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def assert_error(self, path, message, **columns):
+        with self.assertRaises(utils.InputError) as e:
+            data.load_dataset(path, **columns)
+        self.assertEqual(str(e.exception), f"{path}{message}")
+
+    def test_a_header_names_the_columns_in_any_order(self):
+        rows = list(enumerate(self.examples))
+        layouts = {
+            "a.csv": "text,label\n" + "".join(f'"{t}",{y}\n' for _, (y, t) in rows),
+            "b.csv": "id,text,label\n" + "".join(f'{i},"{t}",{y}\n' for i, (y, t) in rows),
+            "c.csv": " Review ,SENTIMENT\n\n" + "".join(f'"{t}",{y}\n' for _, (y, t) in rows),
+            "d.tsv": "id\tclass\tmessage\n" + "".join(f"{i}\t{y}\t{t}\n" for i, (y, t) in rows),
+            "e.jsonl": "".join(json.dumps({"label": y, "text": t}) + "\n" for _, (y, t) in rows)}
+        for name, content in layouts.items():
+            with self.subTest(name):
+                path = self.write(name, content)
+                self.assertEqual(data.read_examples(path), self.examples)
+                self.assertEqual(data.load_dataset(path),
+                                 (data.split(self.examples, 123), ["ham", "spam"]))
+
+    def test_a_first_row_naming_one_column_is_data(self):
+        path = self.write("plain.csv", "spam,message\nham,label text\n")
+        self.assertEqual(data.read_examples(path), [("spam", "message"), ("ham", "label text")])
+
+    def test_jsonl_with_integer_labels_and_other_keys(self):
+        objects = [{"id": i, "sentence": t, "target": 10 if y == "ham" else 2}
+                   for i, (y, t) in enumerate(self.examples)]
+        path = self.write("data.jsonl", "\n\n".join(map(json.dumps, objects)) + "\n")
+        expected = [("10" if y == "ham" else "2", t) for y, t in self.examples]
+        self.assertEqual(data.read_examples(path), expected)
+        self.assertEqual(data.load_dataset(path)[1], ["2", "10"])
+
+    def test_flags_choose_the_columns(self):
+        path = self.write("reviews.csv", "id,body,stars\n" + "".join(
+            f'{i},"{t}",{y}\n' for i, (y, t) in enumerate(self.examples)))
+        self.assertEqual(data.read_examples(path, text_column="body", label_column=" Stars"),
+                         self.examples)
+        self.assertEqual(data.load_dataset(path, text_column="body", label_column="stars")[0],
+                         data.split(self.examples, 123))
+        path = self.write("two_texts.csv", "text,summary,label\nlong text,short,a\n")
+        self.assertEqual(data.read_examples(path, text_column="summary"), [("a", "short")])
+        path = self.write("keys.jsonl", '{"body": "hi", "stars": 5}\n')
+        self.assertEqual(data.read_examples(path, text_column="body", label_column="stars"),
+                         [("5", "hi")])
+        with self.assertRaisesRegex(utils.InputError, "both column 'stars'; name two different"):
+            data.read_examples(path, text_column="stars", label_column="stars")
+
+    def test_unclear_or_missing_columns_give_a_one_line_hint(self):
+        path = self.write("data.csv", "id,body,stars\n1,hi,5\n")
+        self.assert_error(path, ": which column is the text? The columns are id, body, stars; "
+                          f"{self.flags}", label_column="stars")
+        path = self.write("data.csv", "text,review,label\na,b,c\n")
+        self.assert_error(path, ": which column is the text? The columns are text, review, label; "
+                          f"{self.flags}")
+        path = self.write("data.jsonl", '{"body": "hi", "stars": 5}\n')
+        self.assert_error(path, f": which column is the label? The columns are body, stars; "
+                          f"{self.flags}")
+        path = self.write("data.tsv", "text\tlabel\nhi\tham\n")
+        self.assert_error(path, ": --text-column 'body' names no column; the columns are text, "
+                          "label", text_column="body")
+
+    def test_a_text_column_read_as_the_label_is_caught_before_splitting(self):
+        content = "".join(f'"{t}",{y}\n' for y, t in self.examples)  # text,label without a header
+        hint = (": 12 examples carry 12 different labels, so a text or id column was read as the "
+                "label; put the label first, add a header line such as text,label, or use "
+                "--text-column and --label-column")
+        self.assert_error(self.write("data.csv", content), hint)
+        folder = tmpdir(self)
+        for name in ("train", "val", "test"):
+            self.write(f"{name}.csv", content, folder)
+        self.assert_error(folder / "train.csv", hint)
+
+    def test_malformed_rows_name_the_file_and_line(self):
+        good = '{"text": "hi", "label": "a"}\n'
+        must = "a label must be a string or an integer and a text a string"
+        cases = {
+            "not json": ("bad.jsonl", good + '{"text": "hi"\n',
+                         "line 2: not valid JSON (Expecting ',' delimiter); write one JSON "
+                         "object per line"),
+            "not an object": ("bad.jsonl", good + '\n["hi", "a"]\n',
+                              'line 3: expected a JSON object {...}, found ["hi", "a"]'),
+            "missing field": ("bad.jsonl", good + '{"text": "hi"}\n',
+                              "line 2: no 'label' field; every object needs 'label' and 'text'"),
+            "float label": ("bad.jsonl", good + '{"text": "hi", "label": 1.5}\n',
+                            f'line 2: {must}, not 1.5 and "hi"'),
+            "bool label": ("bad.jsonl", good + '{"text": "hi", "label": true}\n',
+                           f'line 2: {must}, not true and "hi"'),
+            "null text": ("bad.jsonl", good + '{"text": null, "label": 1}\n',
+                          f"line 2: {must}, not 1 and null"),
+            "extra csv field": ("bad.csv", "id,text,label\n1,hi,a\n2,hi, there,b\n",
+                                "line 3: 4 fields where the header has 3; put quotes around a "
+                                "text with commas"),
+            "short tsv row": ("bad.tsv", "label\ttext\tid\nhi\ta\t1\nb\tno id\n",
+                              "line 3: 2 fields where the header has 3; take TABs out of texts")}
+        for what, (name, content, message) in cases.items():
+            with self.subTest(what):
+                path = self.write(name, content)
+                with self.assertRaises(utils.InputError) as e:
+                    data.read_examples(path)
+                self.assertEqual(str(e.exception), f"{path}, {message}")
+
+    def test_folder_of_jsonl_files_with_flags(self):
+        folder = tmpdir(self)
+        line = '{{"body": "{}", "stars": {}}}\n'.format
+        self.write("train.jsonl", line("one", 1) + line("two", 2), folder)
+        self.write("validation.jsonl", line("three", 1), folder)
+        self.write("test.jsonl", line("four", 2), folder)
+        columns = {"text_column": "body", "label_column": "stars"}
+        self.assertEqual(data.load_dataset(folder, **columns), (
+            {"train": [("1", "one"), ("2", "two")], "validation": [("1", "three")],
+             "test": [("2", "four")]}, ["1", "2"]))
+        self.write("test.jsonl", line("four", 2) + line("five", 3), folder)
+        with self.assertRaisesRegex(utils.InputError,
+                                    r"test.jsonl, line 2: label '3' never appears"):
+            data.load_dataset(folder, **columns)
+
+
+class TestDataFromStrangers(Trains):
+    """Labels and texts that are not what they seem, and texts of any size."""
+
+    def test_labels_that_are_not_what_they_seem_are_refused(self):
+        cases = {"escape.tsv": ("ham\tok\n\x1b[2Jspam\tclears the screen\n",
+                                "line 2: label '\\x1b[2Jspam' holds a control character"),
+                 "joined.tsv": ("ham\tok\n\ufeffspam\tsecond file\n",
+                                "line 2: label '\\ufeffspam' holds a control character (a "
+                                "byte-order mark: were two files joined?)"),
+                 "surrogate.jsonl": ('{"text": "ok", "label": "a"}\n'
+                                     '{"text": "half \\ud800", "label": "b"}\n',
+                                     "line 2: a \\u escape of half a character"),
+                 "digits.jsonl": ('{"text": "ok", "label": "a"}\n'
+                                  '{"text": "x", "label": 1' + "0" * 5000 + '}\n',
+                                  "line 2: not valid JSON (Exceeds the limit")}
+        for name, (content, message) in cases.items():
+            with self.subTest(name):
+                path = self.dir / name
+                path.write_text(content, encoding="utf-8")
+                code, _, err = cli(tc.main, "--data", path, "--model", self.dir / "tiny",
+                                   "--out", self.out)
+                self.assertEqual(code, 1)
+                self.assertIn(message, err)
+                self.assertEqual(len(err.strip().splitlines()), 1)
+        self.assertFalse(self.out.exists())
+
+    def test_memory_follows_max_length_not_the_text(self):
+        words = "Spam offers arrive daily, 24/7 - call 0800 now!! naïve café 😀 don't  wait\n"
+        text = words * 250_000  # 19 MB on one line
+        seen = []
+
+        class Recording:  # tiktoken, recording how much text it is given
+            eot_token = self.tok.eot_token
+
+            def encode_ordinary_batch(self, texts):
+                seen.extend(map(len, texts))
+                return real.encode_ordinary_batch(texts)
+        real = self.tok
+        for truncate in ("start", "end"):
+            with self.subTest(truncate):
+                seen.clear()
+                ids = data.encode(Recording(), [text], 100, truncate)[0]
+                self.assertLessEqual(max(seen), 8 * 100)
+                whole = self.tok.encode_ordinary(words * 40)
+                self.assertEqual(ids, whole[:100] if truncate == "start" else whole[-100:])
+        random_texts = ["".join(np.random.default_rng(seed).choice(list("ab cd\n\t,.é😀0"), 4000))
+                        for seed in range(20)]
+        for truncate in ("start", "end"):  # the window's cut never changes the tokens kept
+            got = data.encode(self.tok, random_texts, 30, truncate)
+            for t, ids in zip(random_texts, got):
+                whole = self.tok.encode_ordinary(t)
+                self.assertEqual(ids, whole[:30] if truncate == "start" else whole[-30:])
+
+
+# =============================================================================================
+# load_gpt2.py: GPT-2's weights into GPTModel, the tokenizer, the device
+# =============================================================================================
 
 class TestLoadGPT2(unittest.TestCase):
     def test_checkpoint_variants_load_exactly(self):
@@ -324,6 +966,172 @@ class TestLoadGPT2(unittest.TestCase):
                                     "no config.json and its tensors match no released"):
             load_gpt2.load_gpt2(folder)
 
+    def test_missing_wrong_shape_and_unknown_tensors_name_the_key(self):
+        arrays = random_hf_arrays()
+        missing = {k: v for k, v in arrays.items() if k != "h.1.mlp.c_fc.bias"}
+        wrong = dict(arrays, **{"h.0.attn.c_proj.weight": np.zeros((32, 31), np.float32)})
+        extra = dict(arrays, **{"h.0.attn.rotary": np.zeros(3, np.float32)})
+        for bad, key in ((missing, "h.1.mlp.c_fc.bias"), (wrong, "h.0.attn.c_proj.weight"),
+                         (extra, "h.0.attn.rotary")):
+            with self.subTest(key):
+                folder = write_checkpoint(tmpdir(self), bad, 4)
+                with self.assertRaisesRegex(utils.InputError,
+                                            f"{re.escape(str(folder))}.*{re.escape(key)}"):
+                    load_gpt2.load_gpt2(folder)
+
+    def test_weights_that_are_not_finite_are_refused(self):
+        arrays = random_hf_arrays()
+        arrays["h.1.mlp.c_fc.weight"][3, 5] = np.nan
+        folder = write_checkpoint(tmpdir(self), arrays, 4)
+        with self.assertRaisesRegex(utils.InputError, "trf_blocks.1.ff.layers.0.weight holds NaN"):
+            load_gpt2.load_gpt2(folder)
+
+    def test_unknown_model_name_lists_the_valid_ones(self):
+        for pretrained in (True, False):
+            with self.assertRaisesRegex(utils.InputError,
+                                        "unknown model 'gpt-5'.*gpt2-xl.*or a folder"):
+                load_gpt2.load_gpt2("gpt-5", pretrained=pretrained)
+
+    def test_tokenizer_ids(self):
+        tok = tokenizer()
+        self.assertEqual(tok.encode("Do you have time"), [5211, 345, 423, 640])
+        self.assertEqual(tok.encode("Every effort moves you"), [6109, 3626, 6100, 345])
+
+    def test_both_key_styles_at_once_is_an_error_not_a_choice(self):
+        folder = tmpdir(self)
+        arrays = random_hf_arrays()
+        folder = write_checkpoint(folder / "twice", arrays, 4)
+        named = {f"transformer.{k}": v for k, v in arrays.items()}
+        named["h.0.ln_1.weight"] = arrays["h.0.ln_1.weight"]
+        write_safetensors(folder / "model.safetensors", named)
+        with self.assertRaisesRegex(utils.InputError, "tensor 'h.0.ln_1.weight' is there twice"):
+            load_gpt2.load_gpt2(folder)
+
+
+class Sources(unittest.TestCase):
+    """Every copy of GPT-2 a user may have, read the same way: the book's TensorFlow folder,
+    the Hugging Face cache, a hub repo, OpenAI's files and the book's backup, in that order."""
+
+    def setUp(self):
+        self.dir = tmpdir(self)
+        self.env = {"GPT2_CACHE_DIR": str(self.dir / "ours"), "HF_HOME": str(self.dir / "hf"),
+                    "HF_HUB_CACHE": "", "HF_ENDPOINT": "http://127.0.0.1:9",
+                    "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_TOKEN": ""}
+        for patch in (unittest.mock.patch.dict(os.environ, self.env),
+                      unittest.mock.patch.object(download, "PAUSE_S", 0.01)):
+            patch.start()
+            self.addCleanup(patch.stop)
+        self.prompt = torch.tensor([json.loads((FIXTURE / "expected.json").read_text())["prompt"]])
+        with torch.no_grad():
+            self.logits = load_gpt2.load_gpt2(FIXTURE)(self.prompt)
+
+    def assert_fixture(self, model, source):
+        with torch.no_grad():
+            self.assertTrue(torch.equal(model(self.prompt), self.logits))
+        self.assertEqual(model.source, str(source))
+
+    def hub(self, repo_files):
+        """A loopback server in the hub's layout, its large files behind a storage redirect."""
+        storage = FileServer({f"/{i}": body for i, body in enumerate(repo_files.values())})
+        paths = {f"/{repo}/resolve/main/{name}": (f"/{i}", body)
+                 for i, ((repo, name), body) in enumerate(repo_files.items())}
+        hub = FileServer({path: body for path, (_, body) in paths.items()
+                          if not path.endswith(".safetensors")},
+                          redirect={path: storage.url + blob for path, (blob, body) in paths.items()
+                                    if path.endswith(".safetensors")},
+                          headers={path: {"X-Linked-Etag": hashlib.sha256(body).hexdigest(),
+                                          "X-Linked-Size": str(len(body))}
+                                   for path, (_, body) in paths.items()})
+        for server in (hub, storage):
+            self.addCleanup(server.close)
+        os.environ["HF_ENDPOINT"] = hub.url
+        return hub
+
+
+class TestTokenizerAndDevice(Sources):
+    @unittest.skipUnless(ENCODER_JSON.exists(), f"{ENCODER_JSON} not present")
+    def test_the_vocabulary_comes_from_the_weights_when_tiktoken_cannot(self):
+        real, folder = tokenizer(), self.dir / "book"
+        shutil.copytree(TF_FIXTURE, folder)
+        shutil.copy(ENCODER_JSON, folder / "encoder.json")
+        env = {"TIKTOKEN_CACHE_DIR": str(self.dir / "empty"), "HF_HUB_OFFLINE": "1"}
+        text = "Every effort moves you <|endoftext|> naïve café 😀\n\n  spaces"
+        with unittest.mock.patch.dict(os.environ, env):
+            tok = load_gpt2.get_tokenizer(folder)
+            self.assertEqual(tok.encode_ordinary(text), real.encode_ordinary(text))
+            self.assertEqual((tok.n_vocab, tok.eot_token), (50257, 50256))
+            vocab = json.loads(ENCODER_JSON.read_bytes())
+            vocab["Ġthe"], vocab["Ġa"] = vocab["Ġa"], vocab["Ġthe"]  # two ranks swapped
+            (folder / "encoder.json").write_text(json.dumps(vocab), encoding="utf-8")
+            with self.assertRaisesRegex(utils.InputError, "tiktoken failed .*encoder.json is not "
+                                                          "GPT-2's vocabulary"):
+                load_gpt2.get_tokenizer(folder)
+        shutil.copy(ENCODER_JSON, folder / "encoder.json")
+        tiktoken_cache = self.dir / "tiktoken"  # tiktoken's files, but one of them damaged
+        shutil.copytree(ENCODER_JSON.parent, tiktoken_cache)
+        (tiktoken_cache / ENCODER_JSON.name).write_bytes(b"{}")
+        for cache in ("", str(tiktoken_cache)):  # "": tiktoken keeps no cache, it downloads
+            with self.subTest(cache=cache), unittest.mock.patch.dict(
+                    os.environ, {**env, "TIKTOKEN_CACHE_DIR": cache}), unittest.mock.patch.object(
+                    load_gpt2.tiktoken, "get_encoding", side_effect=AssertionError("a request")):
+                self.assertEqual(load_gpt2.get_tokenizer(folder).n_vocab, 50257)  # offline
+        hub = self.hub({("openai-community/gpt2", "vocab.json"): ENCODER_JSON.read_bytes()})
+        with unittest.mock.patch.dict(os.environ, {**env, "HF_HUB_OFFLINE": ""}), \
+                unittest.mock.patch.object(load_gpt2.tiktoken, "get_encoding",
+                                           side_effect=ConnectionError):  # no tiktoken download
+            self.assertEqual(load_gpt2.get_tokenizer("gpt2").encode_ordinary(text),
+                             real.encode_ordinary(text))
+        self.assertEqual([r[1] for r in hub.requests if r[0] == "GET"],
+                         ["/openai-community/gpt2/resolve/main/vocab.json"])
+
+    def test_apple_mps_only_with_torch_2_9_or_newer(self):
+        for version, device in (("2.8.0", "cpu"), ("2.9.1", "mps"), ("2.10.0", "mps")):
+            with self.subTest(version), \
+                    unittest.mock.patch.object(torch, "__version__", version), \
+                    unittest.mock.patch.object(torch.cuda, "is_available", lambda: False), \
+                    unittest.mock.patch.object(torch.backends.mps, "is_available", lambda: True), \
+                    contextlib.redirect_stderr(io.StringIO()) as err:
+                self.assertEqual(load_gpt2.pick_device(), device)
+            self.assertEqual("wrong losses" in err.getvalue(), device == "cpu")
+
+
+# =============================================================================================
+# formats.py: safetensors, TensorFlow's checkpoint, config.json and the vocabulary, by hand
+# =============================================================================================
+
+def varint(n):
+    out = b""
+    while True:
+        out += bytes([n & 0x7F | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            return out
+
+def tf_entry(offset, size, dtype=1, shape=(1,), crc=0):
+    """A BundleEntryProto (TensorFlow's index value for one tensor), written by hand."""
+    dims = b"".join(b"\x12" + varint(len(d)) + d for d in (b"\x08" + varint(x) for x in shape))
+    return (b"\x08" + varint(dtype) + b"\x12" + varint(len(dims)) + dims + b"\x20"
+            + varint(offset) + b"\x28" + varint(size) + b"\x35" + crc.to_bytes(4, "little"))
+
+def write_tf_index(path, entries, handles=1):
+    """A LevelDB-format table of entries {key: value}, in key order: one data block, its index
+    block (with handles entries pointing at it), the footer; each block with its type and
+    masked CRC-32C. An independent writer."""
+    def block(pairs):
+        body = b"".join(varint(0) + varint(len(k)) + varint(len(v)) + k + v for k, v in pairs)
+        body += (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # one restart point, at 0
+        crc = formats.crc32c(np.frombuffer(body + b"\x00", np.uint8))
+        masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) % 2**32
+        return body + b"\x00" + masked.to_bytes(4, "little")
+    data = block(sorted(entries.items()))
+    handle = varint(0) + varint(len(data) - 5)
+    index = block([(max(entries) + i.to_bytes(2, "big"), handle) for i in range(handles)])
+    footer = varint(0) + varint(0) + varint(len(data)) + varint(len(index) - 5)
+    footer += bytes(40 - len(footer)) + (0xdb4775248b80fb57).to_bytes(8, "little")
+    Path(path).write_bytes(data + index + footer)
+
+
+class TestFormats(unittest.TestCase):
     def test_damaged_files_are_clear_errors(self):
         arrays = random_hf_arrays()
         good = write_checkpoint(tmpdir(self) / "good", arrays, 4) / "model.safetensors"
@@ -353,25 +1161,6 @@ class TestLoadGPT2(unittest.TestCase):
                 self.assertIn(str(folder / "model.safetensors"), str(e.exception))
                 self.assertIn("delete it and download it again", str(e.exception))
 
-    def test_missing_wrong_shape_and_unknown_tensors_name_the_key(self):
-        arrays = random_hf_arrays()
-        missing = {k: v for k, v in arrays.items() if k != "h.1.mlp.c_fc.bias"}
-        wrong = dict(arrays, **{"h.0.attn.c_proj.weight": np.zeros((32, 31), np.float32)})
-        extra = dict(arrays, **{"h.0.attn.rotary": np.zeros(3, np.float32)})
-        for bad, key in ((missing, "h.1.mlp.c_fc.bias"), (wrong, "h.0.attn.c_proj.weight"),
-                         (extra, "h.0.attn.rotary")):
-            with self.subTest(key):
-                folder = write_checkpoint(tmpdir(self), bad, 4)
-                with self.assertRaisesRegex(utils.InputError,
-                                            f"{re.escape(str(folder))}.*{re.escape(key)}"):
-                    load_gpt2.load_gpt2(folder)
-
-    def test_unknown_model_name_lists_the_valid_ones(self):
-        for pretrained in (True, False):
-            with self.assertRaisesRegex(utils.InputError,
-                                        "unknown model 'gpt-5'.*gpt2-xl.*or a folder"):
-                load_gpt2.load_gpt2("gpt-5", pretrained=pretrained)
-
     def test_bad_config_json_is_a_clear_error(self):
         folder = write_checkpoint(tmpdir(self), random_hf_arrays(), 4)
         good = {"vocab_size": 64, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 16}
@@ -395,80 +1184,21 @@ class TestLoadGPT2(unittest.TestCase):
         with self.assertRaisesRegex(utils.InputError, "not a regular file of at most 1,000,000"):
             load_gpt2.load_gpt2(folder)
 
-    def test_weights_that_are_not_finite_are_refused(self):
-        arrays = random_hf_arrays()
-        arrays["h.1.mlp.c_fc.weight"][3, 5] = np.nan
-        folder = write_checkpoint(tmpdir(self), arrays, 4)
-        with self.assertRaisesRegex(utils.InputError, "trf_blocks.1.ff.layers.0.weight holds NaN"):
-            load_gpt2.load_gpt2(folder)
-
-    def test_tokenizer_ids(self):
-        tok = tokenizer()
-        self.assertEqual(tok.encode("Do you have time"), [5211, 345, 423, 640])
-        self.assertEqual(tok.encode("Every effort moves you"), [6109, 3626, 6100, 345])
-
-
-def varint(n):
-    out = b""
-    while True:
-        out += bytes([n & 0x7F | (0x80 if n > 0x7F else 0)])
-        n >>= 7
-        if not n:
-            return out
+    def test_weights_beyond_this_machines_memory_are_refused_before_allocating(self):
+        folder = tmpdir(self)
+        folder = write_checkpoint(folder / "huge", random_hf_arrays(), 4)
+        (folder / "config.json").write_text(json.dumps({
+            "vocab_size": 50257, "n_positions": 1024, "n_embd": 8192, "n_layer": 11,
+            "n_head": 64}))
+        page, pages = os.sysconf("SC_PAGE_SIZE"), 8 * 2**30 // os.sysconf("SC_PAGE_SIZE")
+        with unittest.mock.patch.object(formats.os, "sysconf",
+                                        lambda name: page if name == "SC_PAGE_SIZE" else pages), \
+                self.assertRaisesRegex(utils.InputError, "9.7e\\+09 parameters, 39 GB of float32 "
+                                       "weights: more than this machine's 9 GB"):
+            load_gpt2.load_gpt2(folder, pretrained=False)
 
 
-def tf_entry(offset, size, dtype=1, shape=(1,), crc=0):
-    """A BundleEntryProto (TensorFlow's index value for one tensor), written by hand."""
-    dims = b"".join(b"\x12" + varint(len(d)) + d for d in (b"\x08" + varint(x) for x in shape))
-    return (b"\x08" + varint(dtype) + b"\x12" + varint(len(dims)) + dims + b"\x20"
-            + varint(offset) + b"\x28" + varint(size) + b"\x35" + crc.to_bytes(4, "little"))
-
-
-def write_tf_index(path, entries, handles=1):
-    """A LevelDB-format table of entries {key: value}, in key order: one data block, its index
-    block (with handles entries pointing at it), the footer; each block with its type and
-    masked CRC-32C. An independent writer."""
-    def block(pairs):
-        body = b"".join(varint(0) + varint(len(k)) + varint(len(v)) + k + v for k, v in pairs)
-        body += (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # one restart point, at 0
-        crc = formats.crc32c(np.frombuffer(body + b"\x00", np.uint8))
-        masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) % 2**32
-        return body + b"\x00" + masked.to_bytes(4, "little")
-    data = block(sorted(entries.items()))
-    handle = varint(0) + varint(len(data) - 5)
-    index = block([(max(entries) + i.to_bytes(2, "big"), handle) for i in range(handles)])
-    footer = varint(0) + varint(0) + varint(len(data)) + varint(len(index) - 5)
-    footer += bytes(40 - len(footer)) + (0xdb4775248b80fb57).to_bytes(8, "little")
-    Path(path).write_bytes(data + index + footer)
-
-
-TF_FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tf"
-ENCODER_JSON = (ROOT.parent / "shared" / "tiktoken-cache"
-                / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6")  # tiktoken's name for encoder.json
-
-
-class TestSources(unittest.TestCase):
-    """Every copy of GPT-2 a user may have, read the same way: the book's TensorFlow folder,
-    the Hugging Face cache, a hub repo, OpenAI's files and the book's backup, in that order."""
-
-    def setUp(self):
-        self.dir = tmpdir(self)
-        self.env = {"GPT2_CACHE_DIR": str(self.dir / "ours"), "HF_HOME": str(self.dir / "hf"),
-                    "HF_HUB_CACHE": "", "HF_ENDPOINT": "http://127.0.0.1:9",
-                    "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_TOKEN": ""}
-        for patch in (unittest.mock.patch.dict(os.environ, self.env),
-                      unittest.mock.patch.object(download, "PAUSE_S", 0.01)):
-            patch.start()
-            self.addCleanup(patch.stop)
-        self.prompt = torch.tensor([json.loads((FIXTURE / "expected.json").read_text())["prompt"]])
-        with torch.no_grad():
-            self.logits = load_gpt2.load_gpt2(FIXTURE)(self.prompt)
-
-    def assert_fixture(self, model, source):
-        with torch.no_grad():
-            self.assertTrue(torch.equal(model(self.prompt), self.logits))
-        self.assertEqual(model.source, str(source))
-
+class TestTensorFlowCheckpoint(Sources):
     def test_the_books_tensorflow_folder_is_the_same_model_without_tensorflow(self):
         book = self.dir / "gpt2" / "124M"  # as gpt_download.py leaves it
         shutil.copytree(TF_FIXTURE, book)
@@ -496,6 +1226,59 @@ class TestSources(unittest.TestCase):
                 if index_bytes is None:
                     (book / "model.ckpt.index").rmdir()
 
+    def test_crafted_tensorflow_tables_are_refused_in_bounded_time(self):
+        entries = dict(formats.table_entries(np.frombuffer(
+            (TF_FIXTURE / "model.ckpt.index").read_bytes(), np.uint8)))
+        book = self.dir / "book"
+        shutil.copytree(TF_FIXTURE, book)
+        write_tf_index(book / "model.ckpt.index", entries)  # our writer, checked on the real
+        self.assert_fixture(load_gpt2.load_gpt2(book), book / "model.ckpt.index")
+        cases = {"two tensors are both 'wte.weight'":
+                     {**entries, b"model/wte/w": entries[b"model/wte"]},
+                 "at most 10,000 differently named tensors":
+                     {**entries, **{f"model/x{i:05}".encode(): tf_entry(0, 0)
+                                    for i in range(10_001)}},
+                 "is not a whole float tensor": {**entries, b"model/wpe": tf_entry(0, 4, 7)},
+                 "claims bytes": {**entries, b"model/wpe": tf_entry(10**12, 4)}}
+        cases["blocks that overlap"] = entries  # the same block twice, 2,000 times: refused
+        for message, crafted in cases.items():
+            with self.subTest(message):
+                write_tf_index(book / "model.ckpt.index", crafted,
+                               2000 if crafted is entries else 1)
+                start = time.time()
+                with self.assertRaisesRegex(utils.InputError, re.escape(message)):
+                    load_gpt2.load_gpt2(book)
+                self.assertLess(time.time() - start, 10)
+
+    def test_config_keys_that_change_the_math_are_refused(self):
+        folder = write_checkpoint(self.dir / "ckpt", random_hf_arrays(), 4)
+        good = json.loads((folder / "config.json").read_text())
+        load_gpt2.load_gpt2(folder)
+        cases = {"activation_function 'relu' changes the model's math":
+                     {"activation_function": "relu"},
+                 "layer_norm_epsilon 0.1 changes": {"layer_norm_epsilon": 0.1},
+                 "scale_attn_weights False changes": {"scale_attn_weights": False},
+                 "scale_attn_by_inverse_layer_idx True changes":
+                     {"scale_attn_by_inverse_layer_idx": True},
+                 "n_inner 100 changes": {"n_inner": 100},
+                 "unknown key 'rotary_dim': if it does not change the math, add it to HARMLESS":
+                     {"rotary_dim": 8}}
+        for message, change in cases.items():
+            with self.subTest(message):
+                (folder / "config.json").write_text(json.dumps({**good, **change}))
+                with self.assertRaisesRegex(utils.InputError, re.escape(message)):
+                    load_gpt2.load_gpt2(folder)
+        (folder / "config.json").write_text(json.dumps({**good, "n_inner": 128,
+                                                        "activation_function": "gelu_pytorch_tanh",
+                                                        "resid_pdrop": 0.1}))
+        load_gpt2.load_gpt2(folder)  # 4 x n_embd, the same tanh GELU, dropout: the same math
+
+
+# =============================================================================================
+# download.py: where GPT-2's files come from: caches, the hub, OpenAI, resumable downloads
+# =============================================================================================
+
+class TestSources(Sources):
     def test_the_hugging_face_cache_is_read_in_place(self):
         for repo, home in (("openai-community/gpt2", "HF_HOME"), ("gpt2", "HF_HUB_CACHE")):
             with self.subTest(repo):  # gpt2: the hub's name for it before openai-community/
@@ -518,23 +1301,6 @@ class TestSources(unittest.TestCase):
                 self.assert_fixture(model, snapshot / "model.safetensors")
                 self.assertFalse((self.dir / "ours").exists())  # used in place, not copied
                 shutil.rmtree(folder)
-
-    def hub(self, repo_files):
-        """A loopback server in the hub's layout, its large files behind a storage redirect."""
-        storage = FileServer({f"/{i}": body for i, body in enumerate(repo_files.values())})
-        paths = {f"/{repo}/resolve/main/{name}": (f"/{i}", body)
-                 for i, ((repo, name), body) in enumerate(repo_files.items())}
-        hub = FileServer({path: body for path, (_, body) in paths.items()
-                          if not path.endswith(".safetensors")},
-                          redirect={path: storage.url + blob for path, (blob, body) in paths.items()
-                                    if path.endswith(".safetensors")},
-                          headers={path: {"X-Linked-Etag": hashlib.sha256(body).hexdigest(),
-                                          "X-Linked-Size": str(len(body))}
-                                   for path, (_, body) in paths.items()})
-        for server in (hub, storage):
-            self.addCleanup(server.close)
-        os.environ["HF_ENDPOINT"] = hub.url
-        return hub
 
     @unittest.skipUnless(ENCODER_JSON.exists(), f"{ENCODER_JSON} not present")
     def test_any_gpt2_repo_on_the_hub_downloads_once(self):
@@ -607,88 +1373,6 @@ class TestSources(unittest.TestCase):
                                        ".*and HF_HUB_OFFLINE .* forbids downloading it"):
             load_gpt2.load_gpt2("gpt2")
 
-    @unittest.skipUnless(ENCODER_JSON.exists(), f"{ENCODER_JSON} not present")
-    def test_the_vocabulary_comes_from_the_weights_when_tiktoken_cannot(self):
-        real, folder = tokenizer(), self.dir / "book"
-        shutil.copytree(TF_FIXTURE, folder)
-        shutil.copy(ENCODER_JSON, folder / "encoder.json")
-        env = {"TIKTOKEN_CACHE_DIR": str(self.dir / "empty"), "HF_HUB_OFFLINE": "1"}
-        text = "Every effort moves you <|endoftext|> naïve café 😀\n\n  spaces"
-        with unittest.mock.patch.dict(os.environ, env):
-            tok = load_gpt2.get_tokenizer(folder)
-            self.assertEqual(tok.encode_ordinary(text), real.encode_ordinary(text))
-            self.assertEqual((tok.n_vocab, tok.eot_token), (50257, 50256))
-            vocab = json.loads(ENCODER_JSON.read_bytes())
-            vocab["Ġthe"], vocab["Ġa"] = vocab["Ġa"], vocab["Ġthe"]  # two ranks swapped
-            (folder / "encoder.json").write_text(json.dumps(vocab), encoding="utf-8")
-            with self.assertRaisesRegex(utils.InputError, "tiktoken failed .*encoder.json is not "
-                                                          "GPT-2's vocabulary"):
-                load_gpt2.get_tokenizer(folder)
-        shutil.copy(ENCODER_JSON, folder / "encoder.json")
-        tiktoken_cache = self.dir / "tiktoken"  # tiktoken's files, but one of them damaged
-        shutil.copytree(ENCODER_JSON.parent, tiktoken_cache)
-        (tiktoken_cache / ENCODER_JSON.name).write_bytes(b"{}")
-        for cache in ("", str(tiktoken_cache)):  # "": tiktoken keeps no cache, it downloads
-            with self.subTest(cache=cache), unittest.mock.patch.dict(
-                    os.environ, {**env, "TIKTOKEN_CACHE_DIR": cache}), unittest.mock.patch.object(
-                    load_gpt2.tiktoken, "get_encoding", side_effect=AssertionError("a request")):
-                self.assertEqual(load_gpt2.get_tokenizer(folder).n_vocab, 50257)  # offline
-        hub = self.hub({("openai-community/gpt2", "vocab.json"): ENCODER_JSON.read_bytes()})
-        with unittest.mock.patch.dict(os.environ, {**env, "HF_HUB_OFFLINE": ""}), \
-                unittest.mock.patch.object(load_gpt2.tiktoken, "get_encoding",
-                                           side_effect=ConnectionError):  # no tiktoken download
-            self.assertEqual(load_gpt2.get_tokenizer("gpt2").encode_ordinary(text),
-                             real.encode_ordinary(text))
-        self.assertEqual([r[1] for r in hub.requests if r[0] == "GET"],
-                         ["/openai-community/gpt2/resolve/main/vocab.json"])
-
-    def test_config_keys_that_change_the_math_are_refused(self):
-        folder = write_checkpoint(self.dir / "ckpt", random_hf_arrays(), 4)
-        good = json.loads((folder / "config.json").read_text())
-        load_gpt2.load_gpt2(folder)
-        cases = {"activation_function 'relu' changes the model's math":
-                     {"activation_function": "relu"},
-                 "layer_norm_epsilon 0.1 changes": {"layer_norm_epsilon": 0.1},
-                 "scale_attn_weights False changes": {"scale_attn_weights": False},
-                 "scale_attn_by_inverse_layer_idx True changes":
-                     {"scale_attn_by_inverse_layer_idx": True},
-                 "n_inner 100 changes": {"n_inner": 100},
-                 "unknown key 'rotary_dim': if it does not change the math, add it to HARMLESS":
-                     {"rotary_dim": 8}}
-        for message, change in cases.items():
-            with self.subTest(message):
-                (folder / "config.json").write_text(json.dumps({**good, **change}))
-                with self.assertRaisesRegex(utils.InputError, re.escape(message)):
-                    load_gpt2.load_gpt2(folder)
-        (folder / "config.json").write_text(json.dumps({**good, "n_inner": 128,
-                                                        "activation_function": "gelu_pytorch_tanh",
-                                                        "resid_pdrop": 0.1}))
-        load_gpt2.load_gpt2(folder)  # 4 x n_embd, the same tanh GELU, dropout: the same math
-
-    def test_crafted_tensorflow_tables_are_refused_in_bounded_time(self):
-        entries = dict(formats.table_entries(np.frombuffer(
-            (TF_FIXTURE / "model.ckpt.index").read_bytes(), np.uint8)))
-        book = self.dir / "book"
-        shutil.copytree(TF_FIXTURE, book)
-        write_tf_index(book / "model.ckpt.index", entries)  # our writer, checked on the real
-        self.assert_fixture(load_gpt2.load_gpt2(book), book / "model.ckpt.index")
-        cases = {"two tensors are both 'wte.weight'":
-                     {**entries, b"model/wte/w": entries[b"model/wte"]},
-                 "at most 10,000 differently named tensors":
-                     {**entries, **{f"model/x{i:05}".encode(): tf_entry(0, 0)
-                                    for i in range(10_001)}},
-                 "is not a whole float tensor": {**entries, b"model/wpe": tf_entry(0, 4, 7)},
-                 "claims bytes": {**entries, b"model/wpe": tf_entry(10**12, 4)}}
-        cases["blocks that overlap"] = entries  # the same block twice, 2,000 times: refused
-        for message, crafted in cases.items():
-            with self.subTest(message):
-                write_tf_index(book / "model.ckpt.index", crafted,
-                               2000 if crafted is entries else 1)
-                start = time.time()
-                with self.assertRaisesRegex(utils.InputError, re.escape(message)):
-                    load_gpt2.load_gpt2(book)
-                self.assertLess(time.time() - start, 10)
-
     def test_hostile_caches_headers_and_variables_are_one_line(self):
         refs = self.dir / "hf" / "hub" / "models--openai-community--gpt2" / "refs"
         refs.mkdir(parents=True)
@@ -728,16 +1412,6 @@ class TestSources(unittest.TestCase):
         (deep / "encoder.json").write_text("[" * 100_000 + "]" * 100_000)
         with self.assertRaisesRegex(utils.InputError, "is not GPT-2's vocabulary"):
             formats.encoding_from(deep / "encoder.json")
-
-    def test_apple_mps_only_with_torch_2_9_or_newer(self):
-        for version, device in (("2.8.0", "cpu"), ("2.9.1", "mps"), ("2.10.0", "mps")):
-            with self.subTest(version), \
-                    unittest.mock.patch.object(torch, "__version__", version), \
-                    unittest.mock.patch.object(torch.cuda, "is_available", lambda: False), \
-                    unittest.mock.patch.object(torch.backends.mps, "is_available", lambda: True), \
-                    contextlib.redirect_stderr(io.StringIO()) as err:
-                self.assertEqual(load_gpt2.pick_device(), device)
-            self.assertEqual("wrong losses" in err.getvalue(), device == "cpu")
 
 
 class FileServer:
@@ -1027,284 +1701,101 @@ class TestDownloads(unittest.TestCase):
         self.assertEqual(list((cache / "sms_spam").iterdir()), [])  # the bad zip is deleted
 
 
-class TestData(unittest.TestCase):
-    def write(self, name, text):
-        path = tmpdir(self) / name
-        path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
-        return path
+# =============================================================================================
+# speed.py: the speed layer gives the plain path's numbers
+# =============================================================================================
 
-    def test_tsv_is_parsed_exactly(self):
-        lines = ['ham\tHe said "hi" and left', 'spam\tWIN\ta "free"\tprize!!',
-                 "ham\tCafé für 2€ 😀", "ham\tform\x0cfeed and line\u2028separator stay",
-                 "spam\tWindows line end\r", "", "ham\t  leading spaces kept"]
-        path = self.write("data.tsv", "\n".join(lines) + "\n")
-        self.assertEqual(data.read_examples(path), [
-            ("ham", 'He said "hi" and left'), ("spam", 'WIN\ta "free"\tprize!!'),
-            ("ham", "Café für 2€ 😀"), ("ham", "form\x0cfeed and line\u2028separator stay"),
-            ("spam", "Windows line end"), ("ham", "  leading spaces kept")])
+class TestSpeedLayer(Trains):
+    def test_block_computing_only_the_last_token_matches_the_full_block(self):
+        torch.manual_seed(0)
+        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, context_length=16)
+        block = gpt.TransformerBlock(cfg).eval()
+        x, last = torch.randn(3, 10, 32), torch.tensor([9, 4, 0])
+        with torch.no_grad():
+            full = block(x)[torch.arange(3), last]
+            only = speed.last_token_block(block, x, last)
+        self.assertEqual(only.shape, (3, 32))
+        self.assertLess((full - only).abs().max().item(), 1e-5)
 
-    def test_csv_with_header_and_quoting(self):
-        path = self.write("news.csv",
-                          'label,text\n3,"Stocks, bonds ""rally"""\n1,World news, more\n')
-        self.assertEqual(data.read_examples(path),
-                         [("3", 'Stocks, bonds "rally"'), ("1", "World news, more")])
+    def test_prefix_cache_gives_the_same_losses_and_weights(self):
+        cached = (((), "frozen-prefix cache in RAM"),
+                  (("--cache-mb", "0"), "frozen-prefix cache on disk"),
+                  (("--cache", "off"), "frozen-prefix cache off"))
+        initial = load_gpt2.load_gpt2(self.model_dir).tok_emb.weight
+        for trainable in ("last-1", "head", "all", "lora"):
+            with self.subTest(trainable):
+                flags = ["--epochs", "2", "--eval-freq", "1", "--trainable", trainable,
+                         "--lr", "1e-3"]
+                variants = cached if trainable in ("last-1", "head") else (
+                    ((), "frozen-prefix cache off (no frozen blocks)"),)
+                plain, _ = self.assert_fast_matches_plain(flags, variants)
+                self.assertEqual(len(self.losses("plain")), 2 * 4)
+                trains_embeddings = not torch.equal(plain.tok_emb.weight, initial)
+                self.assertEqual(trains_embeddings, trainable == "all")
 
-    def test_too_few_examples_and_optional_balancing(self):
-        path = self.write("small.tsv", "".join(f"{'ab'[i % 2]}\ttext {i}\n" for i in range(6)))
-        with self.assertRaisesRegex(utils.InputError, "leave the validation or test split empty"):
-            data.load_dataset(path)
-        path = self.write("skewed.tsv",
-                          "".join(f"{'a' if i < 30 else 'b'}\ttext {i}\n" for i in range(40)))
-        unbalanced, _ = data.load_dataset(path)
-        self.assertEqual(sum(len(v) for v in unbalanced.values()), 40)  # off for custom data
-        balanced, _ = data.load_dataset(path, balance_classes=True)
-        unused = balanced.pop("unused")
-        both = [label for split in balanced.values() for label, _ in split]
-        self.assertEqual((both.count("a"), both.count("b")), (10, 10))
-        self.assertEqual(sorted(unused + [ex for split in balanced.values() for ex in split]),
-                         sorted(data.read_examples(path)))  # every example in exactly one split
-        path = self.write("rare.tsv",
-                          "".join(f"a\ttext {i}\n" for i in range(30)) + "b\tonly one\n")
-        with self.assertRaisesRegex(utils.InputError, "keeps 1 example.* as many as 'b' has"):
-            data.load_dataset(path, balance_classes=True)
+    def test_every_pooling_and_accumulation_gives_the_same_losses_with_the_speed_layer(self):
+        flags = ["--epochs", "2", "--eval-freq", "1", "--lr", "1e-3"]
+        both = (((), "frozen-prefix cache in RAM"), (("--cache", "off"), "cache off"))
+        self.assert_fast_matches_plain(flags, both)
+        last = self.losses("plain")
+        for pooling in ("first", "mean"):
+            with self.subTest(pooling):
+                _, log = self.assert_fast_matches_plain([*flags, "--pooling", pooling], both)
+                self.assertIn(f"--pooling {pooling})", log)
+                self.assertGreater(abs(self.losses("plain")[0][0] - last[0][0]), 1e-4)
+        with self.subTest("accumulation"):
+            self.assert_fast_matches_plain([*flags, "--batch-size", "2",
+                                            "--accumulation-steps", "2"], both)
 
-    def test_malformed_lines_name_the_file_and_line(self):
-        cases = {"no separator": ("ham\tok\nspam no tab here\n", "line 2: expected label<TAB>text"),
-                 "unclosed quote": ("a,ok\nb,\"open quote\nc,more\nd,rows\n",
-                                    "line 2: malformed CSV"),
-                 "empty text": ("ham\tok\n\nspam\t   \n", "line 3: empty text"),
-                 "not utf-8": (b"ham\tok\nham\tok\nspam\tcaf\xe9\n",
-                               "line 3: bytes that are not UTF-8"),
-                 "tab in a label": ('a,ok\n"b\tc",text\n',
-                                    "line 2: label 'b\\tc' holds a control character"),
-                 "CR-only lines": ("ham\tok\rspam\tno\r",
-                                   "its lines end in a carriage return alone")}
-        for what, (content, message) in cases.items():
-            with self.subTest(what):
-                path = self.write("bad.csv" if "quote" in what or "tab" in what else "bad.tsv",
-                                  content)
-                with self.assertRaises(utils.InputError) as e:
-                    data.read_examples(path)
-                self.assertIn(message, str(e.exception))
-                self.assertTrue(str(e.exception).startswith(str(path)))
+    def test_bfloat16_learns_as_float32_does_on_both_paths(self):
+        """Comparing the speed layer with the plain path under one dtype cannot catch a
+        bfloat16 that does not learn: when one autocast region spanned the optimizer steps,
+        both paths computed every step with the first step's weights, and agreed. So each path
+        is held against float32 on the same seed and data: the validation loss falls as far."""
+        flags = ["--epochs", "2", "--eval-freq", "1", "--lr", "1e-3"]
+        f32, _ = self.train(*flags, "--dtype", "float32", "--no-fast", out="f32")
+        fell = lambda out: self.losses(out)[0][1] - self.losses(out)[-1][1]
+        self.assertGreater(fell("f32"), 0.05)  # float32 learns: there is something to match
+        plain, log = self.assert_fast_matches_plain([*flags, "--dtype", "bfloat16"],
+                                                    (((), "cache in RAM"),), tol=1e-3)
+        self.assertIn("on cpu in bfloat16", log)
+        for out in ("plain", "fast"):
+            with self.subTest(out):
+                self.assertGreater(fell(out), 0.7 * fell("f32"), self.losses(out))
+        weights = lambda model: torch.cat([p.flatten() for p in model.parameters()])
+        # the plain path did compute in bfloat16: further from float32 than the tolerance above
+        self.assertGreater((weights(plain) - weights(f32)).abs().max().item(), 1e-3)
 
-    def test_label_order_is_sorted_and_numeric_when_numbers(self):
-        self.assertEqual(data.label_names([("spam", ""), ("ham", "")]), ["ham", "spam"])
-        self.assertEqual(data.label_names([("10", ""), ("2", ""), ("1", "")]), ["1", "2", "10"])
-        self.assertEqual(data.label_names([("1", ""), ("01", "")]), ["01", "1"])  # not hash order
+    def test_a_read_the_speed_layer_cannot_serve_is_one_clear_line(self):
+        first = lambda logits, lengths, pooling="last": logits[:, 0]  # not computed: NaN
+        model = load_gpt2.load_gpt2(self.model_dir)
+        fast = speed.FastClassifier(tc.build_classifier(model, 2), self.tok.eot_token)
+        with unittest.mock.patch.object(tc, "select_logits", first), \
+                self.assertRaisesRegex(utils.InputError, "non-finite probabilities.*--no-fast"):
+            tc.classify(fast, self.tok, ["a text of several tokens"], ["a", "b"], 64)
+        with unittest.mock.patch.object(tc, "select_logits", first), \
+                self.assertRaisesRegex(utils.InputError, "loss became nan at step 0.*pooling"):
+            self.train("--epochs", "1")
 
-    def test_folder_dataset_and_unseen_labels(self):
-        folder = tmpdir(self)
-        (folder / "train.tsv").write_text("a\tone\nb\ttwo\n", encoding="utf-8")
-        (folder / "val.tsv").write_text("a\tthree\n", encoding="utf-8")
-        (folder / "test.tsv").write_text("b\tfour\n", encoding="utf-8")
-        splits, labels = data.load_dataset(folder)
-        self.assertEqual((labels, [len(splits[k]) for k in ("train", "validation", "test")]),
-                         (["a", "b"], [2, 1, 1]))
-        (folder / "test.tsv").write_text("b\tfour\nc\tfive\n", encoding="utf-8")
-        with self.assertRaisesRegex(utils.InputError, r"test.tsv, line 2: label 'c' never appears"):
-            data.load_dataset(folder)
+    def test_a_failed_run_with_the_disk_cache_leaves_no_new_out(self):
+        with self.assertRaisesRegex(utils.InputError, "training diverged"):
+            self.main("--cache", "disk", "--lr", "1e30", "--trainable", "last-1")
+        self.assertFalse(self.out.exists())
 
-    def test_split_files_round_trip(self):
-        splits = {"train": [("a", "x\ty"), ("b", "w")], "validation": [("b", "two\nlines")],
-                  "test": [("a", "z")]}
-        folder = tmpdir(self)
-        data.write_splits(splits, folder)
-        again, _ = data.load_dataset(folder)
-        self.assertEqual(again["train"], [("a", "x\ty"), ("b", "w")])
-        self.assertEqual(again["validation"], [("b", "two lines")])
-
-    def test_sms_spam_collection_counts_and_split(self):
-        if not SMS.exists():
-            self.skipTest(f"{SMS} not present")
-        examples = data.read_examples(SMS)
-        labels = [label for label, _ in examples]
-        self.assertEqual((len(examples), labels.count("ham"), labels.count("spam")),
-                         (5574, 4827, 747))
-        first, _ = data.load_dataset(SMS, seed=123)
-        again, labels = data.load_dataset(SMS, seed=123)
-        self.assertEqual({k: len(v) for k, v in first.items()},
-                         {"train": 1045, "validation": 149, "test": 300, "unused": 4080})
-        self.assertEqual({label for label, _ in first["unused"]}, {"ham"})  # 4,827 - 747 ham
-        self.assertEqual(first, again)
-        self.assertEqual(labels, ["ham", "spam"])
-        # Python's seeded generator gives this split on every OS and Python version we know of
-        self.assertEqual(first["train"][0][1][:31], "ASKED 3MOBILE IF 0870 CHATLINES")
-        self.assertEqual(first["test"][0][1][:28], "FREE entry into our £250 wee")
-        both = first["train"] + first["validation"] + first["test"]
-        self.assertEqual(sum(label == "spam" for label, _ in both), 747)  # balanced: 747 + 747
-        self.assertLessEqual(set(both), set(examples))
-
-    def test_special_token_text_and_overlong_text(self):
-        tok = tokenizer()
-        ids = data.encode(tok, ["win <|endoftext|> now", "word " * 500], max_length=100)
-        self.assertNotIn(tok.eot_token, ids[0])
-        self.assertEqual(tok.decode(ids[0]), "win <|endoftext|> now")
-        self.assertEqual(ids[1], tok.encode_ordinary("word " * 500)[:100])  # the start is kept
-        with self.assertRaisesRegex(utils.InputError, "empty text"):
-            data.encode(tok, [""], 10)
-
-    def test_batches_are_padded_to_their_own_longest_row(self):
-        input_batch, target_batch, lengths = data.pad_batch([([4], 1), ([5, 6], 0)], pad_id=99)
-        self.assertEqual(input_batch.tolist(), [[4, 99], [5, 6]])
-        self.assertEqual((target_batch.tolist(), lengths.tolist()), ([1, 0], [1, 2]))
-        longer, _, _ = data.pad_batch([([1, 2, 3], 0), ([7, 8, 9, 10, 11], 1)], pad_id=99)
-        self.assertEqual(longer.shape, (2, 5))
+    def test_a_full_disk_under_the_prefix_cache_is_one_line(self):
+        class Full(io.BytesIO):
+            def write(self, b):
+                raise OSError(errno.ENOSPC, "No space left on device")
+        with unittest.mock.patch.object(speed.tempfile, "TemporaryFile", lambda **kw: Full()), \
+                self.assertRaisesRegex(utils.InputError, "the frozen-prefix cache filled the "
+                                       "disk .*--cache ram or --cache off"):
+            self.main("--cache", "disk")
+        self.assertFalse((self.out / "classifier.safetensors").exists())
 
 
-class TestDataLayouts(unittest.TestCase):
-    """Your own data as people have it: headers in any column order, JSON lines, clear hints."""
-    examples = [("ham" if i % 3 else "spam", f"message {i}, with a comma") for i in range(12)]
-    flags = "use --text-column and --label-column"
-
-    def write(self, name, text, folder=None):
-        path = (folder or tmpdir(self)) / name
-        path.write_text(text, encoding="utf-8")
-        return path
-
-    def assert_error(self, path, message, **columns):
-        with self.assertRaises(utils.InputError) as e:
-            data.load_dataset(path, **columns)
-        self.assertEqual(str(e.exception), f"{path}{message}")
-
-    def test_a_header_names_the_columns_in_any_order(self):
-        rows = list(enumerate(self.examples))
-        layouts = {
-            "a.csv": "text,label\n" + "".join(f'"{t}",{y}\n' for _, (y, t) in rows),
-            "b.csv": "id,text,label\n" + "".join(f'{i},"{t}",{y}\n' for i, (y, t) in rows),
-            "c.csv": " Review ,SENTIMENT\n\n" + "".join(f'"{t}",{y}\n' for _, (y, t) in rows),
-            "d.tsv": "id\tclass\tmessage\n" + "".join(f"{i}\t{y}\t{t}\n" for i, (y, t) in rows),
-            "e.jsonl": "".join(json.dumps({"label": y, "text": t}) + "\n" for _, (y, t) in rows)}
-        for name, content in layouts.items():
-            with self.subTest(name):
-                path = self.write(name, content)
-                self.assertEqual(data.read_examples(path), self.examples)
-                self.assertEqual(data.load_dataset(path),
-                                 (data.split(self.examples, 123), ["ham", "spam"]))
-
-    def test_a_first_row_naming_one_column_is_data(self):
-        path = self.write("plain.csv", "spam,message\nham,label text\n")
-        self.assertEqual(data.read_examples(path), [("spam", "message"), ("ham", "label text")])
-
-    def test_jsonl_with_integer_labels_and_other_keys(self):
-        objects = [{"id": i, "sentence": t, "target": 10 if y == "ham" else 2}
-                   for i, (y, t) in enumerate(self.examples)]
-        path = self.write("data.jsonl", "\n\n".join(map(json.dumps, objects)) + "\n")
-        expected = [("10" if y == "ham" else "2", t) for y, t in self.examples]
-        self.assertEqual(data.read_examples(path), expected)
-        self.assertEqual(data.load_dataset(path)[1], ["2", "10"])
-
-    def test_flags_choose_the_columns(self):
-        path = self.write("reviews.csv", "id,body,stars\n" + "".join(
-            f'{i},"{t}",{y}\n' for i, (y, t) in enumerate(self.examples)))
-        self.assertEqual(data.read_examples(path, text_column="body", label_column=" Stars"),
-                         self.examples)
-        self.assertEqual(data.load_dataset(path, text_column="body", label_column="stars")[0],
-                         data.split(self.examples, 123))
-        path = self.write("two_texts.csv", "text,summary,label\nlong text,short,a\n")
-        self.assertEqual(data.read_examples(path, text_column="summary"), [("a", "short")])
-        path = self.write("keys.jsonl", '{"body": "hi", "stars": 5}\n')
-        self.assertEqual(data.read_examples(path, text_column="body", label_column="stars"),
-                         [("5", "hi")])
-        with self.assertRaisesRegex(utils.InputError, "both column 'stars'; name two different"):
-            data.read_examples(path, text_column="stars", label_column="stars")
-
-    def test_unclear_or_missing_columns_give_a_one_line_hint(self):
-        path = self.write("data.csv", "id,body,stars\n1,hi,5\n")
-        self.assert_error(path, ": which column is the text? The columns are id, body, stars; "
-                          f"{self.flags}", label_column="stars")
-        path = self.write("data.csv", "text,review,label\na,b,c\n")
-        self.assert_error(path, ": which column is the text? The columns are text, review, label; "
-                          f"{self.flags}")
-        path = self.write("data.jsonl", '{"body": "hi", "stars": 5}\n')
-        self.assert_error(path, f": which column is the label? The columns are body, stars; "
-                          f"{self.flags}")
-        path = self.write("data.tsv", "text\tlabel\nhi\tham\n")
-        self.assert_error(path, ": --text-column 'body' names no column; the columns are text, "
-                          "label", text_column="body")
-
-    def test_a_text_column_read_as_the_label_is_caught_before_splitting(self):
-        content = "".join(f'"{t}",{y}\n' for y, t in self.examples)  # text,label without a header
-        hint = (": 12 examples carry 12 different labels, so a text or id column was read as the "
-                "label; put the label first, add a header line such as text,label, or use "
-                "--text-column and --label-column")
-        self.assert_error(self.write("data.csv", content), hint)
-        folder = tmpdir(self)
-        for name in ("train", "val", "test"):
-            self.write(f"{name}.csv", content, folder)
-        self.assert_error(folder / "train.csv", hint)
-
-    def test_malformed_rows_name_the_file_and_line(self):
-        good = '{"text": "hi", "label": "a"}\n'
-        must = "a label must be a string or an integer and a text a string"
-        cases = {
-            "not json": ("bad.jsonl", good + '{"text": "hi"\n',
-                         "line 2: not valid JSON (Expecting ',' delimiter); write one JSON "
-                         "object per line"),
-            "not an object": ("bad.jsonl", good + '\n["hi", "a"]\n',
-                              'line 3: expected a JSON object {...}, found ["hi", "a"]'),
-            "missing field": ("bad.jsonl", good + '{"text": "hi"}\n',
-                              "line 2: no 'label' field; every object needs 'label' and 'text'"),
-            "float label": ("bad.jsonl", good + '{"text": "hi", "label": 1.5}\n',
-                            f'line 2: {must}, not 1.5 and "hi"'),
-            "bool label": ("bad.jsonl", good + '{"text": "hi", "label": true}\n',
-                           f'line 2: {must}, not true and "hi"'),
-            "null text": ("bad.jsonl", good + '{"text": null, "label": 1}\n',
-                          f"line 2: {must}, not 1 and null"),
-            "extra csv field": ("bad.csv", "id,text,label\n1,hi,a\n2,hi, there,b\n",
-                                "line 3: 4 fields where the header has 3; put quotes around a "
-                                "text with commas"),
-            "short tsv row": ("bad.tsv", "label\ttext\tid\nhi\ta\t1\nb\tno id\n",
-                              "line 3: 2 fields where the header has 3; take TABs out of texts")}
-        for what, (name, content, message) in cases.items():
-            with self.subTest(what):
-                path = self.write(name, content)
-                with self.assertRaises(utils.InputError) as e:
-                    data.read_examples(path)
-                self.assertEqual(str(e.exception), f"{path}, {message}")
-
-    def test_folder_of_jsonl_files_with_flags(self):
-        folder = tmpdir(self)
-        line = '{{"body": "{}", "stars": {}}}\n'.format
-        self.write("train.jsonl", line("one", 1) + line("two", 2), folder)
-        self.write("validation.jsonl", line("three", 1), folder)
-        self.write("test.jsonl", line("four", 2), folder)
-        columns = {"text_column": "body", "label_column": "stars"}
-        self.assertEqual(data.load_dataset(folder, **columns), (
-            {"train": [("1", "one"), ("2", "two")], "validation": [("1", "three")],
-             "test": [("2", "four")]}, ["1", "2"]))
-        self.write("test.jsonl", line("four", 2) + line("five", 3), folder)
-        with self.assertRaisesRegex(utils.InputError,
-                                    r"test.jsonl, line 2: label '3' never appears"):
-            data.load_dataset(folder, **columns)
-
-
-class TestProgress(unittest.TestCase):
-    def test_quiet_for_short_phases_then_every_few_seconds_in_a_log(self):
-        clock = [100.0]
-        err = io.StringIO()
-        with unittest.mock.patch.object(utils.time, "time", lambda: clock[0]), \
-                unittest.mock.patch.object(utils.sys, "stderr", err):
-            progress = utils.Progress("caching", 10, "texts")
-            for t, done in ((101, 1), (102.5, 3), (103, 4), (108, 8), (109, 10)):
-                clock[0] = t
-                progress.show(done)
-            progress.end()
-            short = utils.Progress("short", 5, "texts")
-            short.show(5)  # done within quiet_s: nothing at all
-        self.assertEqual(err.getvalue().splitlines(), [
-            "caching: 3/10 texts (30%), 1.2 texts/s, 6 s left",
-            "caching: 8/10 texts (80%), 1.0 texts/s, 2 s left",
-            "caching: 10/10 texts (100%), 1.1 texts/s, 0 s left"])
-
-    def test_tracked_yields_every_item(self):
-        self.assertEqual(list(utils.tracked([1, 2, 3], "x", "items")), [1, 2, 3])
-
-    def test_large_splits_are_measured_on_eval_iter_batches_during_training(self):
-        small, large = [0] * 5000, [0] * 5001
-        self.assertIsNone(tc.accuracy_batches(torch.utils.data.DataLoader(small), 5))
-        self.assertEqual(tc.accuracy_batches(torch.utils.data.DataLoader(large), 5), 5)
-
+# =============================================================================================
+# report.py: confusion matrices, per-label metrics, the unused split, the plot
+# =============================================================================================
 
 def pairs(counts):
     """(true, predicted) label tensors that a confusion matrix counts."""
@@ -1353,280 +1844,7 @@ class TestReport(unittest.TestCase):
         self.assertIn("over 20,000 labels; lowest F1: label0 0.00%", table)
 
 
-class TestGenerate(unittest.TestCase):
-    def setUp(self):
-        torch.manual_seed(0)
-        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=16,
-                             vocab_size=40)
-        self.model = gpt.GPTModel(cfg).eval()
-        with torch.no_grad():  # sharper logits than GPT-2's small init, so greedy is not all ties
-            self.model.out_head.weight.mul_(30)
-        self.prompt = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
-
-    def test_cached_and_uncached_greedy_agree_across_a_window_slide(self):
-        cached = gen.generate(self.model, self.prompt, 20, temperature=0.0)  # 30 > context 16
-        plain = gen.generate(self.model, self.prompt, 20, temperature=0.0, use_cache=False)
-        self.assertEqual(cached.shape, (1, 30))
-        self.assertEqual(cached.tolist(), plain.tolist())
-        self.assertGreater(len(set(cached[0, 10:].tolist())), 2)
-
-    def test_top_k_1_is_greedy_and_seeds_repeat(self):
-        greedy = gen.generate(self.model, self.prompt, 8, temperature=0.0)
-        top1 = gen.generate(self.model, self.prompt, 8, temperature=1.0, top_k=1)
-        tiny_p = gen.generate(self.model, self.prompt, 8, temperature=1.0, top_p=1e-9)
-        self.assertEqual(greedy.tolist(), top1.tolist())
-        self.assertEqual(greedy.tolist(), tiny_p.tolist())
-        sample = lambda seed: gen.generate(self.model, self.prompt, 8, temperature=2.0, top_k=1000,
-                                           generator=torch.Generator().manual_seed(seed)).tolist()
-        self.assertEqual(sample(1), sample(1))
-        self.assertNotEqual(sample(1), sample(2))
-
-    def test_top_p_keeps_the_smallest_set_reaching_p(self):
-        logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-        picks = {gen.sample_next(logits, top_p=0.8,
-                                 generator=torch.Generator().manual_seed(s)).item()
-                 for s in range(200)}
-        self.assertEqual(picks, {0, 1})  # 0.5 + 0.3 reaches 0.8: tokens 2 and 3 are cut
-
-    def test_eos_stops_early(self):
-        first = gen.generate(self.model, self.prompt, 5, temperature=0.0)[0, 10].item()
-        out = gen.generate(self.model, self.prompt, 5, temperature=0.0, eos_id=first)
-        self.assertEqual(out.shape, (1, 11))
-
-    def test_a_tiny_temperature_is_greedy_not_an_error(self):
-        logits = torch.tensor([[1.0, 3.0, 2.0]])
-        for temperature in (1e-30, 1e-320):
-            self.assertEqual(gen.sample_next(logits, temperature=temperature).item(), 1)
-
-    def test_sampling_is_stable_in_half_precision(self):
-        logits = torch.tensor([[60000.0, -60000.0, 0.0, 65000.0]], dtype=torch.float16)
-        token = gen.sample_next(logits, temperature=0.5, generator=torch.Generator().manual_seed(0))
-        self.assertEqual(token.item(), 3)
-        self.assertEqual(gen.sample_next(logits, top_k=10_000).shape, (1, 1))  # clamped
-
-    def test_invalid_settings_are_errors(self):
-        for bad in ({"temperature": -1.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": 0}):
-            with self.subTest(**bad), self.assertRaises(ValueError):
-                gen.generate(self.model, self.prompt, 3, **bad)
-        with self.assertRaises(ValueError):
-            gen.generate(self.model, self.prompt, -1)
-
-
-def run_script(*args, env=None):
-    """Run a script as a user would, in a new process; returns (exit code, stdout, stderr)."""
-    env = {**os.environ, **(env or {}), "PYTHONIOENCODING": "utf-8"}
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                            text=True, encoding="utf-8", env=env, timeout=120)
-    return result.returncode, result.stdout, result.stderr
-
-
-def cli(main, *args, stdin=b"", env=None):
-    """Run a script's main as its command line does (through utils.run_main), in this process:
-    the same code, without a second of torch import per call. Returns (exit code, stdout,
-    stderr); stdin: bytes, or a stream (None: closed)."""
-    out, err = io.StringIO(), io.StringIO()
-    stream = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8") if isinstance(
-        stdin, bytes) else stdin
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            unittest.mock.patch.object(sys, "stdin", stream), \
-            unittest.mock.patch.dict(os.environ, env or {}):
-        try:
-            utils.run_main(lambda: main([str(a) for a in args]))
-            code = 0
-        except SystemExit as e:  # what the interpreter does with sys.exit(code)
-            code = e.code if isinstance(e.code, int) else 1
-            if isinstance(e.code, str):
-                print(e.code, file=sys.stderr)
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_same_weights(test, a, b, tol=1e-5):
-    """Two state_dicts agree to tol. The key bias adds the same amount to every score of a
-    query, which softmax ignores: its true gradient is 0, and Adam turns the float rounding left
-    in it into lr-sized steps. It cannot change any output, so it is left out."""
-    test.assertEqual(a.keys(), b.keys())
-    for name, p in a.items():
-        if not name.endswith("W_key.bias"):
-            test.assertLess((p - b[name]).abs().max().item(), tol, name)
-
-
-def spam_like(folder, n=24):
-    """A trivially separable two-label file: the label is the last word."""
-    rows = [f"{'spam' if i % 2 else 'ham'}\tmessage number {i} says {'apple' if i % 2 else 'zebra'}"
-            for i in range(n)]
-    path = folder / "toy.tsv"
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
-class TestTrainClassifier(unittest.TestCase):
-    def setUp(self):
-        self.tok = tokenizer()
-        self.dir = tmpdir(self)
-        self.model_dir = tiny_gpt2_folder(self.dir / "tiny")
-        self.data = spam_like(self.dir)
-
-    def train(self, *extra, out="out"):
-        """Run train_classifier.main in this process; returns (model, what it printed)."""
-        args = ["--model", self.model_dir, "--data", self.data, "--out", self.dir / out,
-                "--batch-size", "4"]
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            model = tc.main([str(a) for a in [*args, *extra]])
-        return model, printed.getvalue()
-
-    def records(self, out="out"):
-        lines = (self.dir / out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines]
-
-    def test_loss_falls_and_accuracy_reaches_100(self):
-        _, log = self.train("--trainable", "all", "--lr", "3e-3", "--epochs", "6",
-                            "--eval-freq", "1")
-        records = self.records()
-        losses = [r["train_loss"] for r in records if "train_loss" in r]
-        val_losses = [r["val_loss"] for r in records if "val_loss" in r]
-        final = records[-1]
-        self.assertLess(sum(losses[-4:]) / 4, sum(losses[:4]) / 4 / 3)
-        self.assertLess(sum(val_losses[-4:]) / 4, sum(val_losses[:4]) / 4)
-        self.assertEqual(final["train_acc"], 1.0)
-        self.assertIn("test_acc", final)
-        n_train = len(data.split(data.read_examples(self.data), 123)["train"])
-        self.assertEqual(len(losses), 6 * (n_train // 4))  # drop_last, as in the chapter
-        self.assertIn("Ep 6 (Step 000023): Train loss", log)
-        self.assertEqual(log.count("Validation accuracy"), 6)
-
-    def losses(self, out):
-        return [(r["train_loss"], r["val_loss"]) for r in self.records(out) if "val_loss" in r]
-
-    def assert_fast_matches_plain(self, flags, variants, tol=1e-5):
-        """The plain chapter path (--no-fast) and the speed layer with each of variants
-        ((flags, note in the log) pairs) give the same losses and weights; returns the log."""
-        plain, log_plain = self.train(*flags, "--no-fast", out="plain")
-        self.assertNotIn("speed layer", log_plain)
-        for fast_flags, note in variants:
-            fast, log = self.train(*flags, *fast_flags, out="fast")
-            self.assertIn(note, log)
-            left = {str(p.relative_to(self.dir / "fast")) for p in (self.dir / "fast").rglob("*")}
-            self.assertLessEqual(left, {*save.OWN_FILES, "splits"})  # no cache file, no staging
-            for x, y in zip(self.losses("fast"), self.losses("plain"), strict=True):
-                self.assertLess(max(abs(x[0] - y[0]), abs(x[1] - y[1])), tol)
-            assert_same_weights(self, fast.state_dict(), plain.state_dict(), tol)
-        return plain, log_plain
-
-    def test_prefix_cache_gives_the_same_losses_and_weights(self):
-        cached = (((), "frozen-prefix cache in RAM"),
-                  (("--cache-mb", "0"), "frozen-prefix cache on disk"),
-                  (("--cache", "off"), "frozen-prefix cache off"))
-        initial = load_gpt2.load_gpt2(self.model_dir).tok_emb.weight
-        for trainable in ("last-1", "head", "all", "lora"):
-            with self.subTest(trainable):
-                flags = ["--epochs", "2", "--eval-freq", "1", "--trainable", trainable,
-                         "--lr", "1e-3"]
-                variants = cached if trainable in ("last-1", "head") else (
-                    ((), "frozen-prefix cache off (no frozen blocks)"),)
-                plain, _ = self.assert_fast_matches_plain(flags, variants)
-                self.assertEqual(len(self.losses("plain")), 2 * 4)
-                trains_embeddings = not torch.equal(plain.tok_emb.weight, initial)
-                self.assertEqual(trains_embeddings, trainable == "all")
-
-    def test_every_pooling_and_accumulation_gives_the_same_losses_with_the_speed_layer(self):
-        flags = ["--epochs", "2", "--eval-freq", "1", "--lr", "1e-3"]
-        both = (((), "frozen-prefix cache in RAM"), (("--cache", "off"), "cache off"))
-        self.assert_fast_matches_plain(flags, both)
-        last = self.losses("plain")
-        for pooling in ("first", "mean"):
-            with self.subTest(pooling):
-                _, log = self.assert_fast_matches_plain([*flags, "--pooling", pooling], both)
-                self.assertIn(f"--pooling {pooling})", log)
-                self.assertGreater(abs(self.losses("plain")[0][0] - last[0][0]), 1e-4)
-        with self.subTest("accumulation"):
-            self.assert_fast_matches_plain([*flags, "--batch-size", "2",
-                                            "--accumulation-steps", "2"], both)
-
-    def test_mean_pooling_reads_the_real_tokens_only(self):
-        logits = torch.arange(12.0).view(2, 3, 2)  # (B, T, num_classes)
-        lengths = torch.tensor([3, 1])
-        self.assertEqual(tc.select_logits(logits, lengths, "mean").tolist(),
-                         [[2.0, 3.0], [6.0, 7.0]])
-        self.assertEqual(tc.select_logits(logits, lengths, "last").tolist(),
-                         [[4.0, 5.0], [6.0, 7.0]])
-        logits[1, 1:] = float("nan")  # the speed layer's NaN after a text's end is never read
-        self.assertEqual(tc.select_logits(logits, lengths, "first").tolist(),
-                         [[0.0, 1.0], [6.0, 7.0]])
-        self.assertEqual(tc.select_logits(logits, lengths, "mean")[1].tolist(), [6.0, 7.0])
-
-    def test_accumulated_micro_batches_match_one_big_batch(self):
-        big, log_big = self.train("--batch-size", "8", "--epochs", "2", "--eval-freq", "1",
-                                  "--lr", "1e-3", out="big")
-        small, log_small = self.train("--batch-size", "2", "--accumulation-steps", "4",
-                                      "--epochs", "2", "--eval-freq", "1", "--lr", "1e-3")
-        assert_same_weights(self, small.state_dict(), big.state_dict())
-        # --eval-freq counts optimizer steps: 16 texts / 8 = 2 a epoch, in both runs
-        steps = lambda out: [r["step"] for r in self.records(out) if "val_loss" in r]
-        self.assertEqual(steps("out"), [0, 1, 2, 3])
-        self.assertEqual(steps("out"), steps("big"))
-        for x, y in zip(self.records("out"), self.records("big")):  # validation: same batches
-            self.assertAlmostEqual(x.get("val_loss", 0), y.get("val_loss", 0), delta=1e-5)
-            self.assertEqual(x.get("examples_seen"), y.get("examples_seen"))
-
-    def test_micro_batches_left_at_an_epochs_end_are_dropped_not_carried(self):
-        self.train("--batch-size", "2", "--accumulation-steps", "3", "--epochs", "2",
-                   "--eval-freq", "1")  # 16 texts: 8 micro-batches, 2 steps of 3, 2 left over
-        seen = [(r["step"], r["examples_seen"]) for r in self.records() if "val_loss" in r]
-        self.assertEqual(seen, [(0, 6), (1, 12), (2, 18), (3, 24)])
-
-    def test_bfloat16_learns_as_float32_does_on_both_paths(self):
-        """Comparing the speed layer with the plain path under one dtype cannot catch a
-        bfloat16 that does not learn: when one autocast region spanned the optimizer steps,
-        both paths computed every step with the first step's weights, and agreed. So each path
-        is held against float32 on the same seed and data: the validation loss falls as far."""
-        flags = ["--epochs", "2", "--eval-freq", "1", "--lr", "1e-3"]
-        f32, _ = self.train(*flags, "--dtype", "float32", "--no-fast", out="f32")
-        fell = lambda out: self.losses(out)[0][1] - self.losses(out)[-1][1]
-        self.assertGreater(fell("f32"), 0.05)  # float32 learns: there is something to match
-        plain, log = self.assert_fast_matches_plain([*flags, "--dtype", "bfloat16"],
-                                                    (((), "cache in RAM"),), tol=1e-3)
-        self.assertIn("on cpu in bfloat16", log)
-        for out in ("plain", "fast"):
-            with self.subTest(out):
-                self.assertGreater(fell(out), 0.7 * fell("f32"), self.losses(out))
-        weights = lambda model: torch.cat([p.flatten() for p in model.parameters()])
-        # the plain path did compute in bfloat16: further from float32 than the tolerance above
-        self.assertGreater((weights(plain) - weights(f32)).abs().max().item(), 1e-3)
-
-    def test_prediction_does_not_depend_on_batch_mates(self):
-        model = load_gpt2.load_gpt2(self.model_dir)
-        tc.build_classifier(model, 3, "last-1")
-        text = "Call now to claim your prize"
-        alone = tc.classify(model, self.tok, [text], ["a", "b", "c"], 64)[0]
-        mixed = tc.classify(model, self.tok, ["x " * 60, text, "y " * 30], ["a", "b", "c"], 64,
-                            batch_size=3)[1]
-        self.assertEqual(alone[0], mixed[0])
-        self.assertAlmostEqual(alone[1], mixed[1], delta=1e-5)
-        # and the class is read at the last real token: the same as the whole model on the
-        # text alone
-        ids = torch.tensor([self.tok.encode(text)])
-        with torch.no_grad():
-            direct = torch.softmax(model(ids)[0, -1], -1).max().item()
-        self.assertAlmostEqual(alone[1], direct, delta=1e-5)
-
-    def test_lora_trains_and_saves_a_plain_classifier(self):
-        model, log = self.train("--trainable", "lora", "--lora-rank", "4", "--epochs", "3")
-        lora_params = sum(4 * (m.in_features + m.out_features)
-                          for m in load_gpt2.load_gpt2(self.model_dir).modules()
-                          if isinstance(m, torch.nn.Linear))
-        lora_params += 4 * (16 + 2) - 4 * (16 + 50257)  # the head has 2 outputs, not 50,257
-        self.assertIn(f"{lora_params:,} of", log)
-        self.assertIn("frozen-prefix cache off (no frozen blocks)", log)
-        self.assertFalse(any(isinstance(m, tc.LinearWithLoRA) for m in model.modules()))
-        loaded, settings = tc.load_classifier(self.dir / "out")
-        texts = ["message number 99 says apple", "message number 98 says zebra"]
-        labels, max_length = settings["labels"], settings["max_length"]
-        self.assertEqual(tc.classify(loaded, self.tok, texts, labels, max_length),
-                         tc.classify(model, self.tok, texts, labels, max_length))
-        self.assertEqual(settings["run"]["trainable"], "lora")
-        self.assertGreater(self.records()[-1]["train_acc"], 0.5)
-
+class TestReportOfARun(Trains):
     def test_balanced_data_reports_per_class_metrics_and_the_unused_split(self):
         skewed = [("ham", f"message number {i} says zebra") for i in range(36)]
         skewed += [("spam", f"message number {i} says apple") for i in range(12)]
@@ -1646,193 +1864,45 @@ class TestTrainClassifier(unittest.TestCase):
         self.assertIn("spam precision would be about", log)
         self.assertEqual(len(data.read_examples(self.dir / "out" / "splits" / "unused.tsv")), 24)
 
-    def test_predict_from_standard_input_answers_every_line_in_order(self):
-        model, _ = self.train("--epochs", "1")
-        texts = [f"message number {i} says {'apple' if i % 3 else 'zebra'}" for i in range(7)]
-        lines = texts[:3] + ["", "   "] + texts[3:]
-        code, out, err = cli(tc.main, "--out", self.dir / "out", "--predict", "-",
-                             stdin="\n".join(lines).encode("utf-8"))
-        self.assertEqual(code, 0, err)
-        out = out.splitlines()
-        self.assertEqual([line.split("\t")[2] for line in out], texts)
-        expected = tc.classify(model, self.tok, texts, ["ham", "spam"], 64)
-        self.assertEqual([line.split("\t")[0] for line in out], [label for label, _ in expected])
-        self.assertIn("line 4 is empty: skipped", err)
-        self.assertIn("line 5 is empty: skipped", err)
-        with contextlib.redirect_stderr(io.StringIO()):  # large inputs go a chunk at a time
-            chunks = list(utils.line_chunks(io.BytesIO(b"a\n\nb\r\nc\n"), size=2))
-        self.assertEqual(chunks, [["a", "b"], ["c"]])
+    def test_thousands_of_labels_cost_what_the_data_costs(self):
+        folder = self.dir / "many"
+        folder.mkdir()
+        n = 1000
+        for name, copies in (("train", 3), ("validation", 1), ("test", 1)):
+            (folder / f"{name}.tsv").write_text("".join(
+                f"label{i}\ttext {i} copy {c}\n" for i in range(n) for c in range(copies)),
+                encoding="utf-8")
+        start = time.time()
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
+            tc.main([str(a) for a in ["--model", self.dir / "tiny", "--data", folder,
+                                      "--epochs", "0", "--out", self.out]])
+        self.assertLess(time.time() - start, 30)
+        self.assertIn("over 1,000 labels; lowest F1:", printed.getvalue())
+        final = json.loads((self.out / "metrics.jsonl").read_text().splitlines()[-1])
+        self.assertNotIn("test_confusion", final)  # a million cells: summarised, not stored
+        self.assertEqual(len(final["test_metrics"]["f1"]), n)
 
-    def test_columns_chosen_by_flags(self):
-        rows = "".join(f'{i},"{t}",{y}\n' for i, (y, t) in enumerate(
-            (label, text) for label, text in data.read_examples(self.data)))
-        self.data = self.dir / "reviews.csv"
-        self.data.write_text("id,body,stars\n" + rows, encoding="utf-8")
-        _, log = self.train("--epochs", "0", "--text-column", "body", "--label-column", "stars")
-        self.assertIn("labels: ['ham', 'spam']", log)
-        written = (self.dir / "out" / "splits" / "test.tsv").read_text(encoding="utf-8")
-        splits = data.load_dataset(self.data, 123, None, "body", "stars")[0]
-        self.assertEqual(written.split("\t")[0], splits["test"][0][0])
-
-    def test_classifier_reloads_with_its_settings_and_predicts_the_same(self):
-        model, _ = self.train("--epochs", "1", "--pooling", "mean", "--truncate", "end",
-                              "--max-length", "6")
-        texts = ["message number 99 says apple", "message number 98 says zebra"]
-        before = tc.classify(model, self.tok, texts, ["ham", "spam"], 6, "mean", "end")
-        self.assertNotEqual(before, tc.classify(model, self.tok, texts, ["ham", "spam"], 6))
-        saved = self.dir / "out" / "classifier.safetensors"
-        (self.dir / "shared").mkdir()
-        shutil.copy(saved, self.dir / "shared" / "classifier.safetensors")
-        for where in (["--out", self.dir / "out"], ["--classifier", self.dir / "shared"],
-                      ["--classifier", self.dir / "shared" / "classifier.safetensors",
-                       "--out", self.dir / "empty"], ["--out", self.dir / "out", "--no-fast"]):
-            with self.subTest(where):
-                code, out, err = cli(tc.main, *where, "--predict", *texts)
-                self.assertEqual(code, 0, err)
-                for line, (label, prob) in zip(out.splitlines(), before, strict=True):
-                    got_label, got_prob, got_text = line.split("\t")
-                    self.assertEqual(got_label, label)
-                    self.assertAlmostEqual(float(got_prob), prob, delta=1e-3)
-        self.assertTrue((self.dir / "out" / "splits" / "train.tsv").exists())
-        self.assertFalse((self.dir / "empty").exists())  # --predict writes nothing
-        code, out, _ = cli(tc.main, "--out", self.dir / "out", "--predict", "a\tb\nc", "d\re")
-        self.assertEqual([line.split("\t")[2] for line in out.splitlines()], ["a b c", "d e"])
-        # a damaged file is refused, not loaded: its data no longer matches its SHA-256
-        raw = bytearray(saved.read_bytes())
-        raw[-64:] = bytes(64)
-        (self.dir / "bad").mkdir()
-        (self.dir / "bad" / "classifier.safetensors").write_bytes(bytes(raw))
-        code, _, err = cli(tc.main, "--out", self.dir / "bad", "--predict", texts[0])
-        self.assertEqual(code, 1)
-        self.assertIn("does not match the SHA-256", err)
-        raw = bytearray(saved.read_bytes())  # one digit of the header's cfg: n_heads 2 -> 1
-        at = raw.index(b'\\"n_heads\\": 2')
-        raw[at + 12:at + 13] = b"1"
-        (self.dir / "bad" / "classifier.safetensors").write_bytes(bytes(raw))
-        code, _, err = cli(tc.main, "--out", self.dir / "bad", "--predict", texts[0])
-        self.assertIn("does not match the SHA-256", err)
-
-    def test_the_one_read_decides_every_reported_number(self):
-        """A fork that changes select_logits changes the final report and --predict too."""
-        texts = ["message number 99 says apple", "message number 98 says zebra", "hi"]
-        real = tc.select_logits
-
-        def run(out, read=real):
-            with unittest.mock.patch.object(tc, "select_logits", read):
-                model, _ = self.train("--epochs", "0", out=out)
-                code, printed, err = cli(tc.main, "--out", self.dir / out, "--predict", *texts)
-            self.assertEqual(code, 0, err)
-            return self.records(out)[-1], [line.split("\t")[0] for line in printed.splitlines()]
-        final, labels = run("plain")
-        flipped = lambda logits, lengths, pooling="last": real(logits, lengths, pooling).flip(-1)
-        final_flipped, labels_flipped = run("flipped", flipped)
-        for name in ("train", "validation", "test"):
-            self.assertEqual(final_flipped[f"{name}_confusion"],
-                             [row[::-1] for row in final[f"{name}_confusion"]])
-        self.assertEqual(labels_flipped, [{"ham": "spam", "spam": "ham"}[x] for x in labels])
-
-    def test_a_read_the_speed_layer_cannot_serve_is_one_clear_line(self):
-        first = lambda logits, lengths, pooling="last": logits[:, 0]  # not computed: NaN
-        model = load_gpt2.load_gpt2(self.model_dir)
-        fast = speed.FastClassifier(tc.build_classifier(model, 2), self.tok.eot_token)
-        with unittest.mock.patch.object(tc, "select_logits", first), \
-                self.assertRaisesRegex(utils.InputError, "non-finite probabilities.*--no-fast"):
-            tc.classify(fast, self.tok, ["a text of several tokens"], ["a", "b"], 64)
-        with unittest.mock.patch.object(tc, "select_logits", first), \
-                self.assertRaisesRegex(utils.InputError, "loss became nan at step 0.*pooling"):
-            self.train("--epochs", "1")
-
-    @unittest.skipIf(importlib.util.find_spec("safetensors") is None, "safetensors not installed")
-    def test_the_classifier_opens_with_the_safetensors_package(self):
-        from safetensors import safe_open
-        model, _ = self.train("--epochs", "0")
-        with safe_open(self.dir / "out" / "classifier.safetensors", "pt") as f:
-            self.assertEqual(json.loads(f.metadata()["labels"]), ["ham", "spam"])
-            self.assertEqual(f.metadata()["pooling"], "last")
-            for name, tensor in model.state_dict().items():
-                self.assertTrue(torch.equal(f.get_tensor(name), tensor), name)
-
-    def test_cli_errors_are_one_clear_line(self):
-        empty = self.dir / "empty"
-        (self.dir / "one_label.tsv").write_text("".join(f"a\ttext {i}\n" for i in range(20)),
-                                                encoding="utf-8")
-        cases = [
-            (["--predict", "hi", "--out", empty], "no trained classifier at"),
-            (["--trainable", "last-9", "--model", self.model_dir, "--data", self.data,
-              "--out", empty], "last-N with 1 <= N <= 2"),
-            (["--model", "gpt-7", "--data", self.data, "--out", empty], "unknown model 'gpt-7'"),
-            (["--data", empty / "nope.tsv", "--out", empty], "no data file at"),
-            (["--batch-size", "0"], "must be a number > 0"),
-            (["--lr", "nan"], "must be a number > 0"),
-            (["--trainable", "bottom"], "use head, all, lora or last-N"),
-            (["--out", self.data, "--predict", "hi"], "no trained classifier at"),
-            (["--data", self.dir / "one_label.tsv", "--out", empty], "has a single label"),
-            (["--init", "random", "--model", "gpt-7", "--data", self.data, "--out", empty],
-             "unknown model 'gpt-7'"),
-            (["--max-length", "65", "--model", self.model_dir, "--data", self.data,
-              "--out", empty], "exceeds the model's context length 64"),
-            (["--pooling", "max"], "invalid choice: 'max'"),
-            (["--accumulation-steps", "0"], "must be a number > 0"),
-            (["--batch-size", "8", "--accumulation-steps", "3", "--model", self.model_dir,
-              "--data", self.data, "--out", empty], "x --accumulation-steps 3 is more than"),
-            (["--predict", "hi", "--pooling", "mean"], "--pooling does nothing with --predict"),
-            (["--predict", "hi", "--epochs", "2"], "--epochs does nothing with --predict"),
-            (["--no-fast", "--compile"], "--compile does nothing with --no-fast"),
-            (["--classifier", empty], "--classifier does nothing without --predict"),
-            (["--dist-timeout", "0.001"], "must be a number >= 1"),
-            (["--dist-timeout", "1e30"], "and <= 1000000"),
-            (["--seed", "99999999999999999999999"], "must be a number >= 0 and <= 4294967295"),
-            (["--eval-iter", "x"], "invalid int value: 'x'")]
-        for args, message in cases:
-            with self.subTest(message):
-                code, _, err = cli(tc.main, *args)
-                self.assertNotEqual(code, 0)
-                self.assertIn(message, err)
-                if code == 1:  # argparse's errors (2) come after its usage lines
-                    self.assertEqual(len(err.strip().splitlines()), 1)
-        # variables torchrun sets, set by hand
-        for env in ({"RANK": "0"}, {"RANK": "0", "LOCAL_RANK": "x", "WORLD_SIZE": "2"}):
-            code, _, err = cli(tc.main, "--data", self.data, "--model", self.model_dir, "--out",
-                               empty, env=env)
-            self.assertEqual(code, 1)
-            self.assertIn("looks like a torchrun process", err)
-            self.assertEqual(len(err.strip().splitlines()), 1)
-        # the command line itself, once: the same one line and status, from a new process
-        code, _, err = run_script("train_classifier.py", "--predict", "hi", "--out", empty)
-        self.assertEqual((code, err.strip()), (1, f"error: no trained classifier at "
-                         f"{empty / 'classifier.safetensors'}; train one first with python "
-                         "train_classifier.py, or point --out or --classifier at it"))
-
-    def test_no_network_ends_with_a_clear_message(self):
-        # An empty cache and a proxy that refuses every connection: no network, even on a
-        # machine that has one.
-        no_network = {"GPT2_CACHE_DIR": str(self.dir / "cache"),
-                      "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-        code, _, err = cli(tc.main, "--out", self.dir / "o", "--model", self.model_dir,
-                           env=no_network)
-        self.assertEqual(code, 1)
-        self.assertIn("could not download https://archive.ics.uci.edu/", err)
-        self.assertNotIn("Traceback", err)
+    @unittest.skipIf(importlib.util.find_spec("matplotlib") is None, "matplotlib not installed")
+    def test_labels_are_plain_text_in_the_plot(self):
+        rows = [f"{'$_$' if i % 2 else '$^$'}\tmessage {i}" for i in range(24)]
+        (self.dir / "math.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        self.common[3] = self.dir / "math.tsv"
+        self.main()
+        self.assertTrue((self.out / "metrics.png").stat().st_size > 1000)
 
 
-class TestNothingLost(unittest.TestCase):
+# =============================================================================================
+# save.py: --out holds one complete run; the classifier is read back checked
+# =============================================================================================
+
+class TestNothingLost(Trains):
     """A failed, diverged or interrupted run leaves --out as the last complete run left it."""
 
     def setUp(self):
-        self.tok = tokenizer()
-        self.dir = tmpdir(self)
-        self.common = ["--model", tiny_gpt2_folder(self.dir / "tiny"), "--data",
-                       spam_like(self.dir), "--batch-size", "4"]
-        self.out = self.dir / "out"
+        super().setUp()
         self.main("--epochs", "1")
         self.before = self.snapshot()
-
-    def main(self, *args):
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return tc.main([str(a) for a in [*self.common, "--out", self.out, *args]])
-
-    def snapshot(self):
-        return {p.relative_to(self.out): p.read_bytes() for p in self.out.rglob("*") if p.is_file()}
 
     def test_failed_and_diverged_runs_write_nothing(self):
         cases = {"exceeds the model's context length 64": ["--max-length", "5000"],
@@ -1952,24 +2022,57 @@ class TestNothingLost(unittest.TestCase):
             tc.load_classifier(old)
 
 
-class TestHostileInput(unittest.TestCase):
-    """What a careless, unlucky or malicious user can send: each ends in success or one line
-    and a non-zero status, and --out keeps every file it had."""
+class TestSave(Trains):
+    """What a careless, unlucky or malicious user can do to --out and to a shared classifier:
+    each ends in success or one line and a non-zero status, and --out keeps every file it had."""
 
-    def setUp(self):
-        self.tok = tokenizer()
-        self.dir = tmpdir(self)
-        self.common = ["--model", tiny_gpt2_folder(self.dir / "tiny"), "--data",
-                       spam_like(self.dir), "--batch-size", "4", "--epochs", "1"]
-        self.out = self.dir / "out"
+    def test_classifier_reloads_with_its_settings_and_predicts_the_same(self):
+        model, _ = self.train("--epochs", "1", "--pooling", "mean", "--truncate", "end",
+                              "--max-length", "6")
+        texts = ["message number 99 says apple", "message number 98 says zebra"]
+        before = tc.classify(model, self.tok, texts, ["ham", "spam"], 6, "mean", "end")
+        self.assertNotEqual(before, tc.classify(model, self.tok, texts, ["ham", "spam"], 6))
+        saved = self.dir / "out" / "classifier.safetensors"
+        (self.dir / "shared").mkdir()
+        shutil.copy(saved, self.dir / "shared" / "classifier.safetensors")
+        for where in (["--out", self.dir / "out"], ["--classifier", self.dir / "shared"],
+                      ["--classifier", self.dir / "shared" / "classifier.safetensors",
+                       "--out", self.dir / "empty"], ["--out", self.dir / "out", "--no-fast"]):
+            with self.subTest(where):
+                code, out, err = cli(tc.main, *where, "--predict", *texts)
+                self.assertEqual(code, 0, err)
+                for line, (label, prob) in zip(out.splitlines(), before, strict=True):
+                    got_label, got_prob, got_text = line.split("\t")
+                    self.assertEqual(got_label, label)
+                    self.assertAlmostEqual(float(got_prob), prob, delta=1e-3)
+        self.assertTrue((self.dir / "out" / "splits" / "train.tsv").exists())
+        self.assertFalse((self.dir / "empty").exists())  # --predict writes nothing
+        code, out, _ = cli(tc.main, "--out", self.dir / "out", "--predict", "a\tb\nc", "d\re")
+        self.assertEqual([line.split("\t")[2] for line in out.splitlines()], ["a b c", "d e"])
+        # a damaged file is refused, not loaded: its data no longer matches its SHA-256
+        raw = bytearray(saved.read_bytes())
+        raw[-64:] = bytes(64)
+        (self.dir / "bad").mkdir()
+        (self.dir / "bad" / "classifier.safetensors").write_bytes(bytes(raw))
+        code, _, err = cli(tc.main, "--out", self.dir / "bad", "--predict", texts[0])
+        self.assertEqual(code, 1)
+        self.assertIn("does not match the SHA-256", err)
+        raw = bytearray(saved.read_bytes())  # one digit of the header's cfg: n_heads 2 -> 1
+        at = raw.index(b'\\"n_heads\\": 2')
+        raw[at + 12:at + 13] = b"1"
+        (self.dir / "bad" / "classifier.safetensors").write_bytes(bytes(raw))
+        code, _, err = cli(tc.main, "--out", self.dir / "bad", "--predict", texts[0])
+        self.assertIn("does not match the SHA-256", err)
 
-    def main(self, *args):
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return tc.main([str(a) for a in [*self.common, "--out", self.out, *args]])
-
-    def snapshot(self, folder=None):
-        folder = folder or self.out
-        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    @unittest.skipIf(importlib.util.find_spec("safetensors") is None, "safetensors not installed")
+    def test_the_classifier_opens_with_the_safetensors_package(self):
+        from safetensors import safe_open
+        model, _ = self.train("--epochs", "0")
+        with safe_open(self.dir / "out" / "classifier.safetensors", "pt") as f:
+            self.assertEqual(json.loads(f.metadata()["labels"]), ["ham", "spam"])
+            self.assertEqual(f.metadata()["pooling"], "last")
+            for name, tensor in model.state_dict().items():
+                self.assertTrue(torch.equal(f.get_tensor(name), tensor), name)
 
     def test_nothing_outside_out_is_written_or_deleted(self):
         elsewhere = self.dir / "elsewhere"
@@ -2045,18 +2148,6 @@ class TestHostileInput(unittest.TestCase):
         self.assertEqual(list(self.out.glob(".incomplete-*")), [])  # the stale links are gone
         self.assertTrue((self.out / "classifier.safetensors").is_file())
 
-    def test_out_of_memory_is_one_line(self):
-        def allocate():
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't "
-                               "allocate memory: you tried to allocate 36000000000 bytes.")
-        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit) as e:
-            utils.run_main(allocate)
-        self.assertTrue(e.exception.code.startswith("error: out of memory ([enforce fail"))
-        with self.assertRaisesRegex(RuntimeError, "a bug"):  # other errors stay tracebacks
-            utils.run_main(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
-        with self.assertRaisesRegex(ValueError, "pooling 'max': use last, first or mean"):
-            tc.select_logits(torch.zeros(1, 2, 2), torch.tensor([2]), "max")
-
     def test_saves_into_one_out_wait_for_each_other(self):
         model = self.main()
         held, err = threading.Event(), io.StringIO()
@@ -2079,215 +2170,50 @@ class TestHostileInput(unittest.TestCase):
         self.assertIn("waiting: another run is saving into", err.getvalue())
         self.assertEqual(tc.load_classifier(self.out)[1]["run"], {})  # the later save's file
 
-    def test_thousands_of_labels_cost_what_the_data_costs(self):
-        folder = self.dir / "many"
-        folder.mkdir()
-        n = 1000
-        for name, copies in (("train", 3), ("validation", 1), ("test", 1)):
-            (folder / f"{name}.tsv").write_text("".join(
-                f"label{i}\ttext {i} copy {c}\n" for i in range(n) for c in range(copies)),
-                encoding="utf-8")
-        start = time.time()
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
-            tc.main([str(a) for a in ["--model", self.dir / "tiny", "--data", folder,
-                                      "--epochs", "0", "--out", self.out]])
-        self.assertLess(time.time() - start, 30)
-        self.assertIn("over 1,000 labels; lowest F1:", printed.getvalue())
-        final = json.loads((self.out / "metrics.jsonl").read_text().splitlines()[-1])
-        self.assertNotIn("test_confusion", final)  # a million cells: summarised, not stored
-        self.assertEqual(len(final["test_metrics"]["f1"]), n)
 
-    def test_labels_that_are_not_what_they_seem_are_refused(self):
-        cases = {"escape.tsv": ("ham\tok\n\x1b[2Jspam\tclears the screen\n",
-                                "line 2: label '\\x1b[2Jspam' holds a control character"),
-                 "joined.tsv": ("ham\tok\n\ufeffspam\tsecond file\n",
-                                "line 2: label '\\ufeffspam' holds a control character (a "
-                                "byte-order mark: were two files joined?)"),
-                 "surrogate.jsonl": ('{"text": "ok", "label": "a"}\n'
-                                     '{"text": "half \\ud800", "label": "b"}\n',
-                                     "line 2: a \\u escape of half a character"),
-                 "digits.jsonl": ('{"text": "ok", "label": "a"}\n'
-                                  '{"text": "x", "label": 1' + "0" * 5000 + '}\n',
-                                  "line 2: not valid JSON (Exceeds the limit")}
-        for name, (content, message) in cases.items():
-            with self.subTest(name):
-                path = self.dir / name
-                path.write_text(content, encoding="utf-8")
-                code, _, err = cli(tc.main, "--data", path, "--model", self.dir / "tiny",
-                                   "--out", self.out)
-                self.assertEqual(code, 1)
-                self.assertIn(message, err)
-                self.assertEqual(len(err.strip().splitlines()), 1)
-        self.assertFalse(self.out.exists())
+# =============================================================================================
+# utils.py: one-line errors, progress lines
+# =============================================================================================
 
-    @unittest.skipIf(importlib.util.find_spec("matplotlib") is None, "matplotlib not installed")
-    def test_labels_are_plain_text_in_the_plot(self):
-        rows = [f"{'$_$' if i % 2 else '$^$'}\tmessage {i}" for i in range(24)]
-        (self.dir / "math.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-        self.common[3] = self.dir / "math.tsv"
-        self.main()
-        self.assertTrue((self.out / "metrics.png").stat().st_size > 1000)
+class TestUtils(unittest.TestCase):
+    def test_quiet_for_short_phases_then_every_few_seconds_in_a_log(self):
+        clock = [100.0]
+        err = io.StringIO()
+        with unittest.mock.patch.object(utils.time, "time", lambda: clock[0]), \
+                unittest.mock.patch.object(utils.sys, "stderr", err):
+            progress = utils.Progress("caching", 10, "texts")
+            for t, done in ((101, 1), (102.5, 3), (103, 4), (108, 8), (109, 10)):
+                clock[0] = t
+                progress.show(done)
+            progress.end()
+            short = utils.Progress("short", 5, "texts")
+            short.show(5)  # done within quiet_s: nothing at all
+        self.assertEqual(err.getvalue().splitlines(), [
+            "caching: 3/10 texts (30%), 1.2 texts/s, 6 s left",
+            "caching: 8/10 texts (80%), 1.0 texts/s, 2 s left",
+            "caching: 10/10 texts (100%), 1.1 texts/s, 0 s left"])
 
-    def test_memory_follows_max_length_not_the_text(self):
-        words = "Spam offers arrive daily, 24/7 - call 0800 now!! naïve café 😀 don't  wait\n"
-        text = words * 250_000  # 19 MB on one line
-        seen = []
+    def test_tracked_yields_every_item(self):
+        self.assertEqual(list(utils.tracked([1, 2, 3], "x", "items")), [1, 2, 3])
 
-        class Recording:  # tiktoken, recording how much text it is given
-            eot_token = self.tok.eot_token
-
-            def encode_ordinary_batch(self, texts):
-                seen.extend(map(len, texts))
-                return real.encode_ordinary_batch(texts)
-        real = self.tok
-        for truncate in ("start", "end"):
-            with self.subTest(truncate):
-                seen.clear()
-                ids = data.encode(Recording(), [text], 100, truncate)[0]
-                self.assertLessEqual(max(seen), 8 * 100)
-                whole = self.tok.encode_ordinary(words * 40)
-                self.assertEqual(ids, whole[:100] if truncate == "start" else whole[-100:])
-        random_texts = ["".join(np.random.default_rng(seed).choice(list("ab cd\n\t,.é😀0"), 4000))
-                        for seed in range(20)]
-        for truncate in ("start", "end"):  # the window's cut never changes the tokens kept
-            got = data.encode(self.tok, random_texts, 30, truncate)
-            for t, ids in zip(random_texts, got):
-                whole = self.tok.encode_ordinary(t)
-                self.assertEqual(ids, whole[:30] if truncate == "start" else whole[-30:])
-
-    def test_streams_that_are_closed_or_odd(self):
-        self.main()
-        predict = ["--out", self.out, "--predict", "-"]
-        code, _, err = cli(tc.main, *predict, stdin=None)
-        self.assertEqual((code, err.strip()), (1, "error: standard input is closed; pipe the "
-                                                  "texts into it, one per line"))
-
-        class Folder(io.RawIOBase):  # what reading a directory as standard input does
-            def readable(self):
-                return True
-
-            def readinto(self, b):
-                raise IsADirectoryError(21, "Is a directory")
-        code, _, err = cli(tc.main, *predict, stdin=io.BufferedReader(Folder()))
-        self.assertEqual((code, err.strip()), (1, "error: standard input cannot be read (Is a "
-                                                  "directory)"))
-        for length, code in ((1_000_000, 0), (1_000_001, 1)):
-            with self.subTest(length), contextlib.redirect_stderr(io.StringIO()):
-                line = b"a" * length + b"\r\n"
-                try:
-                    self.assertEqual(len(next(utils.line_chunks(io.BytesIO(line)))[0]), length)
-                    self.assertEqual(code, 0)
-                except utils.InputError as e:
-                    self.assertEqual((code, str(e)), (1, "standard input, line 1: over "
-                                                         "1,000,000 bytes; one text a line"))
-        with unittest.mock.patch.object(sys, "stdout", None), \
-                contextlib.redirect_stderr(io.StringIO()) as err:
-            with self.assertRaises(SystemExit) as e:
-                utils.run_main(lambda: print("x"))
-        self.assertEqual(e.exception.code, "error: standard output is closed, so the results "
-                                           "have nowhere to go")
-
-    def test_torchrun_settings_without_their_processes_end_in_bounded_time(self):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port)}
-        start = time.time()
-        code, _, err = run_script("train_classifier.py", *self.common, "--out", self.out,
-                                  "--dist-timeout", "2", env=env)
-        self.assertEqual(code, 1, err)
-        self.assertLess(time.time() - start, 30)
-        self.assertIn(f"rank 1: waiting for all 2 processes to meet at 127.0.0.1:{port}", err)
-        self.assertIn("error: the 2 torchrun processes did not meet at", err)
-        self.assertEqual(len(err.strip().splitlines()), 2)  # no pages of C++ stack frames
-
-    def test_a_failed_run_with_the_disk_cache_leaves_no_new_out(self):
-        with self.assertRaisesRegex(utils.InputError, "training diverged"):
-            self.main("--cache", "disk", "--lr", "1e30", "--trainable", "last-1")
-        self.assertFalse(self.out.exists())
-
-    def test_a_full_disk_under_the_prefix_cache_is_one_line(self):
-        class Full(io.BytesIO):
-            def write(self, b):
-                raise OSError(errno.ENOSPC, "No space left on device")
-        with unittest.mock.patch.object(speed.tempfile, "TemporaryFile", lambda **kw: Full()), \
-                self.assertRaisesRegex(utils.InputError, "the frozen-prefix cache filled the "
-                                       "disk .*--cache ram or --cache off"):
-            self.main("--cache", "disk")
-        self.assertFalse((self.out / "classifier.safetensors").exists())
-
-    def test_a_padded_vocabulary_is_never_sampled(self):
-        arrays = random_hf_arrays(V=50304, T=16, C=8, L=1)
-        arrays["wte.weight"][50257:] = 30.0  # padding rows that would win every step
-        folder = write_checkpoint(self.dir / "padded", arrays, 2)
-        model = load_gpt2.load_gpt2(folder)
-        out = gen.generate(model, torch.tensor([[1, 2]]), 10, temperature=1.0,
-                           vocab_size=self.tok.n_vocab)
-        self.assertLess(out.max().item(), 50257)
-        code, printed, err = cli(gen.main, "hi", "--model", folder, "--max-new-tokens", "5",
-                                 "--seed", "1", "--ignore-eos")
-        self.assertEqual(code, 0, err)
-
-    def test_weights_beyond_this_machines_memory_are_refused_before_allocating(self):
-        folder = write_checkpoint(self.dir / "huge", random_hf_arrays(), 4)
-        (folder / "config.json").write_text(json.dumps({
-            "vocab_size": 50257, "n_positions": 1024, "n_embd": 8192, "n_layer": 11,
-            "n_head": 64}))
-        page, pages = os.sysconf("SC_PAGE_SIZE"), 8 * 2**30 // os.sysconf("SC_PAGE_SIZE")
-        with unittest.mock.patch.object(formats.os, "sysconf",
-                                        lambda name: page if name == "SC_PAGE_SIZE" else pages), \
-                self.assertRaisesRegex(utils.InputError, "9.7e\\+09 parameters, 39 GB of float32 "
-                                       "weights: more than this machine's 9 GB"):
-            load_gpt2.load_gpt2(folder, pretrained=False)
-
-    def test_both_key_styles_at_once_is_an_error_not_a_choice(self):
-        arrays = random_hf_arrays()
-        folder = write_checkpoint(self.dir / "twice", arrays, 4)
-        named = {f"transformer.{k}": v for k, v in arrays.items()}
-        named["h.0.ln_1.weight"] = arrays["h.0.ln_1.weight"]
-        write_safetensors(folder / "model.safetensors", named)
-        with self.assertRaisesRegex(utils.InputError, "tensor 'h.0.ln_1.weight' is there twice"):
-            load_gpt2.load_gpt2(folder)
-
-    def test_bench_flags_are_checked(self):
-        import bench
-        for args, message in ((["train", "--data", self.dir / "nope"], "no such file"),
-                              (["scale", "--sizes", "0"], "must be a number > 0"),
-                              (["generate", "--new-tokens", "-5"], "must be a number > 0")):
-            with self.subTest(args):
-                code, _, err = cli(bench.main, *args)
-                self.assertNotEqual(code, 0)
-                self.assertIn(message, err)
-                self.assertNotIn("Traceback", err)
+    def test_out_of_memory_is_one_line(self):
+        def allocate():
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't "
+                               "allocate memory: you tried to allocate 36000000000 bytes.")
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit) as e:
+            utils.run_main(allocate)
+        self.assertTrue(e.exception.code.startswith("error: out of memory ([enforce fail"))
+        with self.assertRaisesRegex(RuntimeError, "a bug"):  # other errors stay tracebacks
+            utils.run_main(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
+        with self.assertRaisesRegex(ValueError, "pooling 'max': use last, first or mean"):
+            tc.select_logits(torch.zeros(1, 2, 2), torch.tensor([2]), "max")
 
 
-class TestGenerateCLI(unittest.TestCase):
-    def test_streams_text_and_handles_special_prompts(self):
-        tokenizer()
-        folder = tiny_gpt2_folder(tmpdir(self))
-        for prompt in ("Every effort moves you", "", "a <|endoftext|> b"):
-            with self.subTest(prompt=prompt):
-                code, out, err = cli(gen.main, prompt, "--model", folder, "--max-new-tokens", "5",
-                                     "--seed", "1", "--ignore-eos")
-                self.assertEqual(code, 0, err)
-                self.assertTrue(out.startswith(prompt))
-                self.assertGreater(len(out), len(prompt) + 1)
-        again = cli(gen.main, "Every effort moves you", "--model", folder, "--max-new-tokens",
-                    "5", "--seed", "1", "--ignore-eos")[1]
-        self.assertEqual(again, cli(gen.main, "Every effort moves you", "--model", folder,
-                                    "--max-new-tokens", "5", "--seed", "1", "--ignore-eos")[1])
-        for bad in ("-1", "nan"):
-            code, _, err = cli(gen.main, "--temperature", bad)
-            self.assertEqual(code, 2)
-            self.assertIn("temperature >= 0", err)
-        code, _, err = cli(gen.main, "--seed", str(10**30))
-        self.assertEqual(code, 2)
-        self.assertIn("must be a number >= 0", err)
+# =============================================================================================
+# ddp.py: several processes under torchrun
+# =============================================================================================
 
-
-class TestDistributed(unittest.TestCase):
+class TestDistributed(Trains):
     def test_two_gloo_processes_match_one_process_with_the_same_global_batch(self):
         tokenizer()
         folder = tmpdir(self)
@@ -2329,6 +2255,21 @@ class TestDistributed(unittest.TestCase):
         self.assertIn("error: another torchrun process stopped (its message says why)", err)
         self.assertNotIn('train_classifier.py", line', err)  # torchrun's own report aside
 
+    def test_torchrun_settings_without_their_processes_end_in_bounded_time(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        start = time.time()
+        code, _, err = run_script("train_classifier.py", *self.common, "--out", self.out,
+                                  "--dist-timeout", "2", env=env)
+        self.assertEqual(code, 1, err)
+        self.assertLess(time.time() - start, 30)
+        self.assertIn(f"rank 1: waiting for all 2 processes to meet at 127.0.0.1:{port}", err)
+        self.assertIn("error: the 2 torchrun processes did not meet at", err)
+        self.assertEqual(len(err.strip().splitlines()), 2)  # no pages of C++ stack frames
+
 
 def ddp_worker(argv):
     """Run by the distributed test under torchrun: train, then keep this rank's weights."""
@@ -2337,6 +2278,124 @@ def ddp_worker(argv):
     ranks.mkdir(exist_ok=True)
     formats.write_safetensors(ranks / f"{os.environ['RANK']}.safetensors", model.state_dict(),
                                 {})
+
+
+# =============================================================================================
+# generate.py: sampling, the KV cache, the command line
+# =============================================================================================
+
+class TestGenerate(unittest.TestCase):
+    def setUp(self):
+        torch.manual_seed(0)
+        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=16,
+                             vocab_size=40)
+        self.model = gpt.GPTModel(cfg).eval()
+        with torch.no_grad():  # sharper logits than GPT-2's small init, so greedy is not all ties
+            self.model.out_head.weight.mul_(30)
+        self.prompt = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+
+    def test_cached_and_uncached_greedy_agree_across_a_window_slide(self):
+        cached = gen.generate(self.model, self.prompt, 20, temperature=0.0)  # 30 > context 16
+        plain = gen.generate(self.model, self.prompt, 20, temperature=0.0, use_cache=False)
+        self.assertEqual(cached.shape, (1, 30))
+        self.assertEqual(cached.tolist(), plain.tolist())
+        self.assertGreater(len(set(cached[0, 10:].tolist())), 2)
+
+    def test_top_k_1_is_greedy_and_seeds_repeat(self):
+        greedy = gen.generate(self.model, self.prompt, 8, temperature=0.0)
+        top1 = gen.generate(self.model, self.prompt, 8, temperature=1.0, top_k=1)
+        tiny_p = gen.generate(self.model, self.prompt, 8, temperature=1.0, top_p=1e-9)
+        self.assertEqual(greedy.tolist(), top1.tolist())
+        self.assertEqual(greedy.tolist(), tiny_p.tolist())
+        sample = lambda seed: gen.generate(self.model, self.prompt, 8, temperature=2.0, top_k=1000,
+                                           generator=torch.Generator().manual_seed(seed)).tolist()
+        self.assertEqual(sample(1), sample(1))
+        self.assertNotEqual(sample(1), sample(2))
+
+    def test_top_p_keeps_the_smallest_set_reaching_p(self):
+        logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+        picks = {gen.sample_next(logits, top_p=0.8,
+                                 generator=torch.Generator().manual_seed(s)).item()
+                 for s in range(200)}
+        self.assertEqual(picks, {0, 1})  # 0.5 + 0.3 reaches 0.8: tokens 2 and 3 are cut
+
+    def test_eos_stops_early(self):
+        first = gen.generate(self.model, self.prompt, 5, temperature=0.0)[0, 10].item()
+        out = gen.generate(self.model, self.prompt, 5, temperature=0.0, eos_id=first)
+        self.assertEqual(out.shape, (1, 11))
+
+    def test_a_tiny_temperature_is_greedy_not_an_error(self):
+        logits = torch.tensor([[1.0, 3.0, 2.0]])
+        for temperature in (1e-30, 1e-320):
+            self.assertEqual(gen.sample_next(logits, temperature=temperature).item(), 1)
+
+    def test_sampling_is_stable_in_half_precision(self):
+        logits = torch.tensor([[60000.0, -60000.0, 0.0, 65000.0]], dtype=torch.float16)
+        token = gen.sample_next(logits, temperature=0.5, generator=torch.Generator().manual_seed(0))
+        self.assertEqual(token.item(), 3)
+        self.assertEqual(gen.sample_next(logits, top_k=10_000).shape, (1, 1))  # clamped
+
+    def test_invalid_settings_are_errors(self):
+        for bad in ({"temperature": -1.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": 0}):
+            with self.subTest(**bad), self.assertRaises(ValueError):
+                gen.generate(self.model, self.prompt, 3, **bad)
+        with self.assertRaises(ValueError):
+            gen.generate(self.model, self.prompt, -1)
+
+
+class TestGenerateCLI(Trains):
+    def test_streams_text_and_handles_special_prompts(self):
+        tokenizer()
+        folder = tiny_gpt2_folder(tmpdir(self))
+        for prompt in ("Every effort moves you", "", "a <|endoftext|> b"):
+            with self.subTest(prompt=prompt):
+                code, out, err = cli(gen.main, prompt, "--model", folder, "--max-new-tokens", "5",
+                                     "--seed", "1", "--ignore-eos")
+                self.assertEqual(code, 0, err)
+                self.assertTrue(out.startswith(prompt))
+                self.assertGreater(len(out), len(prompt) + 1)
+        again = cli(gen.main, "Every effort moves you", "--model", folder, "--max-new-tokens",
+                    "5", "--seed", "1", "--ignore-eos")[1]
+        self.assertEqual(again, cli(gen.main, "Every effort moves you", "--model", folder,
+                                    "--max-new-tokens", "5", "--seed", "1", "--ignore-eos")[1])
+        for bad in ("-1", "nan"):
+            code, _, err = cli(gen.main, "--temperature", bad)
+            self.assertEqual(code, 2)
+            self.assertIn("temperature >= 0", err)
+        code, _, err = cli(gen.main, "--seed", str(10**30))
+        self.assertEqual(code, 2)
+        self.assertIn("must be a number >= 0", err)
+
+    def test_a_padded_vocabulary_is_never_sampled(self):
+        arrays = random_hf_arrays(V=50304, T=16, C=8, L=1)
+        arrays["wte.weight"][50257:] = 30.0  # padding rows that would win every step
+        folder = write_checkpoint(self.dir / "padded", arrays, 2)
+        model = load_gpt2.load_gpt2(folder)
+        out = gen.generate(model, torch.tensor([[1, 2]]), 10, temperature=1.0,
+                           vocab_size=self.tok.n_vocab)
+        self.assertLess(out.max().item(), 50257)
+        code, printed, err = cli(gen.main, "hi", "--model", folder, "--max-new-tokens", "5",
+                                 "--seed", "1", "--ignore-eos")
+        self.assertEqual(code, 0, err)
+
+
+# =============================================================================================
+# bench.py: the measurements' command line
+# =============================================================================================
+
+class TestBench(unittest.TestCase):
+    def test_bench_flags_are_checked(self):
+        folder = tmpdir(self)
+        import bench
+        for args, message in ((["train", "--data", folder / "nope"], "no such file"),
+                              (["scale", "--sizes", "0"], "must be a number > 0"),
+                              (["generate", "--new-tokens", "-5"], "must be a number > 0")):
+            with self.subTest(args):
+                code, _, err = cli(bench.main, *args)
+                self.assertNotEqual(code, 0)
+                self.assertIn(message, err)
+                self.assertNotIn("Traceback", err)
+
 
 
 if __name__ == "__main__":
