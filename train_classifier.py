@@ -230,12 +230,22 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
     return history, examples_seen
 
 
-@torch.no_grad()
 def classify(model, tokenizer, texts, label_names, max_length, pooling="last", truncate="start",
              batch_size=32):
-    """[(label, probability)] for each text (the chapter's classify_review, for many texts).
-    Texts are batched by length; padding never changes a result, so a text gets the same
-    answer alone or beside much longer ones."""
+    """(label, probability) for each text of a list, or for one text (the chapter's
+    classify_review, which returns the label alone)."""
+    if isinstance(texts, str):
+        return classify(model, tokenizer, [texts], label_names, max_length, pooling, truncate,
+                        batch_size)[0]
+    probs = probabilities(model, tokenizer, texts, max_length, pooling, truncate, batch_size)
+    return [(label_names[int(p.argmax())], float(p.max())) for p in probs]
+
+
+@torch.no_grad()
+def probabilities(model, tokenizer, texts, max_length, pooling="last", truncate="start",
+                  batch_size=32):
+    """(len(texts), num_classes) class probabilities. Texts are batched by length; padding never
+    changes a result, so a text gets the same answer alone or beside much longer ones."""
     model.eval()
     tokens = encode(tokenizer, texts, max_length, truncate)
     order = sorted(range(len(texts)), key=lambda i: len(tokens[i]))
@@ -245,13 +255,13 @@ def classify(model, tokenizer, texts, label_names, max_length, pooling="last", t
         ids = order[start:start + batch_size]
         input_batch, _, lengths = pad_batch([(tokens[i], 0) for i in ids], tokenizer.eot_token)
         logits = select_logits(model(input_batch.to(device)), lengths, pooling)
-        probs = torch.softmax(logits.float(), dim=-1)
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
         if not torch.isfinite(probs).all():
             raise InputError("the classifier gave non-finite probabilities (did select_logits "
                              "read a position the speed layer leaves empty? try --no-fast)")
         for i, p in zip(ids, probs):
-            results[i] = (label_names[int(p.argmax())], float(p.max()))
-    return results
+            results[i] = p
+    return torch.stack(results) if results else torch.empty(0, 0)
 
 
 def load_classifier(path, device="cpu"):
