@@ -36,7 +36,7 @@ from data import encode, load_dataset, read_examples, sms_spam_file
 from generate import generate
 from load_gpt2 import get_tokenizer, load_gpt2
 from model import GPTModel, get_config
-from speed import FastClassifier
+from speed import SpeedLayer
 from utils import InputError, line_chunks, number, run_main
 
 
@@ -125,7 +125,8 @@ def bench_predict(args):
     tokenizer, texts = get_tokenizer(), sms_texts(args.data, 10_000)
     torch.manual_seed(0)
     model = train_classifier.build_classifier(GPTModel(get_config("gpt2-small")), 2).eval()
-    fast, labels = FastClassifier(model, tokenizer.eot_token), ["ham", "spam"]
+    eot, labels = tokenizer.eot_token, ["ham", "spam"]
+    fast = train_classifier.Classifier(model, eot, fast=SpeedLayer(model, eot))
     start = time.time()  # what --predict - does: chunks of lines, each batched by length
     for chunk in line_chunks(io.BytesIO("\n".join(texts).encode())):
         train_classifier.classify(fast, tokenizer, chunk, labels, 1024)
@@ -154,7 +155,8 @@ import data, train_classifier as tc
 from functools import partial
 from load_gpt2 import get_tokenizer
 from model import GPTModel, get_config
-from speed import FastClassifier
+from report import TrainingLog
+from speed import SpeedLayer
 path, cache = sys.argv[1], sys.argv[2]
 tok = get_tokenizer()
 splits, labels = data.load_dataset(path, seed=123)
@@ -163,7 +165,8 @@ torch.manual_seed(123)
 model = tc.build_classifier(GPTModel(get_config("gpt2-small")), len(labels))
 start = time.time()
 texts = [ids for s in sets.values() for ids, _ in s]
-net = FastClassifier(model, tok.eot_token, texts=texts, cache=cache, cache_dir=sys.argv[3])
+net = tc.Classifier(model, tok.eot_token, fast=SpeedLayer(model, tok.eot_token, texts=texts,
+                                                          cache=cache, cache_dir=sys.argv[3]))
 fill = time.time() - start
 collate = partial(data.pad_batch, pad_id=tok.eot_token)
 sampler = torch.utils.data.DistributedSampler(sets["train"], 1, 0, seed=123, drop_last=True)
@@ -171,9 +174,10 @@ train = torch.utils.data.DataLoader(sets["train"], 8, sampler=sampler, drop_last
                                     collate_fn=collate)
 val = torch.utils.data.DataLoader(sets["validation"], 8, collate_fn=collate)
 params = [p for p in model.parameters() if p.requires_grad]
-history, _ = tc.train_classifier_simple(net, train, val, tc.adamw(params, True, lr=5e-5),
-                                        "cpu", 2, 10**9, 5)
-ends = [r["elapsed_s"] for r in history if "train_acc" in r]
+log = TrainingLog()
+tc.train_classifier_simple(net, train, val, tc.adamw(params, True, lr=5e-5), "cpu", 2, 10**9, 5,
+                           log=log)
+ends = [r["elapsed_s"] for r in log.history if "train_acc" in r]
 print(json.dumps({"tokens": sum(map(len, texts)), "fill_s": fill,
                   "epoch_s": [ends[0], ends[1] - ends[0]],
                   "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))

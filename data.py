@@ -284,6 +284,9 @@ def write_splits(splits, folder):
             tmp.write_text("".join(lines), encoding="utf-8", newline="\n")
 
 
+TRUNCATIONS = ("start", "end")  # which tokens a text longer than max_length keeps
+
+
 def encode(tokenizer, texts, max_length, truncate="start"):
     """Token ids of each text, at most max_length: the first (truncate "start": a message's
     opening usually tells what it is about, as in the textbook) or the last ("end"), tokenized
@@ -329,13 +332,12 @@ def encode_examples(tokenizer, examples, labels, max_length, truncate="start"):
 
 
 def pad_batch(batch, pad_id):
-    """The DataLoader's collate_fn: [(token ids, label id), ...] -> input_batch (B, T),
-    target_batch (B,) and lengths (B,). The chapter pads every text to one fixed length; here a
-    batch is padded on the right to its own longest text, and a row's last real token sits at
-    lengths - 1. Causal attention never lets a real token see the padding after it, so a row's
-    result does not depend on its batch mates."""
-    lengths = torch.tensor([len(ids) for ids, _ in batch])
-    input_batch = torch.full((len(batch), int(lengths.max())), pad_id, dtype=torch.long)
+    """The DataLoader's collate_fn: [(token ids, label id), ...] -> input_batch (B, T) and
+    target_batch (B,), as the chapter's loaders give. The chapter pads every text to one fixed
+    length; here a batch is padded on the right to its own longest text with pad_id, which marks
+    where each text ends (encode_ordinary never makes it). Causal attention never lets a real
+    token see the padding after it, so a row's result does not depend on its batch mates."""
+    input_batch = torch.full((len(batch), max(len(ids) for ids, _ in batch)), pad_id)
     for row, (ids, _) in enumerate(batch):
         input_batch[row, :len(ids)] = torch.tensor(ids)
-    return input_batch, torch.tensor([label for _, label in batch]), lengths
+    return input_batch, torch.tensor([label for _, label in batch])

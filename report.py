@@ -19,12 +19,12 @@ MANY = 20  # labels past which the tables and the plot summarise instead of show
 
 
 @torch.no_grad()
-def predictions(data_loader, model, device, read, what="evaluating"):
-    """(true labels, predicted labels), two (N,) tensors; read is select_logits."""
+def predictions(data_loader, model, device, what="evaluating"):
+    """(true labels, predicted labels), two (N,) tensors, from a train_classifier.Classifier."""
     model.eval()
     true, predicted = [], []
-    for input_batch, target_batch, lengths in tracked(data_loader, what, "batches"):
-        predicted.append(read(model(input_batch.to(device)), lengths).argmax(dim=-1).cpu())
+    for input_batch, target_batch in tracked(data_loader, what, "batches"):
+        predicted.append(model(input_batch.to(device)).argmax(dim=-1).cpu())
         true.append(target_batch)
     return torch.cat(true), torch.cat(predicted)
 
@@ -102,16 +102,16 @@ def unused_lines(unused, test, labels, n_examples):
     return lines
 
 
-def final_report(model, sets, collate, labels, device, read, start):
+def final_report(model, sets, collate, labels, device, start):
     """Every split in full: accuracy, and for validation and test the confusion matrix with
     precision, recall and F1 per label; what balancing left out. Printed, and returned as the
-    last record of metrics.jsonl. read: select_logits, as the training used it."""
+    last record of metrics.jsonl; times count from start, the run's."""
     record, pairs = {"final": True, "labels": labels}, {}
     for name, items in sets.items():
         if items:  # shortest first: batches of similar lengths carry little padding
             tick, items = time.time(), sorted(items, key=lambda item: len(item[0]))
             pairs[name] = predictions(DataLoader(items, 64, collate_fn=collate), model, device,
-                                      read, name)
+                                      name)
             record[f"{name}_acc"] = class_metrics(*pairs[name], len(labels))["accuracy"]
             if len(labels) <= MANY:
                 record[f"{name}_confusion"] = confusion_matrix(*pairs[name], len(labels)).tolist()
@@ -167,3 +167,42 @@ def save_metrics(history, out):
     fig.tight_layout()
     with atomic_write(out / "metrics.png") as tmp:
         fig.savefig(tmp, format="png")
+
+
+class TrainingLog:
+    """What a run prints (on the master process alone) and keeps for metrics.jsonl (history):
+    every time counts from the run's start; examples per second count training steps only."""
+
+    def __init__(self, master=True):
+        self.master, self.history, self.start = master, [], time.time()
+        self.tick, self.seen, self.last = self.start, 0, {"epoch": 0, "step": -1}
+
+    def __call__(self, *lines):
+        if self.master:
+            print(*lines)
+
+    def losses(self, epoch, step, examples_seen, train_loss, val_loss, optimizer):
+        lr, now = optimizer.param_groups[0]["lr"], time.time()
+        record = {"epoch": epoch, "step": step, "examples_seen": examples_seen, "lr": lr,
+                  "examples_per_s": (examples_seen - self.seen) / (now - self.tick),
+                  "train_loss": train_loss, "val_loss": val_loss, "elapsed_s": now - self.start}
+        self(f"Ep {epoch} (Step {step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
+             f" | lr {lr:.3g} | {record['examples_per_s']:.1f} ex/s | {record['elapsed_s']:.1f} s")
+        self.end_of(record)
+
+    def accuracies(self, epoch, step, train_accuracy, val_accuracy):
+        record = {"epoch": epoch, "step": step, "train_acc": train_accuracy,
+                  "val_acc": val_accuracy, "elapsed_s": time.time() - self.start}
+        self(f"Training accuracy: {train_accuracy:.2%} | Validation accuracy: "
+             f"{val_accuracy:.2%} | {record['elapsed_s']:.1f} s")
+        self.end_of(record)
+
+    def end_of(self, record):  # the next ex/s counts from here: evaluations are not training
+        self.history.append(record)
+        self.last = {"epoch": record["epoch"], "step": record["step"]}
+        self.tick, self.seen = time.time(), record.get("examples_seen", self.seen)
+
+    def weights_from(self, stopper):
+        """The epoch and step the trained weights are from: the best evaluation's if early
+        stopping put those back, else the last logged."""
+        return stopper.at if stopper and stopper.waited >= stopper.patience else self.last

@@ -2,6 +2,7 @@
 checked. Skip it on a first reading (docs/training.md says what --out holds and promises).
 """
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -9,14 +10,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from data import write_splits
+from data import TRUNCATIONS, write_splits
 from formats import check_config, read_safetensors, write_safetensors
 from report import save_metrics
 from utils import InputError, lock
 
 # The files a run writes in --out: the only ones it ever replaces or removes there.
-# And the settings a classifier may carry (train_classifier.py's --pooling and --truncate).
-POOLINGS, TRUNCATIONS = ("last", "first", "mean"), ("start", "end")
 OWN_FILES = ("classifier.safetensors", "metrics.jsonl", "metrics.png",
              *(f"splits/{name}.tsv" for name in ("train", "validation", "test", "unused")))
 
@@ -52,7 +51,7 @@ def save_run(out, model, settings, splits, history):
         staged, swapped = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out)), False
         try:  # (mkdtemp: a new folder, ours alone)
             write_splits(splits, staged / "splits")
-            metadata = {key: value if key in ("pooling", "truncate") else
+            metadata = {key: value if key in TEXTS else
                         json.dumps(value, default=str)  # a Path in the flags as text
                         for key, value in settings.items()}
             write_safetensors(staged / "classifier.safetensors", model.state_dict(),
@@ -101,9 +100,16 @@ def swap_in(out, staged, new):
         raise
 
 
-def read_classifier(path):
+# What a classifier's metadata holds: its settings as JSON, but for these, plain text.
+SETTINGS = ("cfg", "labels", "max_length", "pooling", "truncate", "run", "weights_from",
+            "structure")
+TEXTS = ("pooling", "truncate", "structure")
+
+
+def read_classifier(path, poolings):
     """(tensors, settings) from a classifier.safetensors that save_run wrote (path: the file or
-    its folder), read as data by read_safetensors; every setting checked before use."""
+    its folder), read as data by read_safetensors; every setting checked before use, its pooling
+    against poolings, the ones the reading code has."""
     path = path / "classifier.safetensors" if path.is_dir() else path
     if not path.exists():
         if path.with_name("classifier.pt").exists():
@@ -116,9 +122,8 @@ def read_classifier(path):
         raise InputError(f"{path} is not a regular file")
     tensors, metadata = read_safetensors(path)
     try:
-        settings = {key: metadata[key] if key in ("pooling", "truncate")
-                    else json.loads(metadata[key])
-                    for key in ("cfg", "labels", "max_length", "pooling", "truncate", "run")}
+        settings = {key: metadata[key] if key in TEXTS else json.loads(metadata[key])
+                    for key in SETTINGS}
         labels, max_length, cfg = settings["labels"], settings["max_length"], settings["cfg"]
         if not (type(labels) is list and len(labels) >= 2 and len(set(labels)) == len(labels)
                 and all(type(label) is str and label.isprintable() and label for label in labels)):
@@ -128,10 +133,25 @@ def read_classifier(path):
             raise ValueError("its vocabulary lacks GPT-2's, or it holds no SHA-256")
         if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"]:
             raise ValueError(f"max_length {max_length!r} is not within the context length")
-        if settings["pooling"] not in POOLINGS or settings["truncate"] not in TRUNCATIONS \
-                or type(settings["run"]) is not dict:
-            raise ValueError("its pooling, truncate or run settings are not ones this script has")
+        for key, known in (("pooling", poolings), ("truncate", TRUNCATIONS)):
+            if settings[key] not in known:
+                raise ValueError(f"{key} {settings[key]!r} is not one of {', '.join(known)} (was "
+                                 "it trained by a fork?)")
+        if not (type(settings["run"]) is dict and type(settings["weights_from"]) is dict):
+            raise ValueError("its run or weights_from settings are not maps")
     except (KeyError, TypeError, ValueError, RecursionError) as e:
-        why = f"no {e} setting" if isinstance(e, KeyError) else " ".join(str(e).split())[:200]
+        why = (f"no {e} setting: older versions saved none; retrain with this one" if
+               isinstance(e, KeyError) else " ".join(str(e).split())[:200])
         raise InputError(f"{path} is not a classifier saved by this script ({why})") from None
     return tensors, settings
+
+
+def check_structure(model, settings, path):
+    """The model this code builds must be the one that trained (a forked head, say): compared
+    by their module trees, as print(model) shows them; the first line that differs is named."""
+    ours, theirs = repr(model).splitlines(), settings["structure"].splitlines()
+    for mine, saved in itertools.zip_longest(ours, theirs, fillvalue="(nothing)"):
+        if mine != saved:
+            raise InputError(f"{path} was trained with another model: its file has "
+                             f"{saved.strip()!r} where this code builds {mine.strip()!r}; load "
+                             "it with the code that trained it")

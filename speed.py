@@ -1,18 +1,18 @@
 """The speed layer of train_classifier.py: skip it on a first reading.
 
-train_classifier.main wraps the model in FastClassifier once, and the chapter's functions there
-cannot tell: it takes the same input_batch and gives the same logits where select_logits reads
-them (for --pooling last, in a (B, T, num_classes) tensor whose other positions, never read,
-are NaN). What it saves, and why the numbers stay the same:
+train_classifier.Classifier gets its hidden states from SpeedLayer.hidden_states instead of
+model.hidden_states, and the chapter's functions cannot tell: the same input_batch in, the same
+numbers out where pool() reads them (for --pooling last, each text's last real token; the other
+positions, never read, are NaN). What it saves, and why the numbers stay the same:
   - Frozen-prefix cache. The frozen bottom (embeddings and the blocks below the first trainable
     one) has no dropout and takes no gradient, so it maps a text to the same output every time.
     It runs once per text, in length-sorted batches (almost no padding), and is kept; every step
     and every epoch then runs only the trainable top. In float32: tokens x emb_dim x 4 bytes,
     kept in RAM when that fits --cache-mb, otherwise in a memory-mapped temporary file: reading
     it back costs far less than recomputing the blocks.
-  - The last block at the last token only (--pooling last): the head reads nothing else, so
-    that block computes one query per text (its keys and values still come from every position).
-  - Optional torch.compile, fused AdamW. (bfloat16, --dtype: Autocast, around either path.)
+  - The last block at the last token only (--pooling last): pool() reads nothing else, so that
+    block computes one query per text (its keys and values still come from every position).
+  - Optional torch.compile, fused AdamW, and bfloat16 (--dtype: Autocast, around either path).
 Tests check that losses and weights with and without it agree to 1e-5 in float32.
 """
 import contextlib
@@ -29,14 +29,14 @@ from data import pad_batch
 from utils import InputError, Progress
 
 
-class FastClassifier(nn.Module):
-    """A classifier from train_classifier.build_classifier, computed with less work.
-    cache: "auto" keeps the frozen bottom's outputs in RAM when they fit cache_mb and in a
-    temporary file in cache_dir (memory-mapped, deleted at exit) when not; "ram", "disk", "off"."""
+class SpeedLayer:
+    """model.hidden_states for a classifier from train_classifier.build_classifier, computed
+    with less work. cache: "auto" keeps the frozen bottom's outputs in RAM when they fit
+    cache_mb and in a temporary file in cache_dir (memory-mapped, deleted at exit) when not;
+    "ram", "disk", "off"."""
 
     def __init__(self, model, pad_id, pooling="last", compile=False, texts=(), cache="auto",
                  cache_mb=2048, cache_dir="."):
-        super().__init__()
         self.model, self.pad_id, self.last_only = model, pad_id, pooling == "last"
         self.n_bottom = frozen_bottom(model)
         n_tokens, C = sum(map(len, texts)), model.cfg["emb_dim"]
@@ -73,19 +73,16 @@ class FastClassifier(nn.Module):
         if not why_not:
             self.fill(texts, cache_dir)
 
-    def forward(self, input_batch):  # (B, T) -> (B, T, num_classes)
-        # <|endoftext|> pads the batch and never comes out of encode_ordinary: it marks the ends.
-        lengths = (input_batch != self.pad_id).sum(dim=1)
+    def hidden_states(self, input_batch, lengths):  # (B, T) -> (B, T, C), after final_norm
         x = self.bottom(input_batch, lengths)  # (B, T, C)
         for block in self.model.trf_blocks[self.n_bottom:-1]:
             x = block(x)
         if not self.last_only:  # another pooling reads every position: all of them computed
-            return self.model.out_head(self.model.final_norm(self.model.trf_blocks[-1](x)))
+            return self.model.final_norm(self.model.trf_blocks[-1](x))
         rows, last = torch.arange(len(lengths), device=input_batch.device), lengths - 1
-        x = self.top(self.model.trf_blocks[-1], x, last)  # (B, C)
-        logits = self.model.out_head(self.model.final_norm(x[:, None]))[:, 0]  # (B, num_classes)
-        out = logits.new_full((*input_batch.shape, logits.size(-1)), float("nan"))
-        return out.index_put((rows, last), logits)  # NaN where the loop never reads
+        x = self.model.final_norm(self.top(self.model.trf_blocks[-1], x, last))  # (B, C)
+        out = x.new_full((*input_batch.shape, x.size(-1)), float("nan"))
+        return out.index_put((rows, last), x)  # NaN where pool() never reads
 
     def bottom(self, input_batch, lengths):  # (B, T) -> (B, T, C), from the cache if on
         ids = input_batch.cpu().numpy()
@@ -111,7 +108,7 @@ class FastClassifier(nn.Module):
         device, end = self.model.tok_emb.weight.device, 0
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
-            input_batch, _, _ = pad_batch([(t, 0) for t in batch], self.pad_id)
+            input_batch, _ = pad_batch([(t, 0) for t in batch], self.pad_id)
             out = self.run_bottom(input_batch.to(device)).float().cpu()  # (B, T, C)
             for row, t in enumerate(batch):
                 key = torch.tensor(t).numpy().tobytes()

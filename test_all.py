@@ -62,11 +62,13 @@ def real_tokenizer():
     except utils.InputError as e:
         return str(e)
 
+
 def tokenizer():
     tok = real_tokenizer()
     if isinstance(tok, str):
         raise unittest.SkipTest(f"GPT-2 vocabulary not available offline: {tok}")
     return tok
+
 
 def tmpdir(test):
     folder = tempfile.TemporaryDirectory()
@@ -89,6 +91,7 @@ def write_safetensors(path, arrays, dtype="F32", header_pad=0):
     head = json.dumps(header).encode() + b" " * header_pad
     Path(path).write_bytes(len(head).to_bytes(8, "little") + head + b"".join(blobs))
 
+
 def as_stored(a, dtype):
     """The float64 values an array has after a round trip through dtype."""
     a = np.asarray(a, dtype=np.float32)
@@ -97,6 +100,7 @@ def as_stored(a, dtype):
     if dtype == "BF16":
         return ((a.view(np.uint32) >> 16) << 16).view(np.float32).astype(np.float64)
     return a.astype(np.float64)
+
 
 def random_hf_arrays(V=64, T=16, C=32, L=2, seed=0):
     """Random GPT-2 weights under Hugging Face's names and (Conv1D) layout."""
@@ -112,6 +116,7 @@ def random_hf_arrays(V=64, T=16, C=32, L=2, seed=0):
                   p + "mlp.c_fc.bias": r(4 * C), p + "mlp.c_proj.weight": r(4 * C, C),
                   p + "mlp.c_proj.bias": r(C)})
     return w
+
 
 def numpy_gpt2(w, ids, n_head):
     """GPT-2's forward pass straight from the checkpoint arrays, in float64 (picoGPT style):
@@ -142,6 +147,7 @@ def numpy_gpt2(w, ids, n_head):
         x = x + h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
     return ln(x, w["ln_f.weight"], w["ln_f.bias"]) @ w["wte.weight"].T
 
+
 def write_checkpoint(folder, arrays, n_head, dtype="F32", prefix="transformer.", extras=(),
                      config=True):
     folder.mkdir(parents=True, exist_ok=True)
@@ -158,6 +164,7 @@ def write_checkpoint(folder, arrays, n_head, dtype="F32", prefix="transformer.",
             "n_layer": sum(k.endswith("ln_1.weight") for k in arrays), "n_head": n_head}))
     return folder
 
+
 def tiny_gpt2_folder(folder, V=50257, C=16, T=64, L=2, seed=0):
     """A tiny checkpoint with GPT-2's full vocabulary, so real tokenized text fits it."""
     return write_checkpoint(folder, random_hf_arrays(V=V, T=T, C=C, L=L, seed=seed), n_head=2)
@@ -169,6 +176,7 @@ def run_script(*args, env=None):
     result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
                             text=True, encoding="utf-8", env=env, timeout=120)
     return result.returncode, result.stdout, result.stderr
+
 
 def cli(main, *args, stdin=b"", env=None):
     """Run a script's main as its command line does (through utils.run_main), in this process:
@@ -189,14 +197,34 @@ def cli(main, *args, stdin=b"", env=None):
                 print(e.code, file=sys.stderr)
     return code, out.getvalue(), err.getvalue()
 
-def assert_same_weights(test, a, b, tol=1e-5):
-    """Two state_dicts agree to tol. The key bias adds the same amount to every score of a
-    query, which softmax ignores: its true gradient is 0, and Adam turns the float rounding left
-    in it into lr-sized steps. It cannot change any output, so it is left out."""
+
+def assert_same_weights(test, a, b, tol=1e-5, inert=()):
+    """Two state_dicts agree to tol, but for the inert parameters (inert_parameters)."""
     test.assertEqual(a.keys(), b.keys())
     for name, p in a.items():
-        if not name.endswith("W_key.bias"):
+        if name not in inert:
             test.assertLess((p - b[name]).abs().max().item(), tol, name)
+
+
+def inert_parameters(model, pooling="last"):
+    """The parameters a classifier's output does not depend on at all, found by moving each one
+    and seeing the outputs stay put: the key bias (it adds the same to every score of a query,
+    which softmax ignores), and with --pooling first the last block's query and key (the first
+    token attends to itself alone). Their true gradient is 0, so what moves them is Adam turning
+    float rounding, which differs between the paths and between processors, into lr-sized steps:
+    comparing them would compare noise."""
+    net, gen = tc.Classifier(model, 50256, pooling).eval(), torch.Generator().manual_seed(0)
+    batch, inert = torch.randint(0, 1000, (4, 12), generator=gen), set()
+    with torch.no_grad():
+        base = net(batch)
+        for name, p in model.named_parameters():
+            kept = p.clone()
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+            if (net(batch) - base).abs().max() <= 1e-6 * base.abs().max():
+                inert.add(name)
+            p.copy_(kept)
+    return inert
+
 
 def spam_like(folder, n=24):
     """A trivially separable two-label file: the label is the last word."""
@@ -252,7 +280,9 @@ class Trains(unittest.TestCase):
             self.assertLessEqual(left, {*save.OWN_FILES, "splits"})  # no cache file, no staging
             for x, y in zip(self.losses("fast"), self.losses("plain"), strict=True):
                 self.assertLess(max(abs(x[0] - y[0]), abs(x[1] - y[1])), tol)
-            assert_same_weights(self, fast.state_dict(), plain.state_dict(), tol)
+            pooling = flags[flags.index("--pooling") + 1] if "--pooling" in flags else "last"
+            assert_same_weights(self, fast.state_dict(), plain.state_dict(), tol,
+                                inert_parameters(plain, pooling))
         return plain, log_plain
 
     def snapshot(self, folder=None):
@@ -323,24 +353,23 @@ class TestTrainClassifier(Trains):
         self.assertIn("Ep 6 (Step 000023): Train loss", log)
         self.assertEqual(log.count("Validation accuracy"), 6)
 
-    def test_mean_pooling_reads_the_real_tokens_only(self):
-        logits = torch.arange(12.0).view(2, 3, 2)  # (B, T, num_classes)
+    def test_pool_reads_the_real_tokens_only(self):
+        hidden = torch.arange(12.0).view(2, 3, 2)  # (B, T, C)
         lengths = torch.tensor([3, 1])
-        self.assertEqual(tc.select_logits(logits, lengths, "mean").tolist(),
-                         [[2.0, 3.0], [6.0, 7.0]])
-        self.assertEqual(tc.select_logits(logits, lengths, "last").tolist(),
-                         [[4.0, 5.0], [6.0, 7.0]])
-        logits[1, 1:] = float("nan")  # the speed layer's NaN after a text's end is never read
-        self.assertEqual(tc.select_logits(logits, lengths, "first").tolist(),
-                         [[0.0, 1.0], [6.0, 7.0]])
-        self.assertEqual(tc.select_logits(logits, lengths, "mean")[1].tolist(), [6.0, 7.0])
+        self.assertEqual(tc.pool(hidden, lengths, "mean").tolist(), [[2.0, 3.0], [6.0, 7.0]])
+        self.assertEqual(tc.pool(hidden, lengths, "last").tolist(), [[4.0, 5.0], [6.0, 7.0]])
+        hidden[1, 1:] = float("nan")  # the speed layer's NaN after a text's end is never read
+        self.assertEqual(tc.pool(hidden, lengths, "first").tolist(), [[0.0, 1.0], [6.0, 7.0]])
+        self.assertEqual(tc.pool(hidden, lengths, "mean")[1].tolist(), [6.0, 7.0])
+        with self.assertRaisesRegex(ValueError, "pooling 'sideways': use one of last, first, mean"):
+            tc.pool(hidden, lengths, "sideways")
 
     def test_accumulated_micro_batches_match_one_big_batch(self):
         big, log_big = self.train("--batch-size", "8", "--epochs", "2", "--eval-freq", "1",
                                   "--lr", "1e-3", out="big")
         small, log_small = self.train("--batch-size", "2", "--accumulation-steps", "4",
                                       "--epochs", "2", "--eval-freq", "1", "--lr", "1e-3")
-        assert_same_weights(self, small.state_dict(), big.state_dict())
+        assert_same_weights(self, small.state_dict(), big.state_dict(), inert=inert_parameters(big))
         # --eval-freq counts optimizer steps: 16 texts / 8 = 2 a epoch, in both runs
         steps = lambda out: [r["step"] for r in self.records(out) if "val_loss" in r]
         self.assertEqual(steps("out"), [0, 1, 2, 3])
@@ -362,10 +391,10 @@ class TestTrainClassifier(Trains):
 
     def test_prediction_does_not_depend_on_batch_mates(self):
         model = load_gpt2.load_gpt2(self.model_dir)
-        tc.build_classifier(model, 3, "last-1")
+        net = tc.Classifier(tc.build_classifier(model, 3, "last-1"), self.tok.eot_token)
         text = "Call now to claim your prize"
-        alone = tc.classify(model, self.tok, [text], ["a", "b", "c"], 64)[0]
-        mixed = tc.classify(model, self.tok, ["x " * 60, text, "y " * 30], ["a", "b", "c"], 64,
+        alone = tc.classify(net, self.tok, [text], ["a", "b", "c"], 64)[0]
+        mixed = tc.classify(net, self.tok, ["x " * 60, text, "y " * 30], ["a", "b", "c"], 64,
                             batch_size=3)[1]
         self.assertEqual(alone[0], mixed[0])
         self.assertAlmostEqual(alone[1], mixed[1], delta=1e-5)
@@ -410,28 +439,31 @@ class TestTrainClassifier(Trains):
         texts = ["message number 99 says apple", "message number 98 says zebra"]
         labels, max_length = settings["labels"], settings["max_length"]
         self.assertEqual(tc.classify(loaded, self.tok, texts, labels, max_length),
-                         tc.classify(model, self.tok, texts, labels, max_length))
+                         tc.classify(tc.Classifier(model, self.tok.eot_token), self.tok, texts,
+                                     labels, max_length))
         self.assertEqual(settings["run"]["trainable"], "lora")
         self.assertGreater(self.records()[-1]["train_acc"], 0.5)
 
     def test_the_one_read_decides_every_reported_number(self):
-        """A fork that changes select_logits changes the final report and --predict too."""
+        """A fork that changes pool() changes the loss, the final report and --predict: a "last"
+        that reads the first token gives every number --pooling first gives."""
         texts = ["message number 99 says apple", "message number 98 says zebra", "hi"]
-        real = tc.select_logits
+        real = tc.pool
 
-        def run(out, read=real):
-            with unittest.mock.patch.object(tc, "select_logits", read):
-                model, _ = self.train("--epochs", "0", out=out)
-                code, printed, err = cli(tc.main, "--out", self.dir / out, "--predict", *texts)
+        def run(out, *flags, read=real):
+            with unittest.mock.patch.object(tc, "pool", read):
+                self.train("--epochs", "1", "--no-fast", "--eval-freq", "1", *flags, out=out)
+                code, printed, err = cli(tc.main, "--out", self.dir / out, "--predict", *texts,
+                                         "--no-fast")
             self.assertEqual(code, 0, err)
-            return self.records(out)[-1], [line.split("\t")[0] for line in printed.splitlines()]
-        final, labels = run("plain")
-        flipped = lambda logits, lengths, pooling="last": real(logits, lengths, pooling).flip(-1)
-        final_flipped, labels_flipped = run("flipped", flipped)
-        for name in ("train", "validation", "test"):
-            self.assertEqual(final_flipped[f"{name}_confusion"],
-                             [row[::-1] for row in final[f"{name}_confusion"]])
-        self.assertEqual(labels_flipped, [{"ham": "spam", "spam": "ham"}[x] for x in labels])
+            timeless = [{k: v for k, v in record.items() if not k.endswith("_s")}
+                        for record in self.records(out)]
+            return timeless, printed
+        first = run("first", "--pooling", "first")
+        forked = run("forked", read=lambda hidden, lengths, pooling="last": real(
+            hidden, lengths, "first" if pooling == "last" else pooling))
+        self.assertEqual(forked, first)
+        self.assertNotEqual(run("last")[1], first[1])  # the fork did change the numbers
 
     def test_predict_from_standard_input_answers_every_line_in_order(self):
         model, _ = self.train("--epochs", "1")
@@ -442,7 +474,8 @@ class TestTrainClassifier(Trains):
         self.assertEqual(code, 0, err)
         out = out.splitlines()
         self.assertEqual([line.split("\t")[2] for line in out], texts)
-        expected = tc.classify(model, self.tok, texts, ["ham", "spam"], 64)
+        expected = tc.classify(tc.Classifier(model, self.tok.eot_token), self.tok, texts,
+                               ["ham", "spam"], 64)
         self.assertEqual([line.split("\t")[0] for line in out], [label for label, _ in expected])
         self.assertIn("line 4 is empty: skipped", err)
         self.assertIn("line 5 is empty: skipped", err)
@@ -512,7 +545,7 @@ class TestTrainClassifier(Trains):
              "unknown model 'gpt-7'"),
             (["--max-length", "65", "--model", self.model_dir, "--data", self.data,
               "--out", empty], "exceeds the model's context length 64"),
-            (["--pooling", "max"], "invalid choice: 'max'"),
+            (["--pooling", "sideways"], "invalid choice: 'sideways'"),
             (["--accumulation-steps", "0"], "must be a number > 0"),
             (["--batch-size", "8", "--accumulation-steps", "3", "--model", self.model_dir,
               "--data", self.data, "--out", empty], "x --accumulation-steps 3 is more than"),
@@ -748,10 +781,10 @@ class TestData(unittest.TestCase):
             data.encode(tok, [""], 10)
 
     def test_batches_are_padded_to_their_own_longest_row(self):
-        input_batch, target_batch, lengths = data.pad_batch([([4], 1), ([5, 6], 0)], pad_id=99)
+        input_batch, target_batch = data.pad_batch([([4], 1), ([5, 6], 0)], pad_id=99)
         self.assertEqual(input_batch.tolist(), [[4, 99], [5, 6]])
-        self.assertEqual((target_batch.tolist(), lengths.tolist()), ([1, 0], [1, 2]))
-        longer, _, _ = data.pad_batch([([1, 2, 3], 0), ([7, 8, 9, 10, 11], 1)], pad_id=99)
+        self.assertEqual(target_batch.tolist(), [1, 0])
+        longer, _ = data.pad_batch([([1, 2, 3], 0), ([7, 8, 9, 10, 11], 1)], pad_id=99)
         self.assertEqual(longer.shape, (2, 5))
 
 
@@ -1107,11 +1140,13 @@ def varint(n):
         if not n:
             return out
 
+
 def tf_entry(offset, size, dtype=1, shape=(1,), crc=0):
     """A BundleEntryProto (TensorFlow's index value for one tensor), written by hand."""
     dims = b"".join(b"\x12" + varint(len(d)) + d for d in (b"\x08" + varint(x) for x in shape))
     return (b"\x08" + varint(dtype) + b"\x12" + varint(len(dims)) + dims + b"\x20"
             + varint(offset) + b"\x28" + varint(size) + b"\x35" + crc.to_bytes(4, "little"))
+
 
 def write_tf_index(path, entries, handles=1):
     """A LevelDB-format table of entries {key: value}, in key order: one data block, its index
@@ -1767,14 +1802,16 @@ class TestSpeedLayer(Trains):
         self.assertGreater((weights(plain) - weights(f32)).abs().max().item(), 1e-3)
 
     def test_a_read_the_speed_layer_cannot_serve_is_one_clear_line(self):
-        first = lambda logits, lengths, pooling="last": logits[:, 0]  # not computed: NaN
-        model = load_gpt2.load_gpt2(self.model_dir)
-        fast = speed.FastClassifier(tc.build_classifier(model, 2), self.tok.eot_token)
-        with unittest.mock.patch.object(tc, "select_logits", first), \
+        first = lambda hidden, lengths, pooling="last": hidden[:, 0]  # not computed: NaN
+        model = tc.build_classifier(load_gpt2.load_gpt2(self.model_dir), 2)
+        fast = tc.Classifier(model, self.tok.eot_token, fast=speed.SpeedLayer(
+            model, self.tok.eot_token))
+        with unittest.mock.patch.object(tc, "pool", first), \
                 self.assertRaisesRegex(utils.InputError, "non-finite probabilities.*--no-fast"):
             tc.classify(fast, self.tok, ["a text of several tokens"], ["a", "b"], 64)
-        with unittest.mock.patch.object(tc, "select_logits", first), \
-                self.assertRaisesRegex(utils.InputError, "loss became nan at step 0.*pooling"):
+        with unittest.mock.patch.object(tc, "pool", first), \
+                self.assertRaisesRegex(utils.InputError, "loss became nan at step 0: if you "
+                                       "changed what pool.. reads, run with --no-fast"):
             self.train("--epochs", "1")
 
     def test_a_failed_run_with_the_disk_cache_leaves_no_new_out(self):
@@ -1919,11 +1956,11 @@ class TestNothingLost(Trains):
     def test_an_interrupted_run_writes_nothing(self):
         calls = []
 
-        def interrupt_on_third_batch(*args):
+        def interrupt_on_third_batch(*args, **kwargs):
             calls.append(1)
             if len(calls) == 3:
                 raise KeyboardInterrupt
-            return real(*args)
+            return real(*args, **kwargs)
         real = tc.calc_loss_batch
         with unittest.mock.patch.object(tc, "calc_loss_batch", interrupt_on_third_batch), \
                 self.assertRaises(KeyboardInterrupt):
@@ -1976,11 +2013,13 @@ class TestNothingLost(Trains):
             "labels are not two or more different printable names ": bad(labels='"ab"'),
             "labels are not two or more different printable names  ":
                 bad(labels='["a", "b\\u001b[2J"]'),  # a terminal escape
-            "size mismatch for out_head.weight": bad(labels='["a", "b", "c"]'),
+            "trained with another model: its file has '(out_head): Linear(in_features=16, "
+            "out_features=2, bias=True)' where this code builds '(out_head): Linear("
+            "in_features=16, out_features=3": bad(labels='["a", "b", "c"]'),
             "n_layers must be an integer": bad(cfg=json.dumps(dict(cfg, n_layers=True))),
             "not a classifier saved by this script (Expecting property name": bad(cfg="{x"),
             "no 'labels' setting": (tensors, {k: v for k, v in metadata.items() if k != "labels"}),
-            "pooling, truncate or run settings": bad(pooling="max"),
+            "pooling 'sideways' is not one of last, first, mean": bad(pooling="sideways"),
             "out_head.weight holds NaN": (nan_head, metadata),
             "Missing key(s) in state_dict": ({k: v for k, v in tensors.items()
                                                if k != "final_norm.scale"}, metadata)}
@@ -2030,8 +2069,10 @@ class TestSave(Trains):
         model, _ = self.train("--epochs", "1", "--pooling", "mean", "--truncate", "end",
                               "--max-length", "6")
         texts = ["message number 99 says apple", "message number 98 says zebra"]
-        before = tc.classify(model, self.tok, texts, ["ham", "spam"], 6, "mean", "end")
-        self.assertNotEqual(before, tc.classify(model, self.tok, texts, ["ham", "spam"], 6))
+        before = tc.classify(tc.Classifier(model, self.tok.eot_token, "mean"), self.tok, texts,
+                             ["ham", "spam"], 6, "end")
+        self.assertNotEqual(before, tc.classify(tc.Classifier(model, self.tok.eot_token),
+                                                self.tok, texts, ["ham", "spam"], 6))
         saved = self.dir / "out" / "classifier.safetensors"
         (self.dir / "shared").mkdir()
         shutil.copy(saved, self.dir / "shared" / "classifier.safetensors")
@@ -2116,6 +2157,7 @@ class TestSave(Trains):
             self.assertEqual(list(self.out.glob(".incomplete-*")), [])
             if not isinstance(error, KeyboardInterrupt):
                 self.assertIn("could not save the run in", str(e.exception))
+
         def never_back(source, dest):  # a file that cannot even be put back: kept, not lost
             if Path(dest) == self.out / "splits" / "train.tsv":
                 raise PermissionError(1, "Operation not permitted")
@@ -2162,7 +2204,8 @@ class TestSave(Trains):
         thread.start()
         held.wait()
         settings = {"cfg": model.cfg, "labels": ["ham", "spam"], "max_length": 64,
-                    "pooling": "last", "truncate": "start", "run": {}}
+                    "pooling": "last", "truncate": "start", "run": {}, "structure": repr(model),
+                    "weights_from": {"epoch": 1, "step": 3}}
         with contextlib.redirect_stderr(err):
             save.save_run(self.out, model, settings, {"train": [("ham", "hi")]},
                             [{"final": True, "labels": ["ham", "spam"]}])
@@ -2205,8 +2248,6 @@ class TestUtils(unittest.TestCase):
         self.assertTrue(e.exception.code.startswith("error: out of memory ([enforce fail"))
         with self.assertRaisesRegex(RuntimeError, "a bug"):  # other errors stay tracebacks
             utils.run_main(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
-        with self.assertRaisesRegex(ValueError, "pooling 'max': use last, first or mean"):
-            tc.select_logits(torch.zeros(1, 2, 2), torch.tensor([2]), "max")
 
 
 # =============================================================================================
@@ -2233,11 +2274,11 @@ class TestDistributed(Trains):
                  for r in (0, 1)]
         with contextlib.redirect_stdout(io.StringIO()):
             argv = [str(a) for a in [*common, "--batch-size", "4", "--out", folder / "one"]]
-            single = tc.main(argv).state_dict()
+            single = tc.main(argv)
         self.assertIn("frozen-prefix cache in RAM", out)
         for name, p in ranks[0].items():
             self.assertTrue(torch.equal(p, ranks[1][name]), name)
-        assert_same_weights(self, ranks[0], single)
+        assert_same_weights(self, ranks[0], single.state_dict(), inert=inert_parameters(single))
         trained = ranks[0]["trf_blocks.1.ff.layers.0.weight"]
         initial = load_gpt2.load_gpt2(model_dir).state_dict()["trf_blocks.1.ff.layers.0.weight"]
         self.assertFalse(torch.equal(trained, initial))
@@ -2395,7 +2436,6 @@ class TestBench(unittest.TestCase):
                 self.assertNotEqual(code, 0)
                 self.assertIn(message, err)
                 self.assertNotIn("Traceback", err)
-
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@
     python train_classifier.py --predict "Free entry!"  # label texts with the saved classifier
     torchrun --standalone --nproc_per_node=2 train_classifier.py   # several GPUs or processes
 
-Read it in the chapter's order: build_classifier (the new head and the freezing), calc_loss_batch
-and calc_accuracy_loader (the class read at the last token), evaluate_model,
-train_classifier_simple (the loop), classify, main. Skip the rest on a first reading: the
-plumbing (flags, checks, torchrun, files) below main, and speed.py, which makes the same
+Read it in the chapter's order: build_classifier (the new head and the freezing), pool and
+Classifier (the class read at each text's last token), calc_loss_batch, calc_accuracy_loader,
+evaluate_model, train_classifier_simple (the loop), classify, main. Skip the rest on a first
+reading: the plumbing (flags, checks, --predict) below main, and speed.py, which makes the same
 numbers about 10x faster.
 """
 import argparse
@@ -15,7 +15,6 @@ import functools
 import itertools
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,14 +23,16 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data import encode, encode_examples, load_dataset, pad_batch
-from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
-from model import GPTModel
+from data import TRUNCATIONS, encode, encode_examples, load_dataset, pad_batch
 from ddp import distributed, first_on_each_machine, gradient_sync
-from report import final_report
-from save import POOLINGS, TRUNCATIONS, check_out, read_classifier, save_run
-from speed import Autocast, FastClassifier, adamw, autocast, use_bf16
-from utils import HelpFormatter, InputError, Progress, line_chunks, number, run_main, tracked
+from extras import EarlyStopping, adjust, appendix_d_lr, class_weights, optimizer_steps
+from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
+from lora import LinearWithLoRA, merge_lora, replace_linear_with_lora  # noqa: F401 (appendix E)
+from model import GPTModel
+from report import TrainingLog, final_report
+from save import check_out, check_structure, read_classifier, save_run
+from speed import Autocast, SpeedLayer, adamw, autocast, use_bf16
+from utils import HelpFormatter, InputError, Progress, line_chunks, number, run_main
 
 EXAMPLES = [  # the chapter's two examples
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -42,15 +43,15 @@ EXAMPLES = [  # the chapter's two examples
 # Chapter 6, step by step
 
 def build_classifier(model, num_classes, trainable="last-1", lora_rank=16, lora_alpha=16):
-    """GPT-2 -> a num_classes-way classifier (chapter 6.5). trainable: "head" (the new head
-    alone), "last-N" (the last N blocks, final_norm and the head), "all", or "lora" (low-rank
-    updates of every Linear layer, the head included: appendix E)."""
+    """GPT-2 -> a num_classes-way classifier (chapter 6.5), changed in place and returned.
+    trainable: "head" (the new head alone), "last-N" (the last N blocks, final_norm and the
+    head), "all", or "lora" (low-rank updates of every Linear layer, the head too: appendix E)."""
     check_trainable(trainable, len(model.trf_blocks))
     # 1. Freeze the whole pretrained model.
     for param in model.parameters():
         param.requires_grad = False
     # 2. Swap the 50,257-way vocabulary head for a num_classes-way one; a new layer trains.
-    model.out_head = nn.Linear(in_features=model.cfg["emb_dim"], out_features=num_classes,
+    model.out_head = nn.Linear(in_features=model.out_head.in_features, out_features=num_classes,
                                device=model.out_head.weight.device)
     # 3. Unfreeze the top: the last N transformer blocks and the final LayerNorm, or everything.
     if trainable == "all":
@@ -68,182 +69,157 @@ def build_classifier(model, num_classes, trainable="last-1", lora_rank=16, lora_
     return model
 
 
-# Appendix E: LoRA. Instead of updating a frozen weight W, learn a low-rank update A @ B.
-class LoRALayer(nn.Module):
-    def __init__(self, in_dim, out_dim, rank, alpha):
-        super().__init__()
-        self.A = nn.Parameter(torch.empty(in_dim, rank))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initialises its weight
-        self.B = nn.Parameter(torch.zeros(rank, out_dim))  # zeros: no change before training
-        # The appendix's current scaling; its first version (and the bonus table's LoRA rows)
-        # used alpha alone: the same update needs alpha x rank here.
-        self.scale = alpha / rank
-
-    def forward(self, x):  # (B, T, in_dim) -> (B, T, out_dim)
-        return self.scale * (x @ self.A @ self.B)
+# The one place a text's hidden states become the vector its class is read from (6.6): a new
+# pooling is a branch of pool() and a name here.
+POOLINGS = ("last", "first", "mean")
 
 
-class LinearWithLoRA(nn.Module):
-    def __init__(self, linear, rank, alpha):
-        super().__init__()
-        self.linear = linear
-        self.lora = LoRALayer(linear.in_features, linear.out_features, rank, alpha)
-
-    def forward(self, x):
-        return self.linear(x) + self.lora(x)
-
-
-def replace_linear_with_lora(model, rank, alpha):
-    for name, module in model.named_children():
-        if isinstance(module, nn.Linear):
-            setattr(model, name, LinearWithLoRA(module, rank, alpha))
-        else:
-            replace_linear_with_lora(module, rank, alpha)
-
-
-@torch.no_grad()
-def merge_lora(model):
-    """Fold each LoRA update into its weight, W + scale * (A @ B)^T (nn.Linear stores W as
-    (out, in)), leaving a plain GPTModel with a new head: what classifier.safetensors holds."""
-    for name, module in model.named_children():
-        if isinstance(module, LinearWithLoRA):
-            lora = module.lora
-            module.linear.weight += lora.scale * (lora.A @ lora.B).T
-            setattr(model, name, module.linear)
-        else:
-            merge_lora(module)
-    return model
-
-
-def select_logits(logits, lengths, pooling="last"):
-    """(B, T, num_classes) logits -> (B, num_classes): what the classifier reads (6.6). Every
-    number a run reports comes through here: the loss, the accuracies, the final report,
-    --predict. pooling: "last" (real token), "first" or "mean" (of the real tokens)."""
+def pool(hidden, lengths, pooling="last"):
+    """(B, T, C) final hidden states and each text's length -> (B, C), what out_head classifies:
+    pooling "last" (real token), "first" or "mean" (of the real tokens)."""
     if pooling == "last":
         # The chapter reads model(input_batch)[:, -1, :], the last *position*. Our batches are
         # padded on the right to their own longest text, so for every shorter text that position
         # is padding. We read each row's last *real* token instead: causal attention lets it see
         # its whole text and none of the padding after it, so a text gets the result it would
         # get alone.
-        return logits[torch.arange(len(lengths)), lengths - 1]
+        return hidden[torch.arange(len(lengths)), lengths - 1]
     if pooling == "first":  # the bonus table's row 2: causal attention, so it saw only itself
-        return logits[:, 0]
-    if pooling != "mean":  # row 19: over the real tokens only (its flag averages the padding)
-        raise ValueError(f"pooling {pooling!r}: use last, first or mean")
-    real = (torch.arange(logits.size(1)) < lengths[:, None]).to(logits.device)  # (B, T)
-    return torch.where(real[..., None], logits, 0).sum(dim=1) / real.sum(dim=1, keepdim=True)
+        return hidden[:, 0]
+    if pooling == "mean":  # row 19: over the real tokens only (its flag averages the padding)
+        real = (torch.arange(hidden.size(1), device=hidden.device) < lengths[:, None])  # (B, T)
+        return torch.where(real[..., None], hidden, 0).sum(dim=1) / real.sum(dim=1, keepdim=True)
+    raise ValueError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
 
 
-def calc_loss_batch(input_batch, target_batch, lengths, model, device, pooling="last"):
-    """Cross-entropy of one batch, from the logits select_logits reads (6.6)."""
+class Classifier(nn.Module):
+    """The model build_classifier made, as the chapter's functions call it: (B, T) token ids ->
+    (B, num_classes) logits, out_head applied to what pool() reads. fast: speed.py's SpeedLayer,
+    which computes the same hidden states where pool() reads them, with less work."""
+
+    def __init__(self, model, pad_id, pooling="last", fast=None):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+        self.model, self.pad_id, self.pooling, self.fast = model, pad_id, pooling, fast
+
+    def forward(self, input_batch):  # (B, T) -> (B, num_classes)
+        # <|endoftext|> pads a batch and never comes out of encode_ordinary: it marks the ends.
+        lengths = (input_batch != self.pad_id).sum(dim=1)  # (B,)
+        if self.fast is None:
+            hidden = self.model.hidden_states(input_batch)  # (B, T, C), after final_norm
+        else:  # for "last", NaN at every position but each text's last real token
+            hidden = self.fast.hidden_states(input_batch, lengths)
+        return self.model.out_head(pool(hidden, lengths, self.pooling))
+
+
+def class_logits(logits):
+    """logits, checked to be a Classifier's (B, num_classes). A bare GPTModel's (B, T, classes),
+    which the book reads at [:, -1, :], would be misread here: refused in one sentence."""
+    if logits.dim() != 2:
+        raise TypeError(f"the model gave logits of shape {tuple(logits.shape)}, a GPTModel's; the "
+                        "functions here take Classifier(model, pad_id), which reads each text's "
+                        "last real token (the book reads model(input_batch)[:, -1, :])")
+    return logits
+
+
+def calc_loss_batch(input_batch, target_batch, model, device, class_weights=None):
+    """Cross-entropy of one batch, the mean over its texts (6.6); with class_weights
+    (--class-weights), each text's loss is first multiplied by its class's weight."""
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
-    logits = select_logits(model(input_batch), lengths, pooling)  # (B, num_classes)
-    return F.cross_entropy(logits, target_batch)
+    logits = class_logits(model(input_batch))  # (B, num_classes)
+    return F.cross_entropy(logits, target_batch, weight=class_weights, reduction="none").mean()
 
 
-def calc_loss_loader(data_loader, model, device, num_batches=None, pooling="last"):
-    """Mean loss over the first num_batches batches (all of them if None)."""
-    losses = [calc_loss_batch(input_batch, target_batch, lengths, model, device, pooling).item()
-              for input_batch, target_batch, lengths in itertools.islice(data_loader, num_batches)]
-    return sum(losses) / len(losses)
+def calc_loss_loader(data_loader, model, device, num_batches=None):
+    """Mean loss over the first num_batches batches (all of them if None); nan if none."""
+    losses = [calc_loss_batch(input_batch, target_batch, model, device).item()
+              for input_batch, target_batch in itertools.islice(data_loader, num_batches)]
+    return sum(losses) / len(losses) if losses else float("nan")
 
 
 @torch.no_grad()
-def calc_accuracy_loader(data_loader, model, device, num_batches=None, pooling="last"):
+def calc_accuracy_loader(data_loader, model, device, num_batches=None):
     """Share of texts classified right over the first num_batches batches (all if None)."""
     model.eval()
     correct, total = 0, 0
-    for input_batch, target_batch, lengths in itertools.islice(data_loader, num_batches):
-        logits = select_logits(model(input_batch.to(device)), lengths, pooling)
+    for input_batch, target_batch in itertools.islice(data_loader, num_batches):
+        logits = class_logits(model(input_batch.to(device)))  # (B, num_classes)
         correct += (logits.argmax(dim=-1) == target_batch.to(device)).sum().item()
         total += len(target_batch)
-    return correct / total
+    return correct / total if total else float("nan")
 
 
-def accuracy_batches(data_loader, eval_iter, whole_up_to=5000):
-    """Batches to measure after each epoch: all of a split of up to 5,000 texts, else eval_iter."""
-    return None if len(data_loader.dataset) <= whole_up_to else eval_iter
-
-
-def evaluate_model(model, train_loader, val_loader, device, eval_iter, pooling="last"):
+def evaluate_model(model, train_loader, val_loader, device, eval_iter):
     """Training and validation loss over eval_iter batches each, in eval mode."""
     model.eval()
     with torch.no_grad():
-        train_loss = calc_loss_loader(train_loader, model, device, eval_iter, pooling)
-        val_loss = calc_loss_loader(val_loader, model, device, eval_iter, pooling)
+        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
+        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
     model.train()
     return train_loss, val_loss
 
 
 def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                            eval_freq, eval_iter, master_process=True, pooling="last",
-                            accumulation_steps=1):
-    """The chapter's loop (6.7), returning (history, examples_seen): one list of records (what
-    metrics.jsonl stores), not four lists. Under torchrun only the master process evaluates."""
-    history, examples_seen, global_step = [], 0, -1
-    start = tick = time.time()
-    seen_at_tick = 0  # examples per second: counted from the last log line
-    steps_per_epoch = len(train_loader) // accumulation_steps
+                            eval_freq, eval_iter, *, loss_fn=calc_loss_batch, accumulation_steps=1,
+                            lr_at=None, clip_grad_norm=None, stopper=None, log=None):
+    """The chapter's loop (6.7), returning its five values: train and validation losses and
+    accuracies, examples seen. Our additions, each off by default: loss_fn (class weights),
+    gradient accumulation, lr_at (a step's learning rate), clip_grad_norm and stopper (early
+    stopping), from appendix D and the bonus code; log (TrainingLog) prints and keeps records."""
+    train_losses, val_losses, train_accs, val_accs = [], [], [], []
+    examples_seen, global_step = 0, -1
+    log = log or TrainingLog()
     for epoch in range(1, num_epochs + 1):
         model.train()
-        if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: without it, every
-            train_loader.sampler.set_epoch(epoch)      # epoch would repeat one shuffled order
-        batches = tracked(train_loader, f"epoch {epoch}", "batches", show=master_process)
-        for batch_idx, (input_batch, target_batch, lengths) in enumerate(batches):
-            if batch_idx == steps_per_epoch * accumulation_steps:
-                break  # too few micro-batches left for a step: dropped, as drop_last does
-            loss = calc_loss_batch(input_batch, target_batch, lengths, model, device, pooling)
-            stop_if_diverged(loss, global_step + 1)
-            # Gradient accumulation (the bonus table's row 15): a step's loss is the mean over
-            # accumulation_steps micro-batches, and the optimizer steps after the last one.
-            update = (batch_idx + 1) % accumulation_steps == 0
-            with gradient_sync(model, update):  # under torchrun: averaged across processes
-                (loss / accumulation_steps).backward()
-            examples_seen += input_batch.shape[0]
-            if not update:
-                continue
-            optimizer.step()
+        for micro_batches in optimizer_steps(train_loader, accumulation_steps, epoch, log.master):
             optimizer.zero_grad()
+            for n, (input_batch, target_batch) in enumerate(micro_batches, 1):
+                loss = loss_fn(input_batch, target_batch, model, device)
+                stop_if_diverged(loss, global_step + 1)
+                with gradient_sync(model, n == accumulation_steps):  # torchrun: the average
+                    (loss / accumulation_steps).backward()
+                examples_seen += input_batch.shape[0]
+            adjust(optimizer, model, global_step + 1, lr_at, clip_grad_norm)  # appendix D
+            optimizer.step()
             global_step += 1
-            if global_step % eval_freq == 0 and master_process:
-                record = {"epoch": epoch, "step": global_step, "examples_seen": examples_seen,
-                          "examples_per_s": (examples_seen - seen_at_tick) / (time.time() - tick)}
-                record["train_loss"], record["val_loss"] = evaluate_model(
-                    model, train_loader, val_loader, device, eval_iter, pooling)
-                history.append({**record, "elapsed_s": time.time() - start})
-                print(f"Ep {epoch} (Step {global_step:06d}): Train loss "
-                      f"{record['train_loss']:.3f}, Val loss {record['val_loss']:.3f} | "
-                      f"{record['examples_per_s']:.1f} ex/s | {time.time() - start:.1f} s")
-                tick, seen_at_tick = time.time(), examples_seen  # ex/s: training steps only
-        if master_process:
+            if global_step % eval_freq == 0 and log.master:  # under torchrun: rank 0 alone
+                train_loss, val_loss = evaluate_model(
+                    model, train_loader, val_loader, device, eval_iter)
+                train_losses.append(train_loss)
+                val_losses.append(val_loss)
+                log.losses(epoch, global_step, examples_seen, train_loss, val_loss, optimizer)
+                if stopper and stopper.stop(val_loss, model, epoch, global_step):
+                    return train_losses, val_losses, train_accs, val_accs, examples_seen
+        if log.master:
             # The chapter measures accuracy on eval_iter batches here; we take whole loaders
             # unless they are large (IMDB-sized): the final report always takes every text.
             train_accuracy = calc_accuracy_loader(
-                train_loader, model, device, accuracy_batches(train_loader, eval_iter), pooling)
+                train_loader, model, device, accuracy_batches(train_loader, eval_iter))
             val_accuracy = calc_accuracy_loader(
-                val_loader, model, device, accuracy_batches(val_loader, eval_iter), pooling)
-            history.append({"epoch": epoch, "train_acc": train_accuracy, "val_acc": val_accuracy,
-                            "elapsed_s": time.time() - start})
-            print(f"Training accuracy: {train_accuracy:.2%} | Validation accuracy: "
-                  f"{val_accuracy:.2%} | {time.time() - start:.1f} s")
-            tick, seen_at_tick = time.time(), examples_seen
-    return history, examples_seen
+                val_loader, model, device, accuracy_batches(val_loader, eval_iter))
+            log.accuracies(epoch, global_step, train_accuracy, val_accuracy)
+            train_accs.append(train_accuracy)
+            val_accs.append(val_accuracy)
+    return train_losses, val_losses, train_accs, val_accs, examples_seen
 
 
-def classify(model, tokenizer, texts, label_names, max_length, pooling="last", truncate="start",
-             batch_size=32):
-    """(label, probability) for each text of a list, or for one text (the chapter's
-    classify_review, which returns the label alone)."""
+def classify(model, tokenizer, texts, label_names, max_length, truncate="start", batch_size=32):
+    """(label, probability) for each text of a list, or for one text: the chapter's
+    classify_review, which takes (text, model, tokenizer, device) and returns the label alone."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"classify(model, tokenizer, texts, label_names, max_length) takes the "
+                        f"model first, not a {type(model).__name__} (the book's classify_review "
+                        "takes the text first)")
     if isinstance(texts, str):
-        return classify(model, tokenizer, [texts], label_names, max_length, pooling, truncate,
+        return classify(model, tokenizer, [texts], label_names, max_length, truncate,
                         batch_size)[0]
-    probs = probabilities(model, tokenizer, texts, max_length, pooling, truncate, batch_size)
+    probs = probabilities(model, tokenizer, texts, max_length, truncate, batch_size)
     return [(label_names[int(p.argmax())], float(p.max())) for p in probs]
 
 
 @torch.no_grad()
-def probabilities(model, tokenizer, texts, max_length, pooling="last", truncate="start",
-                  batch_size=32):
+def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_size=32):
     """(len(texts), num_classes) class probabilities. Texts are batched by length; padding never
     changes a result, so a text gets the same answer alone or beside much longer ones."""
     model.eval()
@@ -253,29 +229,32 @@ def probabilities(model, tokenizer, texts, max_length, pooling="last", truncate=
     results = [None] * len(texts)
     for start in range(0, len(order), batch_size):
         ids = order[start:start + batch_size]
-        input_batch, _, lengths = pad_batch([(tokens[i], 0) for i in ids], tokenizer.eot_token)
-        logits = select_logits(model(input_batch.to(device)), lengths, pooling)
+        input_batch, _ = pad_batch([(tokens[i], 0) for i in ids], tokenizer.eot_token)
+        logits = class_logits(model(input_batch.to(device)))  # (B, num_classes)
         probs = torch.softmax(logits.float(), dim=-1).cpu()
         if not torch.isfinite(probs).all():
-            raise InputError("the classifier gave non-finite probabilities (did select_logits "
-                             "read a position the speed layer leaves empty? try --no-fast)")
+            raise InputError("the classifier gave non-finite probabilities (did pool() read a "
+                             "position the speed layer leaves empty? try --no-fast)")
         for i, p in zip(ids, probs):
             results[i] = p
     return torch.stack(results) if results else torch.empty(0, 0)
 
 
 def load_classifier(path, device="cpu"):
-    """(model, settings) from a classifier.safetensors that save_run wrote: the model built as
-    build_classifier builds it, so a changed head loads as it trained."""
-    tensors, settings = read_classifier(path)
+    """(classifier, settings) from a classifier.safetensors that save_run wrote: the model built
+    as build_classifier builds it (a forked head must be the one that trained), in a Classifier
+    with the pooling it trained with; settings: what the file says of the run."""
+    tensors, settings = read_classifier(Path(path), POOLINGS)
     with torch.device("meta"):  # no memory for weights about to be replaced
         model = build_classifier(GPTModel(settings["cfg"]), len(settings["labels"]), "head")
+    check_structure(model, settings, path)
     try:
         model.load_state_dict({k: v.float() for k, v in tensors.items()}, assign=True)
     except RuntimeError as e:  # names or shapes that do not match: one line, not torch's many
         raise InputError(f"{path} does not fit this script's classifier "
                          f"({' '.join(str(e).split())[:200]})") from None
-    return check_finite(model, path).to(device).eval(), settings
+    return Classifier(check_finite(model, path).to(device).eval(), GPT2_EOT,
+                      settings["pooling"]), settings
 
 
 def main(argv=None):
@@ -284,9 +263,7 @@ def main(argv=None):
         return predict(args)
     with distributed(pick_device(args.device), args.backend, args.dist_timeout) as (
             ddp, rank, world_size, device):
-        master_process = rank == 0
-        log = print if master_process else lambda *a, **k: None
-        start = time.time()
+        log = TrainingLog(master=rank == 0)
         # The data and pretrained GPT-2 (6.2-6.4). Under torchrun one process per machine
         # downloads what is missing while the others wait.
         with first_on_each_machine(ddp):
@@ -313,45 +290,63 @@ def main(argv=None):
         torch.manual_seed(args.seed)
         build_classifier(model, len(labels), args.trainable, args.lora_rank,
                          args.lora_alpha).to(device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        bf16 = use_bf16(args.dtype, device)
-        log(f"model: {args.model} ({model.source}) on {device} in "
-            f"{'bfloat16' if bf16 else 'float32'}, {sum(map(torch.numel, params)):,} of "
-            f"{sum(map(torch.numel, model.parameters())):,} parameters train ({args.trainable}, "
-            f"--pooling {args.pooling})")
-        net = model
-        if args.fast:  # speed.py: the same logits where select_logits reads them, less work
-            texts = [ids for split in ("train", "validation", "test") for ids, _ in sets[split]]
-            with autocast(bf16, device):  # the fill: forward passes only, before any step
-                net = FastClassifier(model, tokenizer.eot_token, args.pooling, args.compile,
-                                     texts, args.cache, args.cache_mb, args.out)
-            log(f"speed layer: {net.note}")
-        net = Autocast(net, device) if bf16 else net  # --dtype: each forward pass in bfloat16
-        optimizer = adamw(params, args.fast, lr=args.lr, weight_decay=args.weight_decay)
-
+        net, optimizer, options = classifier_and_options(args, model, tokenizer, sets, labels,
+                                                         device, log)
         # Fine-tuning (6.7), then the accuracy on every split.
         torch.manual_seed(args.seed)
-        history, _ = train_classifier_simple(
-            DDP(net) if ddp else net, train_loader, val_loader, optimizer, device,
-            args.epochs, args.eval_freq, args.eval_iter, master_process, args.pooling,
-            args.accumulation_steps)
+        train_classifier_simple(DDP(net) if ddp else net, train_loader, val_loader, optimizer,
+                                device, args.epochs, args.eval_freq, args.eval_iter, **options)
         check_finite(model, "after training", "training diverged; try a smaller --lr")
-        if not master_process:
+        if not log.master:
             return model
-        read = functools.partial(select_logits, pooling=args.pooling)
-        history.append(final_report(net, sets, collate, labels, device, read, start))
-        settings = {"cfg": model.cfg, "labels": labels, "max_length": max_length,
-                    "pooling": args.pooling, "truncate": args.truncate, "run": vars(args)}
+        log.history.append(final_report(net, sets, collate, labels, device, log.start))
         texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
-        for text, (label, prob) in zip(texts, classify(
-                net, tokenizer, texts, labels, max_length, args.pooling, args.truncate)):
+        for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels, max_length,
+                                                       args.truncate)):
             log(f"{label} ({prob:.1%}): {text}")
-        log(save_run(args.out, merge_lora(model), settings, splits, history))
+        merge_lora(model)  # what is saved: a plain GPTModel with a new head
+        settings = {"cfg": model.cfg, "labels": labels, "max_length": max_length,
+                    "pooling": args.pooling, "truncate": args.truncate, "run": vars(args),
+                    "weights_from": log.weights_from(options["stopper"]), "structure": repr(model)}
+        log(save_run(args.out, model, settings, splits, log.history))
     return model
 
 
 # ---------------------------------------------------------------------------------------------
-# Plumbing: flags, checks, --predict.
+# Plumbing: the speed layer and the forks switched on, the log, checks, --predict, flags.
+
+GPT2_EOT = 50256  # <|endoftext|>, which pads every batch
+
+
+def classifier_and_options(args, model, tokenizer, sets, labels, device, log):
+    """main's Classifier (with speed.py's SpeedLayer and bfloat16 unless turned off), AdamW,
+    and the loop's options: the forks the flags switch on, each built here in one line."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    bf16 = use_bf16(args.dtype, device)
+    log(f"model: {args.model} ({model.source}) on {device} in "
+        f"{'bfloat16' if bf16 else 'float32'}, {sum(map(torch.numel, params)):,} of "
+        f"{sum(map(torch.numel, model.parameters())):,} parameters train ({args.trainable}, "
+        f"--pooling {args.pooling})")
+    fast = None
+    if args.fast:  # the same hidden states where pool() reads them, with less work
+        texts = [ids for split in ("train", "validation", "test") for ids, _ in sets[split]]
+        with autocast(bf16, device):  # the fill: forward passes only, before any step
+            fast = SpeedLayer(model, tokenizer.eot_token, args.pooling, args.compile, texts,
+                              args.cache, args.cache_mb, args.out)
+        log(f"speed layer: {fast.note}")
+    net = Classifier(model, tokenizer.eot_token, args.pooling, fast)
+    net = Autocast(net, device) if bf16 else net  # --dtype: each forward pass in bfloat16
+    weights = class_weights(args.class_weights, sets["train"], labels, device, log)
+    total_steps = args.epochs * (len(sets["train"]) // args.batch_size // args.accumulation_steps)
+    options = {
+        "loss_fn": functools.partial(calc_loss_batch, class_weights=weights),
+        "accumulation_steps": args.accumulation_steps,
+        "lr_at": functools.partial(appendix_d_lr, peak_lr=args.lr, total_steps=total_steps,
+                                   warmup_steps=args.warmup_steps, min_lr=args.min_lr),
+        "clip_grad_norm": args.clip_grad_norm,
+        "stopper": EarlyStopping(args.patience) if args.patience else None, "log": log}
+    return net, adamw(params, args.fast, lr=args.lr, weight_decay=args.weight_decay), options
+
 
 def check_trainable(trainable, n_layers=None):
     """--trainable's value, checked: as a flag (n_layers None), then against the model."""
@@ -375,39 +370,44 @@ def check_fits(args, model, tokenizer, sets, max_length, world_size):
         raise InputError(f"--batch-size {args.batch_size} x {world_size} process(es) x "
                          f"--accumulation-steps {args.accumulation_steps} is more than the "
                          f"{len(sets['train'])} texts of the training split; use smaller ones")
+    if args.patience and world_size > 1:
+        raise InputError("--patience needs one process: under torchrun only rank 0 evaluates")
     check_out(args.out)
+
+
+def accuracy_batches(data_loader, eval_iter, whole_up_to=5000):
+    """Batches to measure after each epoch: all of a split of up to 5,000 texts, else eval_iter."""
+    return None if len(data_loader.dataset) <= whole_up_to else eval_iter
 
 
 def stop_if_diverged(loss, step):
     if not math.isfinite(loss.item()):
-        hint = "" if step else ("; or, if you changed how the logits are read: with --fast and "
-                                "--pooling last only each text's last real token has logits")
-        raise InputError(f"the loss became {loss.item()} at step {step}: training diverged; "
-                         f"try a smaller --lr{hint}")
+        raise InputError(f"the loss became {loss.item()} at step {step}: " + (
+            "if you changed what pool() reads, run with --no-fast (the speed layer computes only "
+            "the positions pool() reads); else training diverged: try a smaller --lr" if step
+            == 0 else "training diverged; try a smaller --lr"))
 
 
 def predict(args):
     """--predict: label texts with a saved classifier; "-" reads one text per line from
     standard input and answers in order, a chunk at a time (constant memory)."""
     device = pick_device(args.device)
-    model, s = load_classifier(args.classifier or args.out / "classifier.safetensors", device)
+    net, s = load_classifier(args.classifier or args.out / "classifier.safetensors", device)
     tokenizer = get_tokenizer()  # GPT-2's: checked when the classifier was trained
-    bf16 = use_bf16(args.dtype, device)
-    net = FastClassifier(model, tokenizer.eot_token, s["pooling"]) if args.fast else model
-    net = Autocast(net, device) if bf16 else net
+    net.fast = SpeedLayer(net.model, tokenizer.eot_token, s["pooling"]) if args.fast else None
+    net = Autocast(net, device) if use_bf16(args.dtype, device) else net
     chunks = line_chunks(sys.stdin) if args.predict == ["-"] else [args.predict]
     # A progress line only when the answers go to a file: on one terminal the two would mix.
     progress, done = Progress("classifying", 0, "texts", 1e9 if sys.stdout.isatty() else 2.0), 0
     for texts in chunks:
         for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, s["labels"],
-                                                       s["max_length"], s["pooling"],
-                                                       s["truncate"])):
+                                                       s["max_length"], s["truncate"])):
             shown = " ".join(text.replace("\t", " ").splitlines())  # 3 fields, 1 line
             print(f"{label}\t{prob:.3f}\t{shown}")
         done += len(texts)
         progress.show(done)
     progress.end()
-    return model
+    return net
 
 
 def parse_args(argv=None):
@@ -431,6 +431,8 @@ def parse_args(argv=None):
     a("--lora-alpha", type=number(float), default=16, help="LoRA scale: updates x alpha / rank")
     a("--pooling", choices=POOLINGS, default="last",
       help="what the class is read from: the last real token, the first, or the mean of all real")
+    a("--class-weights", help="weight each text's loss by its class: balanced (n / (k * n_class) "
+      "on the training split), or W1,W2,... in the labels' order (default: unweighted)")
     a("--epochs", type=number(int, inclusive=True), default=5, help="passes over the training data")
     a("--batch-size", type=number(int), default=8,
       help="examples per step (per process under torchrun)")
@@ -439,6 +441,14 @@ def parse_args(argv=None):
     a("--lr", type=number(float), default=None,
       help="AdamW learning rate (default: 5e-5, or 8e-4 with lora, as in the appendix)")
     a("--weight-decay", type=number(float, inclusive=True), default=0.1, help="AdamW weight decay")
+    a("--warmup-steps", type=number(int, inclusive=True), default=0,
+      help="appendix D: optimizer steps of linear warmup to --lr (from --min-lr, or 0)")
+    a("--min-lr", type=number(float, inclusive=True), default=None,
+      help="appendix D: after the warmup, cosine decay from --lr to this floor by the last step")
+    a("--clip-grad-norm", type=number(float), default=None,
+      help="appendix D: clip the gradients to this norm before each step (the appendix: 1.0)")
+    a("--patience", type=number(int), default=None, help="stop once the validation loss has not "
+      "improved for N evaluations, keeping the best weights (default: train every epoch)")
     a("--max-length", type=number(int), default=None,
       help="tokens kept per text (default: the model's context length)")
     a("--truncate", choices=TRUNCATIONS, default="start",

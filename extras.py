@@ -1,0 +1,82 @@
+"""The training loop's extras, each off by default so the default run stays the chapter's:
+gradient accumulation, class weights, appendix D's learning-rate schedule and gradient clipping,
+early stopping. train_classifier.py switches them on from its flags; skip this on a first reading.
+"""
+import itertools
+import math
+
+import torch
+
+from utils import InputError, tracked
+
+
+def optimizer_steps(train_loader, accumulation_steps, epoch, show):
+    """The micro-batches of each optimizer step of an epoch, with a progress line. A step's
+    micro-batches left at the epoch's end are dropped, as drop_last drops a short batch."""
+    if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: without it, every
+        train_loader.sampler.set_epoch(epoch)      # epoch would repeat one shuffled order
+    batches = iter(tracked(train_loader, f"epoch {epoch}", "batches", show=show))
+    while len(step := list(itertools.islice(batches, accumulation_steps))) == accumulation_steps:
+        yield step
+
+
+def class_weights(flag, train, labels, device, log):
+    """--class-weights as a (num_classes,) tensor, or None. "balanced": n / (k * n_class) over
+    the training split. Given weights are scaled the same way, to average 1 over its texts: a
+    batch then counts for its size, so accumulated micro-batches are exactly a bigger batch."""
+    if flag is None:
+        return None
+    counts = torch.bincount(torch.tensor([y for _, y in train]), minlength=len(labels)).double()
+    if flag == "balanced":
+        weights = len(train) / (len(labels) * counts.clamp(min=1))
+    else:
+        weights = torch.tensor([float(w) for w in flag.split(",")], dtype=torch.float64)
+        if len(weights) != len(labels):
+            raise InputError(f"--class-weights {flag!r} gives {len(weights)} weights for the "
+                             f"{len(labels)} labels {labels}; give one per label, in that order")
+    weights = weights * len(train) / (weights * counts).sum()
+    log(f"class weights: {', '.join(f'{y} {w:.3g}' for y, w in zip(labels, weights.tolist()))} "
+        "(the loss trained on is weighted; the losses and accuracies printed are not)")
+    return weights.float().to(device)
+
+
+def appendix_d_lr(step, peak_lr, total_steps, warmup_steps=0, min_lr=None):
+    """The learning rate at an optimizer step, as appendix D schedules it: a linear warmup from
+    min_lr (or 0) over warmup_steps, then, with min_lr, a cosine decay to it by the last step."""
+    floor = min_lr or 0.0
+    if step < warmup_steps:
+        return floor + step * (peak_lr - floor) / warmup_steps
+    if min_lr is None:
+        return peak_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def adjust(optimizer, model, step, lr_at, clip_grad_norm):
+    """Appendix D's additions before a step: its learning rate, and gradients clipped to a norm."""
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = lr_at(step) if lr_at else param_group["lr"]
+    if clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=clip_grad_norm)
+
+
+class EarlyStopping:
+    """--patience: stop once the validation loss has not improved for `patience` evaluations in a
+    row, and put back the trainable weights of the best one; at says which epoch and step."""
+
+    def __init__(self, patience):
+        self.patience, self.best, self.waited, self.kept, self.at = patience, math.inf, 0, {}, None
+
+    def stop(self, val_loss, model, epoch, step):
+        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        if val_loss < self.best:
+            self.best, self.waited, self.at = val_loss, 0, {"epoch": epoch, "step": step}
+            self.kept = {name: p.detach().clone() for name, p in params.items()}
+            return False
+        self.waited += 1
+        if self.waited >= self.patience:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(self.kept[name])
+            return True
+        return False
