@@ -30,7 +30,13 @@ def class_weights(flag, train, labels, device, log):
     if flag == "balanced":
         weights = len(train) / (len(labels) * counts.clamp(min=1))
     else:
-        weights = torch.tensor([float(w) for w in flag.split(",")], dtype=torch.float64)
+        try:
+            weights = torch.tensor([float(w) for w in flag.split(",")], dtype=torch.float64)
+        except ValueError:
+            weights = torch.tensor([math.nan])
+        if not (torch.isfinite(weights).all() and (weights > 0).all()):
+            raise InputError(f"--class-weights {flag!r}: weights are numbers above 0, one per "
+                             f"label of {labels}, or balanced")
         if len(weights) != len(labels):
             raise InputError(f"--class-weights {flag!r} gives {len(weights)} weights for the "
                              f"{len(labels)} labels {labels}; give one per label, in that order")

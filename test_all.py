@@ -302,13 +302,17 @@ class TestBooksNumbers(unittest.TestCase):
         with torch.device("meta"):
             m = gpt.GPTModel(gpt.get_config("gpt2-small (124M)", qkv_bias=False))
         total = sum(p.numel() for p in m.parameters())
-        self.assertEqual(total, 163_009_536)
-        self.assertEqual(total - m.out_head.weight.numel(), 124_412_160)
+        self.assertEqual(total, 163_009_536, "chapter 4's 163,009,536 parameters of gpt2-small "
+                         "with its own out_head: a changed model.py changes it")
+        self.assertEqual(total - m.out_head.weight.numel(), 124_412_160, "chapter 4's "
+                         "124,412,160 without out_head: a changed model.py changes it")
 
     def test_trainable_parameter_count_124M(self):
         with torch.device("meta"):
             model = tc.build_classifier(gpt.GPTModel(gpt.get_config("gpt2-small")), 2, "last-1")
-        self.assertEqual(sum(p.numel() for p in model.parameters() if p.requires_grad), 7_090_946)
+        self.assertEqual(sum(p.numel() for p in model.parameters() if p.requires_grad), 7_090_946,
+                         "chapter 6's 7,090,946 trainable parameters (the last block, final_norm, "
+                         "a 2-way head): a changed head or --trainable changes it")
         for bad in ("last-13", "last-0", "last-x", "bottom"):
             with self.subTest(bad), torch.device("meta"), \
                     self.assertRaisesRegex(utils.InputError, "last-N with 1 <= N <= 12"):
@@ -317,7 +321,9 @@ class TestBooksNumbers(unittest.TestCase):
     def test_lora_trainable_count_matches_appendix_e(self):
         with torch.device("meta"):
             model = tc.build_classifier(gpt.GPTModel(gpt.get_config("gpt2-small")), 2, "lora")
-        self.assertEqual(sum(p.numel() for p in model.parameters() if p.requires_grad), 2_666_528)
+        self.assertEqual(sum(p.numel() for p in model.parameters() if p.requires_grad), 2_666_528,
+                         "appendix E's 2,666,528 LoRA parameters at rank 16: a changed head or "
+                         "--lora-rank changes it")
         self.assertIsInstance(model.out_head, tc.LinearWithLoRA)  # the head too, as in the appendix
         self.assertIsInstance(model.trf_blocks[3].ff.layers[2], tc.LinearWithLoRA)
 
@@ -332,8 +338,60 @@ class TestBooksNumbers(unittest.TestCase):
             for p in model.final_norm.parameters():
                 p.requires_grad = True
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.assertEqual(trainable, 7_087_872 + 1_536 + 1_538)
+        self.assertEqual(trainable, 7_087_872 + 1_536 + 1_538, "chapter 6's count, the block, "
+                         "final_norm and the head: a changed model.py changes it")
         self.assertTrue(hasattr(model.trf_blocks[0].att, "W_query"))
+
+
+class TestBookCalls(unittest.TestCase):
+    """The book's chapter-6 code calling ours, on a tiny config with no downloads: each call
+    gives the book's result, or fails at once with one sentence naming the difference."""
+
+    def setUp(self):
+        torch.manual_seed(0)
+        cfg = gpt.get_config("gpt2", emb_dim=16, n_heads=2, n_layers=2, context_length=32)
+        self.model = tc.build_classifier(gpt.GPTModel(cfg), 2)
+        self.net = tc.Classifier(self.model, 50256)
+        items = [([5, 6, 7][:n], n % 2) for n in (1, 2, 3, 1, 2, 3, 1, 2)]
+        self.loader = torch.utils.data.DataLoader(items, 4, collate_fn=functools.partial(
+            data.pad_batch, pad_id=50256))
+
+    def test_the_chapter_functions_take_the_books_arguments_and_batches(self):
+        for input_batch, target_batch in self.loader:  # the book's loop header
+            loss = tc.calc_loss_batch(input_batch, target_batch, self.net, "cpu")
+            self.assertEqual(loss.shape, ())
+        self.assertTrue(math.isnan(tc.calc_loss_loader([], self.net, "cpu")))  # as the book
+        self.assertGreaterEqual(tc.calc_accuracy_loader(self.loader, self.net, "cpu", 1), 0)
+        train_loss, val_loss = tc.evaluate_model(self.net, self.loader, self.loader, "cpu", 1)
+        self.assertEqual(train_loss, val_loss)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=5e-5, weight_decay=0.1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            train_losses, val_losses, train_accs, val_accs, examples_seen = \
+                tc.train_classifier_simple(self.net, self.loader, self.loader, optimizer, "cpu",
+                                           num_epochs=2, eval_freq=1, eval_iter=1)
+        self.assertEqual((len(train_losses), len(val_accs), examples_seen), (4, 2, 16))
+
+    def test_the_books_model_and_argument_orders_fail_at_once_in_one_sentence(self):
+        book_model = gpt.GPTModel(self.model.cfg)
+        del book_model.cfg  # the book's GPTModel keeps none
+        self.assertEqual(tc.build_classifier(book_model, 3).out_head.out_features, 3)
+        batch = next(iter(self.loader))
+        with self.assertRaisesRegex(TypeError, r"a GPTModel's; the functions here take "
+                                    r"Classifier\(model, pad_id\)"):
+            tc.calc_loss_batch(*batch, self.model, "cpu")  # the model itself, as the book has it
+        tok = tokenizer()
+        with self.assertRaisesRegex(TypeError, "takes the model first, not a str"):
+            tc.classify("Free entry", self.net, tok, "cpu", 120)  # classify_review's order
+        label, probability = tc.classify(self.net, tok, "Free entry", ["ham", "spam"], 120)
+        self.assertEqual((label, probability),
+                         tc.classify(self.net, tok, ["Free entry"], ["ham", "spam"], 120)[0])
+
+    def test_a_state_dict_saved_by_the_books_code_loads(self):
+        book = {**self.model.state_dict(), **{f"trf_blocks.{i}.att.mask": torch.triu(
+            torch.ones(32, 32), diagonal=1) for i in range(2)}}  # the book's causal-mask buffers
+        copy = tc.build_classifier(gpt.GPTModel(self.model.cfg), 2)
+        copy.load_state_dict(book)
+        self.assertTrue(torch.equal(copy.out_head.weight, self.model.out_head.weight))
 
 
 class TestTrainClassifier(Trains):
@@ -425,6 +483,88 @@ class TestTrainClassifier(Trains):
             plain = tc.build_classifier(gpt.GPTModel(cfg), 3, "head")
             self.assertEqual(merged.state_dict().keys(), plain.state_dict().keys())
             self.assertLess((merged(idx) - adapted).abs().max().item(), 1e-5)
+
+    def test_class_weights_with_accumulation_equal_one_bigger_batch(self):
+        rows = [("spam" if i % 4 == 0 else "ham", f"message {i} says {'apple' if i % 4 else 'zebra'}")
+                for i in range(32)]
+        self.data.write_text("".join(f"{y}\t{t}\n" for y, t in rows), encoding="utf-8")
+        weighted = ["--class-weights", "balanced", "--epochs", "2", "--eval-freq", "1", "--lr",
+                    "3e-3", "--trainable", "all"]
+        big, log = self.train(*weighted, "--batch-size", "8", out="big")
+        self.assertIn("(the loss trained on is weighted; the losses and accuracies printed are "
+                      "not)", log)
+        counts = [sum(y == label for y, _ in data.split(rows, 123)["train"])
+                  for label in ("ham", "spam")]
+        expected = [sum(counts) / (2 * n) for n in counts]  # n / (k * n_class)
+        self.assertIn(f"class weights: ham {expected[0]:.3g}, spam {expected[1]:.3g}", log)
+        small, _ = self.train(*weighted, "--batch-size", "2", "--accumulation-steps", "4")
+        assert_same_weights(self, small.state_dict(), big.state_dict(), inert=inert_parameters(big))
+        plain, _ = self.train(*weighted[2:], "--batch-size", "8", out="plain")
+        self.assertGreater((plain.out_head.weight - big.out_head.weight).abs().max(), 1e-4)
+        for bad, message in (("2,1,3", " gives 3 weights for the 2 labels ['ham', 'spam']"),
+                             ("2,-1", ": weights are numbers above 0"),
+                             ("2,x", ": weights are numbers above 0")):
+            code, _, err = cli(tc.main, "--model", self.model_dir, "--data", self.data, "--out",
+                               self.dir / "bad", "--class-weights", bad)
+            self.assertEqual((code, len(err.strip().splitlines())), (1, 1), err)
+            self.assertIn(f"--class-weights {bad!r}{message}", err)
+
+    def test_early_stopping_keeps_the_best_weights_and_says_whose(self):
+        folder = self.dir / "folder"  # validation labels against the pattern: its loss only rises
+        folder.mkdir()
+        rows = spam_like(self.dir, 16).read_text(encoding="utf-8").splitlines()
+        flipped = [("ham" if y == "spam" else "spam") + "\t" + t for y, t in
+                   (row.split("\t") for row in rows)]
+        for name, lines in (("train", rows), ("validation", flipped), ("test", rows)):
+            (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.data = folder
+        flags = ["--batch-size", "16", "--lr", "1e-2", "--trainable", "all", "--eval-freq", "1"]
+        stopped, _ = self.train(*flags, "--epochs", "5", "--patience", "2", out="stopped")
+        val_losses = [r["val_loss"] for r in self.records("stopped") if "val_loss" in r]
+        self.assertEqual(len(val_losses), 3)  # the best (step 0), then two worse: stopped
+        self.assertEqual(val_losses, sorted(val_losses))
+        self.assertEqual(tc.load_classifier(self.dir / "stopped")[1]["weights_from"],
+                         {"epoch": 1, "step": 0})
+        one_step, _ = self.train(*flags, "--epochs", "1", out="one")  # 16 texts: one step
+        assert_same_weights(self, stopped.state_dict(), one_step.state_dict(),
+                            inert=inert_parameters(one_step))
+        self.assertEqual(tc.load_classifier(self.dir / "one")[1]["weights_from"],
+                         {"epoch": 1, "step": 0})
+
+    def test_a_classifier_refuses_code_whose_head_differs(self):
+        def mlp_head(activation):  # a forked head, the same shapes with either activation
+            def build(model, num_classes, *args):
+                model = real(model, num_classes, *args)
+                C = model.out_head.in_features
+                model.out_head = torch.nn.Sequential(torch.nn.Linear(C, 8), activation(),
+                                                     torch.nn.Linear(8, num_classes))
+                return model
+            return build
+        real = tc.build_classifier
+        with unittest.mock.patch.object(tc, "build_classifier", mlp_head(torch.nn.ReLU)):
+            self.train("--epochs", "1")
+            net, _ = tc.load_classifier(self.dir / "out")  # the code that trained it: loads
+        with unittest.mock.patch.object(tc, "build_classifier", mlp_head(torch.nn.GELU)), \
+                self.assertRaises(utils.InputError) as e:
+            tc.load_classifier(self.dir / "out")
+        self.assertIn("was trained with another model: its file has '(1): ReLU()' where this "
+                      "code builds \"(1): GELU(approximate='none')\"", str(e.exception))
+        with self.assertRaisesRegex(utils.InputError, r"its file has '\(out_head\): Sequential\('"):
+            tc.load_classifier(self.dir / "out")  # the chapter's head
+
+    def test_max_pooling_is_one_branch_in_pool_and_fast_equals_plain(self):
+        real = tc.pool
+
+        def with_max(hidden, lengths, pooling="last"):  # the fork: a branch and a name
+            if pooling == "max":
+                real_tokens = torch.arange(hidden.size(1)) < lengths[:, None]  # (B, T)
+                return hidden.masked_fill(~real_tokens[..., None], float("-inf")).amax(dim=1)
+            return real(hidden, lengths, pooling)
+        with unittest.mock.patch.object(tc, "pool", with_max), \
+                unittest.mock.patch.object(tc, "POOLINGS", (*tc.POOLINGS, "max")):
+            self.assert_fast_matches_plain(["--pooling", "max", "--epochs", "2", "--eval-freq",
+                                            "1", "--lr", "1e-3"], (((), "cache in RAM"),))
+            self.assertEqual(tc.load_classifier(self.dir / "fast")[1]["pooling"], "max")
 
     def test_lora_trains_and_saves_a_plain_classifier(self):
         model, log = self.train("--trainable", "lora", "--lora-rank", "4", "--epochs", "3")
@@ -643,7 +783,8 @@ class TestModel(unittest.TestCase):
         self.assertLess((torch.cat(parts, dim=1) - full).abs().max().item(), 1e-5)
 
     def test_attention_is_chapter_3_attention(self):
-        # The formula written above the fused call in model.py, computed step by step.
+        # The formula computed step by step here, and model.py's own step-by-step path
+        # (fused=False), against the fused call, with and without the KV cache.
         torch.manual_seed(0)
         att = gpt.MultiHeadAttention(32, 32, 16, 0.0, num_heads=4, qkv_bias=True).eval()
         x = torch.randn(2, 7, 32)
@@ -655,8 +796,19 @@ class TestModel(unittest.TestCase):
         attn_scores.masked_fill_(mask, -torch.inf)
         attn_weights = torch.softmax(attn_scores / hs ** 0.5, dim=-1)
         expected = att.out_proj((attn_weights @ v).transpose(1, 2).reshape(B, T, C))
+        model = gpt.GPTModel(gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2,
+                                            context_length=16, vocab_size=50)).eval()
+        idx = torch.randint(0, 50, (2, 12))
         with torch.no_grad():
             self.assertLess((att(x) - expected).abs().max().item(), 1e-5)
+            fused, cache = model(idx), model.new_cache()
+            fused_cached = torch.cat([model(idx[:, :5], cache), model(idx[:, 5:], cache)], 1)
+            with unittest.mock.patch.object(gpt.MultiHeadAttention, "fused", False):
+                self.assertLess((att(x) - expected).abs().max().item(), 1e-5)
+                self.assertLess((model(idx) - fused).abs().max().item(), 1e-5)
+                cache = model.new_cache()
+                cached = torch.cat([model(idx[:, :5], cache), model(idx[:, 5:], cache)], 1)
+                self.assertLess((cached - fused_cached).abs().max().item(), 1e-5)
 
 
 # =============================================================================================
@@ -2002,8 +2154,8 @@ class TestNothingLost(Trains):
         tensors, metadata = formats.read_safetensors(path)
         tensors = {k: v.clone() for k, v in tensors.items()}
         del metadata["sha256"]
-        nan_head = dict(tensors, **{"out_head.weight": torch.full_like(
-            tensors["out_head.weight"], float("nan"))})
+        head = next(name for name in tensors if name.startswith("out_head"))  # forks: any head
+        nan_head = dict(tensors, **{head: torch.full_like(tensors[head], float("nan"))})
         cfg = json.loads(metadata["cfg"])
         bad = lambda **changes: (tensors, dict(metadata, **changes))
         cases = {
@@ -2020,7 +2172,7 @@ class TestNothingLost(Trains):
             "not a classifier saved by this script (Expecting property name": bad(cfg="{x"),
             "no 'labels' setting": (tensors, {k: v for k, v in metadata.items() if k != "labels"}),
             "pooling 'sideways' is not one of last, first, mean": bad(pooling="sideways"),
-            "out_head.weight holds NaN": (nan_head, metadata),
+            f"{head} holds NaN": (nan_head, metadata),
             "Missing key(s) in state_dict": ({k: v for k, v in tensors.items()
                                                if k != "final_norm.scale"}, metadata)}
         for message, (crafted, meta) in cases.items():
