@@ -36,6 +36,7 @@ import download
 import formats
 import generate as gen
 import load_gpt2
+import lora
 import model as gpt
 import report
 import save
@@ -324,8 +325,8 @@ class TestBooksNumbers(unittest.TestCase):
         self.assertEqual(sum(p.numel() for p in model.parameters() if p.requires_grad), 2_666_528,
                          "appendix E's 2,666,528 LoRA parameters at rank 16: a changed head or "
                          "--lora-rank changes it")
-        self.assertIsInstance(model.out_head, tc.LinearWithLoRA)  # the head too, as in the appendix
-        self.assertIsInstance(model.trf_blocks[3].ff.layers[2], tc.LinearWithLoRA)
+        self.assertIsInstance(model.out_head, lora.LinearWithLoRA)  # the head too, as in the appendix
+        self.assertIsInstance(model.trf_blocks[3].ff.layers[2], lora.LinearWithLoRA)
 
     def test_textbook_snippets_work_verbatim(self):
         with torch.device("meta"):
@@ -471,21 +472,21 @@ class TestTrainClassifier(Trains):
         idx = torch.randint(0, 50, (2, 9))
         with torch.no_grad():
             base = model(idx)
-            tc.replace_linear_with_lora(model, rank=4, alpha=8)
+            lora.replace_linear_with_lora(model, rank=4, alpha=8)
             self.assertTrue(torch.equal(model(idx), base))  # B starts at zero: the same logits
             for name, p in model.named_parameters():  # as if trained: every B nonzero
                 if name.endswith("lora.B"):
                     p.normal_(std=0.1)
             adapted = model(idx)
             self.assertGreater((adapted - base).abs().max().item(), 1e-2)
-            merged = tc.merge_lora(model)
-            self.assertFalse(any(isinstance(m, tc.LinearWithLoRA) for m in merged.modules()))
+            merged = lora.merge_lora(model)
+            self.assertFalse(any(isinstance(m, lora.LinearWithLoRA) for m in merged.modules()))
             plain = tc.build_classifier(gpt.GPTModel(cfg), 3, "head")
             self.assertEqual(merged.state_dict().keys(), plain.state_dict().keys())
             self.assertLess((merged(idx) - adapted).abs().max().item(), 1e-5)
 
     def test_class_weights_with_accumulation_equal_one_bigger_batch(self):
-        rows = [("spam" if i % 4 == 0 else "ham", f"message {i} says {'apple' if i % 4 else 'zebra'}")
+        rows = [("spam" if i % 4 == 0 else "ham", f"text {i} says {'apple' if i % 4 else 'zebra'}")
                 for i in range(32)]
         self.data.write_text("".join(f"{y}\t{t}\n" for y, t in rows), encoding="utf-8")
         weighted = ["--class-weights", "balanced", "--epochs", "2", "--eval-freq", "1", "--lr",
@@ -574,7 +575,7 @@ class TestTrainClassifier(Trains):
         lora_params += 4 * (16 + 2) - 4 * (16 + 50257)  # the head has 2 outputs, not 50,257
         self.assertIn(f"{lora_params:,} of", log)
         self.assertIn("frozen-prefix cache off (no frozen blocks)", log)
-        self.assertFalse(any(isinstance(m, tc.LinearWithLoRA) for m in model.modules()))
+        self.assertFalse(any(isinstance(m, lora.LinearWithLoRA) for m in model.modules()))
         loaded, settings = tc.load_classifier(self.dir / "out")
         texts = ["message number 99 says apple", "message number 98 says zebra"]
         labels, max_length = settings["labels"], settings["max_length"]

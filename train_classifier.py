@@ -27,7 +27,7 @@ from data import TRUNCATIONS, encode, encode_examples, load_dataset, pad_batch
 from ddp import distributed, first_on_each_machine, gradient_sync
 from extras import EarlyStopping, adjust, appendix_d_lr, class_weights, optimizer_steps
 from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
-from lora import LinearWithLoRA, merge_lora, replace_linear_with_lora  # noqa: F401 (appendix E)
+from lora import merge_lora, replace_linear_with_lora
 from model import GPTModel
 from report import TrainingLog, final_report
 from save import check_out, check_structure, read_classifier, save_run
