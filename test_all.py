@@ -1,10 +1,14 @@
-"""All tests, offline, in about 100 s on 2 CPU cores:  python test_all.py
-(or pytest test_all.py).
+"""All tests, offline, in about a minute on 2 CPU cores:  python test_all.py
+(or pytest test_all.py). One section per script, in the README's order.
 
 Every test builds what it needs in a temporary folder: tiny random checkpoints written in the real
-safetensors layout, small labelled files, zips. Tests that need GPT-2's real vocabulary (tiktoken
-"gpt2") skip with a reason when it cannot be loaded offline; set TIKTOKEN_CACHE_DIR to run them.
+safetensors layout, small labelled files, zips. The suite is hermetic: a user's caches (this
+project's, Hugging Face's, tiktoken's) change nothing, since every cache a script reads points into
+a folder of the suite's own. GPT-2's vocabulary comes from TIKTOKEN_CACHE_DIR when it is set (a
+folder of tiktoken's cached GPT-2 files), else tiktoken downloads it; where neither works, the tests
+that need it skip and say so. SMS_SPAM_COLLECTION names the SMS file for the tests that use it.
 """
+import atexit
 import contextlib
 import errno
 import functools
@@ -46,10 +50,19 @@ import utils
 
 ROOT = Path(__file__).resolve().parent
 FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tiny"
-SMS = ROOT.parent / "shared" / "data" / "SMSSpamCollection"
 TF_FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tf"
-ENCODER_JSON = (ROOT.parent / "shared" / "tiktoken-cache"
-                / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6")  # tiktoken's name for encoder.json
+SMS = Path(os.environ.get("SMS_SPAM_COLLECTION") or ROOT.parent / "shared" / "data"
+           / "SMSSpamCollection")
+NO_SMS = f"the SMS Spam Collection is not at {SMS}; set SMS_SPAM_COLLECTION to its path"
+OWN = Path(tempfile.mkdtemp(prefix="gpt2-tests-"))  # every cache the scripts read, while testing
+atexit.register(shutil.rmtree, OWN, True)
+os.environ.update({"GPT2_CACHE_DIR": str(OWN / "gpt2"), "HF_HOME": str(OWN / "hf"),
+                   "XDG_CACHE_HOME": str(OWN / "xdg"),
+                   "TIKTOKEN_CACHE_DIR": os.environ.get("TIKTOKEN_CACHE_DIR") or str(OWN / "tk")})
+os.environ.pop("HF_HUB_CACHE", None)
+ENCODER_JSON = Path(os.environ["TIKTOKEN_CACHE_DIR"]) / hashlib.sha1(  # tiktoken's name for it
+    b"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json").hexdigest()
+NO_ENCODER_JSON = "GPT-2's encoder.json is not in TIKTOKEN_CACHE_DIR; set it to tiktoken's cache"
 
 
 # =============================================================================================
@@ -67,7 +80,8 @@ def real_tokenizer():
 def tokenizer():
     tok = real_tokenizer()
     if isinstance(tok, str):
-        raise unittest.SkipTest(f"GPT-2 vocabulary not available offline: {tok}")
+        raise unittest.SkipTest("GPT-2's vocabulary cannot be loaded here; set TIKTOKEN_CACHE_DIR "
+                                f"to a folder of tiktoken's cached GPT-2 files ({tok[:200]})")
     return tok
 
 
@@ -174,6 +188,7 @@ def tiny_gpt2_folder(folder, V=50257, C=16, T=64, L=2, seed=0):
 def run_script(*args, env=None):
     """Run a script as a user would, in a new process; returns (exit code, stdout, stderr)."""
     env = {**os.environ, **(env or {}), "PYTHONIOENCODING": "utf-8"}
+    env = {name: value for name, value in env.items() if value is not None}  # None: unset
     result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
                             text=True, encoding="utf-8", env=env, timeout=120)
     return result.returncode, result.stdout, result.stderr
@@ -254,7 +269,7 @@ class Trains(unittest.TestCase):
         args = ["--model", self.model_dir, "--data", self.data, "--out", self.dir / out,
                 "--batch-size", "4"]
         printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
             model = tc.main([str(a) for a in [*args, *extra]])
         return model, printed.getvalue()
 
@@ -905,7 +920,7 @@ class TestData(unittest.TestCase):
 
     def test_sms_spam_collection_counts_and_split(self):
         if not SMS.exists():
-            self.skipTest(f"{SMS} not present")
+            self.skipTest(NO_SMS)
         examples = data.read_examples(SMS)
         labels = [label for label, _ in examples]
         self.assertEqual((len(examples), labels.count("ham"), labels.count("spam")),
@@ -1235,7 +1250,7 @@ class Sources(unittest.TestCase):
 
 
 class TestTokenizerAndDevice(Sources):
-    @unittest.skipUnless(ENCODER_JSON.exists(), f"{ENCODER_JSON} not present")
+    @unittest.skipUnless(ENCODER_JSON.exists(), NO_ENCODER_JSON)
     def test_the_vocabulary_comes_from_the_weights_when_tiktoken_cannot(self):
         real, folder = tokenizer(), self.dir / "book"
         shutil.copytree(TF_FIXTURE, folder)
@@ -1490,7 +1505,7 @@ class TestSources(Sources):
                 self.assertFalse((self.dir / "ours").exists())  # used in place, not copied
                 shutil.rmtree(folder)
 
-    @unittest.skipUnless(ENCODER_JSON.exists(), f"{ENCODER_JSON} not present")
+    @unittest.skipUnless(ENCODER_JSON.exists(), NO_ENCODER_JSON)
     def test_any_gpt2_repo_on_the_hub_downloads_once(self):
         config, vocab = (FIXTURE / "config.json").read_bytes(), ENCODER_JSON.read_bytes()
         other = json.loads(vocab)
@@ -1829,7 +1844,7 @@ class TestDownloads(unittest.TestCase):
     def test_sms_zip_is_downloaded_checked_then_reused_offline(self):
         content = SMS.read_bytes() if SMS.exists() else None
         if content is None:
-            self.skipTest(f"{SMS} not present")
+            self.skipTest(NO_SMS)
         good = io.BytesIO()
         with zipfile.ZipFile(good, "w") as z:
             z.writestr("readme", "about")
@@ -2589,6 +2604,40 @@ class TestBench(unittest.TestCase):
                 self.assertNotEqual(code, 0)
                 self.assertIn(message, err)
                 self.assertNotIn("Traceback", err)
+
+
+
+# =============================================================================================
+# test_all.py: the suite itself is hermetic
+# =============================================================================================
+class TestTheSuite(Trains):
+    def test_a_users_caches_change_nothing(self):
+        """After a real run filled a user's caches (Hugging Face's with the hub's gpt2, ours with
+        its vocab.json), the suite's tests that need the vocabulary run or skip exactly as they
+        do for a user with no caches: they once found the cached vocab.json, then failed."""
+        home = self.dir / "home"
+        snapshot = home / ".cache" / "huggingface" / "hub" / "models--openai-community--gpt2"
+        (snapshot / "refs").mkdir(parents=True)
+        (snapshot / "refs" / "main").write_text("a" * 40)
+        shutil.copytree(self.model_dir, snapshot / "snapshots" / ("a" * 40))
+        vocab = home / ".cache" / "gpt2-classifier" / "gpt2" / "vocab.json"
+        vocab.parent.mkdir(parents=True)
+        vocab.write_bytes((ENCODER_JSON.read_bytes() if ENCODER_JSON.exists() else b"{}"))
+        user = {"HOME": str(home), "USERPROFILE": str(home), "GPT2_CACHE_DIR": None,
+                "HF_HOME": None, "XDG_CACHE_HOME": None, "TIKTOKEN_CACHE_DIR": "",
+                "HF_HUB_OFFLINE": "1"}
+        if ENCODER_JSON.exists():  # the user's own run, from the caches alone
+            code, out, err = run_script("train_classifier.py", "--data", self.data, "--epochs",
+                                        "1", "--batch-size", "4", "--out", self.dir / "o", env=user)
+            self.assertEqual(code, 0, err)
+            self.assertIn(f"({snapshot / 'snapshots' / ('a' * 40) / 'model.safetensors'})", out)
+        names = ["TestLoadGPT2.test_tokenizer_ids", "TestGenerateCLI.test_a_padded_vocabulary_is_"
+                 "never_sampled", "TestTrainClassifier.test_loss_falls_and_accuracy_reaches_100"]
+        fresh = dict(user, HOME=str(self.dir / "fresh"), USERPROFILE=str(self.dir / "fresh"))
+        summaries = [run_script("test_all.py", *names, env=env)[1].splitlines()[-1]
+                     for env in (user, fresh)]
+        self.assertEqual(summaries[0], summaries[1])
+        self.assertIn(" 0 failed", summaries[0])
 
 
 if __name__ == "__main__":
