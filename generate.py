@@ -7,6 +7,7 @@ so each new token costs one token's work instead of re-reading the whole text.
 """
 import argparse
 import codecs
+import sys
 
 import torch
 
@@ -121,6 +122,7 @@ def main(argv=None):
     if args.seed is not None:  # the same text each run (and the same weights with --init random)
         torch.manual_seed(args.seed)
     model = load_gpt2(args.model, pretrained=args.init == "pretrained").to(device)
+    print(f"model: {args.model} ({model.source}) on {device}", file=sys.stderr)
     # In a prompt, "<|endoftext|>" is GPT-2's document separator, as in its training data.
     ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [tokenizer.eot_token]
     if max(ids) >= model.cfg["vocab_size"]:

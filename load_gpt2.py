@@ -5,6 +5,7 @@ Where the files come from is download.py's job, how they are parsed formats.py's
 (Hugging Face's model.safetensors, or the book's gpt2/124M), a size or a hub repo ORG/NAME.
 """
 import hashlib
+import math
 import os
 import re
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import tiktoken
 import torch
+import torch.nn.functional as F
 
 from download import checkpoint_folder, offline, vocab_file
 from formats import encoding_from, read_config, read_safetensors, read_tf_checkpoint
@@ -55,7 +57,34 @@ def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
         model = GPTModel(cfg)
     model.load_state_dict(gpt2_state_dict(tensors, cfg, path, dtype), assign=True)
     model.source = str(path)
-    return check_finite(model, path).eval()
+    warning = untrained(check_finite(model, path).eval())
+    if warning:
+        print(f"warning: {path} {warning}", file=sys.stderr)
+    return model
+
+
+# A cheap look at whether weights were trained: GPT-2's released weights predict the tokens of a
+# plain English sentence at a loss of a few nats a token; random ones at about ln(50,257) = 10.8.
+SENTENCE = "The weather was cold, so she put on her coat and walked to the station."
+SENTENCE_IDS = [464, 6193, 373, 4692, 11, 523, 673, 1234, 319, 607, 13209, 290, 6807, 284, 262,
+                4429, 13]  # GPT-2's tokens of SENTENCE
+
+
+@torch.no_grad()
+def untrained(model):
+    """None, or a sentence on why the model looks untrained: its language-model loss on SENTENCE
+    within 2 nats of what random weights give. Never a refusal (a model fine-tuned on other text
+    may be odd on English); milliseconds even for gpt2-xl."""
+    V = 50257  # GPT-2's tokens; a padded vocabulary's other rows never come out of the tokenizer
+    if model.cfg["vocab_size"] < V or model.cfg["context_length"] < len(SENTENCE_IDS):
+        return None
+    ids = torch.tensor([SENTENCE_IDS], device=model.tok_emb.weight.device)
+    loss = F.cross_entropy(model(ids)[0, :-1, :V].float(), ids[0, 1:]).item()
+    if loss < math.log(V) - 2:
+        return None
+    return (f"looks untrained or damaged: its loss on a plain English sentence is {loss:.1f} nats "
+            f"a token, as random weights give (about {math.log(V):.1f}); GPT-2's released "
+            "weights give far less (about 3 to 4)")
 
 
 def infer_config(folder, tensors):

@@ -214,6 +214,11 @@ def cli(main, *args, stdin=b"", env=None):
     return code, out.getvalue(), err.getvalue()
 
 
+def said(err):
+    """The lines a run wrote to stderr, but for warnings (the tiny models look untrained)."""
+    return [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
+
+
 def assert_same_weights(test, a, b, tol=1e-5, inert=()):
     """Two state_dicts agree to tol, but for the inert parameters (inert_parameters)."""
     test.assertEqual(a.keys(), b.keys())
@@ -522,7 +527,7 @@ class TestTrainClassifier(Trains):
                              ("2,x", ": weights are numbers above 0")):
             code, _, err = cli(tc.main, "--model", self.model_dir, "--data", self.data, "--out",
                                self.dir / "bad", "--class-weights", bad)
-            self.assertEqual((code, len(err.strip().splitlines())), (1, 1), err)
+            self.assertEqual((code, len(said(err))), (1, 1), err)
             self.assertIn(f"--class-weights {bad!r}{message}", err)
 
     def test_early_stopping_keeps_the_best_weights_and_says_whose(self):
@@ -719,14 +724,14 @@ class TestTrainClassifier(Trains):
                 self.assertNotEqual(code, 0)
                 self.assertIn(message, err)
                 if code == 1:  # argparse's errors (2) come after its usage lines
-                    self.assertEqual(len(err.strip().splitlines()), 1)
+                    self.assertEqual(len(said(err)), 1)
         # variables torchrun sets, set by hand
         for env in ({"RANK": "0"}, {"RANK": "0", "LOCAL_RANK": "x", "WORLD_SIZE": "2"}):
             code, _, err = cli(tc.main, "--data", self.data, "--model", self.model_dir, "--out",
                                empty, env=env)
             self.assertEqual(code, 1)
             self.assertIn("looks like a torchrun process", err)
-            self.assertEqual(len(err.strip().splitlines()), 1)
+            self.assertEqual(len(said(err)), 1)
         # the command line itself, once: the same one line and status, from a new process
         code, _, err = run_script("train_classifier.py", "--predict", "hi", "--out", empty)
         self.assertEqual((code, err.strip()), (1, f"error: no trained classifier at "
@@ -1106,7 +1111,7 @@ class TestDataFromStrangers(Trains):
                                    "--out", self.out)
                 self.assertEqual(code, 1)
                 self.assertIn(message, err)
-                self.assertEqual(len(err.strip().splitlines()), 1)
+                self.assertEqual(len(said(err)), 1)
         self.assertFalse(self.out.exists())
 
     def test_memory_follows_max_length_not_the_text(self):
@@ -1192,6 +1197,24 @@ class TestLoadGPT2(unittest.TestCase):
             with self.assertRaisesRegex(utils.InputError,
                                         "unknown model 'gpt-5'.*gpt2-xl.*or a folder"):
                 load_gpt2.load_gpt2("gpt-5", pretrained=pretrained)
+
+    def test_weights_that_look_untrained_are_named_never_refused(self):
+        self.assertEqual(tokenizer().encode_ordinary(load_gpt2.SENTENCE), load_gpt2.SENTENCE_IDS)
+        folder = tiny_gpt2_folder(tmpdir(self))
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            model = load_gpt2.load_gpt2(folder)
+        self.assertIn(f"warning: {folder / 'model.safetensors'} looks untrained or damaged: its "
+                      "loss on a plain English sentence is", err.getvalue())
+        ids, optimizer = torch.tensor([load_gpt2.SENTENCE_IDS]), torch.optim.Adam(
+            model.parameters(), lr=1e-2)
+        for _ in range(20):  # a model that has learnt the sentence is left alone
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(ids)[0, :-1], ids[0, 1:]).backward()
+            optimizer.step()
+        self.assertIsNone(load_gpt2.untrained(model.eval()))
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            load_gpt2.load_gpt2(folder, pretrained=False)  # random on purpose: nothing to say
+        self.assertEqual(err.getvalue(), "")
 
     def test_tokenizer_ids(self):
         tok = tokenizer()
@@ -2477,7 +2500,7 @@ class TestDistributed(Trains):
         self.assertLess(time.time() - start, 30)
         self.assertIn(f"rank 1: waiting for all 2 processes to meet at 127.0.0.1:{port}", err)
         self.assertIn("error: the 2 torchrun processes did not meet at", err)
-        self.assertEqual(len(err.strip().splitlines()), 2)  # no pages of C++ stack frames
+        self.assertEqual(len(said(err)), 2)  # no pages of C++ stack frames
 
 
 def ddp_worker(argv):
