@@ -6,26 +6,36 @@ prediction), precision, recall and F1 per label, and their macro averages. The e
 balancing left out are a free, realistic test of false positives. All of it is printed and kept
 in metrics.jsonl, and drawn in metrics.png when matplotlib is installed.
 """
+import argparse
 import json
+import random
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from utils import atomic_write, tracked
+from formats import read_small
+from utils import InputError, Progress, atomic_write, run_main
 
 MANY = 20  # labels past which the tables and the plot summarise instead of showing every cell
 
 
 @torch.no_grad()
-def predictions(data_loader, model, device, what="evaluating"):
-    """(true labels, predicted labels), two (N,) tensors, from a train_classifier.Classifier."""
+def predictions(items, collate, model, device, what="evaluating", batch_size=64):
+    """(true labels, predicted labels), two (N,) tensors, from a train_classifier.Classifier;
+    items: (token ids, label) pairs, shortest first (little padding). The progress line counts
+    tokens, the work, so that its estimate holds although the batches grow."""
     model.eval()
-    true, predicted = [], []
-    for input_batch, target_batch in tracked(data_loader, what, "batches"):
+    true, predicted, done = [], [], 0
+    progress = Progress(what, sum(len(ids) for ids, _ in items), "tokens")
+    for start in range(0, len(items), batch_size):
+        input_batch, target_batch = collate(items[start:start + batch_size])
         predicted.append(model(input_batch.to(device)).argmax(dim=-1).cpu())
         true.append(target_batch)
+        done += sum(len(ids) for ids, _ in items[start:start + batch_size])
+        progress.show(done)
+    progress.end()
     return torch.cat(true), torch.cat(predicted)
 
 
@@ -102,16 +112,21 @@ def unused_lines(unused, test, labels, n_examples):
     return lines
 
 
-def final_report(model, sets, collate, labels, device, start):
+def final_report(model, sets, collate, labels, device, start, unused_texts=None, seed=0):
     """Every split in full: accuracy, and for validation and test the confusion matrix with
-    precision, recall and F1 per label; what balancing left out. Printed, and returned as the
-    last record of metrics.jsonl; times count from start, the run's."""
+    precision, recall and F1 per label; what balancing left out (unused_texts: a sample of that
+    many, drawn with seed). Printed, and returned as the last record of metrics.jsonl; times count
+    from start, the run's."""
     record, pairs = {"final": True, "labels": labels}, {}
     for name, items in sets.items():
+        if name == "unused" and unused_texts is not None and unused_texts < len(items):
+            print(f"unused: {f'a sample of {unused_texts:,}' if unused_texts else 'none'} of "
+                  f"the {len(items):,} texts tested (--unused-texts)")
+            items = random.Random(seed).sample(items, unused_texts)
+            record["unused_sampled"] = [unused_texts, len(sets[name])]
         if items:  # shortest first: batches of similar lengths carry little padding
             tick, items = time.time(), sorted(items, key=lambda item: len(item[0]))
-            pairs[name] = predictions(DataLoader(items, 64, collate_fn=collate), model, device,
-                                      name)
+            pairs[name] = predictions(items, collate, model, device, name)
             record[f"{name}_acc"] = class_metrics(*pairs[name], len(labels))["accuracy"]
             if len(labels) <= MANY:
                 record[f"{name}_confusion"] = confusion_matrix(*pairs[name], len(labels)).tolist()
@@ -134,10 +149,16 @@ def save_metrics(history, out):
     """metrics.jsonl (one JSON record per line) and, with matplotlib, metrics.png."""
     with atomic_write(out / "metrics.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+    plot_metrics(history, out / "metrics.png")
+
+
+def plot_metrics(history, path):
+    """Losses, accuracies and the test confusion matrix in a PNG at path; False without
+    matplotlib (never a dependency: python report.py out/metrics.jsonl draws it later)."""
     try:  # the Figure class alone: no pyplot, no change to the user's plotting backend
         from matplotlib.figure import Figure
     except ImportError:
-        return
+        return False
     evals, epochs = [r for r in history if "val_loss" in r], [r for r in history if "val_acc" in r]
     final = history[-1]
     fig = Figure(figsize=(15, 4.5))
@@ -165,8 +186,9 @@ def save_metrics(history, out):
                 ax3.text(j, i, f"{count:,}", ha="center", va="center",
                          color="white" if count > darkest / 2 else "black")
     fig.tight_layout()
-    with atomic_write(out / "metrics.png") as tmp:
+    with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png")
+    return True
 
 
 class TrainingLog:
@@ -206,3 +228,22 @@ class TrainingLog:
         """The epoch and step the trained weights are from: the best evaluation's if early
         stopping put those back, else the last logged."""
         return stopper.at if stopper and stopper.waited >= stopper.patience else self.last
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="python report.py out/metrics.jsonl: metrics.png "
+                                "beside it, from a finished run (needs matplotlib)")
+    p.add_argument("metrics", type=Path, help="a metrics.jsonl that train_classifier.py wrote")
+    path = p.parse_args(argv).metrics
+    try:
+        history = [json.loads(line) for line in read_small(path, 10**8).decode().splitlines()]
+        drawn = plot_metrics(history, path.with_name("metrics.png"))
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:
+        raise InputError(f"{path} is not a metrics.jsonl of train_classifier.py ({e})") from None
+    if not drawn:
+        raise InputError("metrics.png needs matplotlib: pip install matplotlib, then run again")
+    print(f"drew {path.with_name('metrics.png')}")
+
+
+if __name__ == "__main__":
+    run_main(main)

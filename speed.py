@@ -104,7 +104,8 @@ class SpeedLayer:
     def fill(self, texts, cache_dir, batch_size=64):
         """Compute every text's bottom output once, before training, with a progress line."""
         texts = sorted(texts, key=len)  # similar lengths together: little padding
-        progress = Progress("caching the frozen blocks", len(texts), "texts")
+        # tokens, the work, not texts or batches: the estimate holds although the batches grow
+        progress, done = Progress("caching the frozen blocks", sum(map(len, texts)), "tokens"), 0
         device, end = self.model.tok_emb.weight.device, 0
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
@@ -124,7 +125,8 @@ class SpeedLayer:
                                          f"{cache_dir} ({e.strerror}); free space, or use "
                                          "--cache ram or --cache off") from None
                 self.index[key], end = (end, len(t)), end + len(t)
-            progress.show(start + len(batch))
+            done += sum(map(len, batch))
+            progress.show(done)
         progress.end()
         if self.file is not None:  # copy-on-write: readable, and never written back
             self.file.flush()

@@ -2091,6 +2091,32 @@ class TestReportOfARun(Trains):
         self.assertIn("rows: true label, columns: predicted", log)
         self.assertIn("spam precision would be about", log)
         self.assertEqual(len(data.read_examples(self.dir / "out" / "splits" / "unused.tsv")), 24)
+        self.assertIn("(12 spam in 48)", log)
+        for n, line in ((10, "unused: a sample of 10 of the 24 texts tested (--unused-texts)"),
+                        (0, "unused: none of the 24 texts tested (--unused-texts)")):
+            with self.subTest(n):
+                _, log = self.train("--balance", "--epochs", "0", "--unused-texts", str(n))
+                self.assertIn(line, log)
+                final = self.records()[-1]
+                self.assertEqual(final["unused_sampled"], [n, 24])
+                self.assertEqual(sum(map(sum, final.get("unused_confusion", []))), n)
+                self.assertEqual(f"(12 spam in 48)" in log, n > 0)  # the whole data set's ratio
+                self.assertEqual(len(data.read_examples(self.out / "splits" / "unused.tsv")), 24)
+
+    def test_metrics_png_is_drawn_from_a_finished_run(self):
+        self.train("--epochs", "1")
+        (self.out / "metrics.png").unlink(missing_ok=True)
+        code, out, err = cli(report.main, self.out / "metrics.jsonl")
+        if importlib.util.find_spec("matplotlib") is None:
+            self.assertEqual((code, err.strip()), (1, "error: metrics.png needs matplotlib: pip "
+                                                      "install matplotlib, then run again"))
+            return
+        self.assertEqual((code, out.strip()), (0, f"drew {self.out / 'metrics.png'}"), err)
+        self.assertGreater((self.out / "metrics.png").stat().st_size, 1000)
+        (self.dir / "bad.jsonl").write_text('{"final": true}\n', encoding="utf-8")
+        code, _, err = cli(report.main, self.dir / "bad.jsonl")
+        self.assertEqual(code, 1)
+        self.assertIn("bad.jsonl is not a metrics.jsonl of train_classifier.py", err)
 
     def test_thousands_of_labels_cost_what_the_data_costs(self):
         folder = self.dir / "many"

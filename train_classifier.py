@@ -299,7 +299,8 @@ def main(argv=None):
         check_finite(model, "after training", "training diverged; try a smaller --lr")
         if not log.master:
             return model
-        log.history.append(final_report(net, sets, collate, labels, device, log.start))
+        log.history.append(final_report(net, sets, collate, labels, device, log.start,
+                                        args.unused_texts, args.seed))
         texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
         for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels, max_length,
                                                        args.truncate)):
@@ -415,8 +416,7 @@ def parse_args(argv=None):
     a = p.add_argument
     a("--model", default="gpt2-small", help="size (gpt2, gpt2-medium, 774M, ...), a Hugging Face "
       "repo (ORG/NAME) or a folder (model.safetensors, or the book's gpt2/124M)")
-    a("--init", choices=["pretrained", "random"], default="pretrained",
-      help="random: train from scratch, no download")
+    a("--init", choices=["pretrained", "random"], default="pretrained", help="random: no download")
     a("--data", default=None, help="labelled .tsv/.csv/.jsonl file or train/validation/test "
       "folder (default: the SMS Spam Collection, downloaded once)")
     a("--text-column", help="the text's column (or JSON key) in --data (default: by its name)")
@@ -434,12 +434,10 @@ def parse_args(argv=None):
     a("--class-weights", help="weight each text's loss by its class: balanced (n / (k * n_class) "
       "on the training split), or W1,W2,... in the labels' order (default: unweighted)")
     a("--epochs", type=number(int, inclusive=True), default=5, help="passes over the training data")
-    a("--batch-size", type=number(int), default=8,
-      help="examples per step (per process under torchrun)")
+    a("--batch-size", type=number(int), default=8, help="examples a step (a process, torchrun)")
     a("--accumulation-steps", type=number(int), default=1,
       help="micro-batches of --batch-size per optimizer step (gradient accumulation)")
-    a("--lr", type=number(float), default=None,
-      help="AdamW learning rate (default: 5e-5, or 8e-4 with lora, as in the appendix)")
+    a("--lr", type=number(float), help="AdamW learning rate (default: 5e-5, or 8e-4 with lora)")
     a("--weight-decay", type=number(float, inclusive=True), default=0.1, help="AdamW weight decay")
     a("--warmup-steps", type=number(int, inclusive=True), default=0,
       help="appendix D: optimizer steps of linear warmup to --lr (from --min-lr, or 0)")
@@ -449,19 +447,16 @@ def parse_args(argv=None):
       help="appendix D: clip the gradients to this norm before each step (the appendix: 1.0)")
     a("--patience", type=number(int), default=None, help="stop once the validation loss has not "
       "improved for N evaluations, keeping the best weights (default: train every epoch)")
-    a("--max-length", type=number(int), default=None,
-      help="tokens kept per text (default: the model's context length)")
-    a("--truncate", choices=TRUNCATIONS, default="start",
-      help="which tokens a longer text keeps: its start or its end")
-    a("--eval-freq", type=number(int), default=50,
-      help="every N optimizer steps, log training and validation loss")
+    a("--max-length", type=number(int), help="tokens kept a text (default: the model's context)")
+    a("--truncate", choices=TRUNCATIONS, default="start", help="what a longer text keeps")
+    a("--unused-texts", type=number(int, inclusive=True), help="at the end, test only N of the "
+      "texts balancing left out, drawn with --seed (0: none; default: all)")
+    a("--eval-freq", type=number(int), default=50, help="log the losses every N optimizer steps")
     a("--eval-iter", type=number(int), default=5,
       help="batches of each split behind those losses, and behind the accuracies after each "
       "epoch for a split of over 5,000 texts (smaller splits are measured whole)")
-    a("--seed", type=number(int, 0, inclusive=True, high=2**32 - 1), default=123,
-      help="seed for the split, the shuffling and the new head")
-    a("--out", type=Path, default=Path("out"),
-      help="folder for classifier.safetensors, metrics and splits")
+    a("--seed", type=number(int, 0, True, 2**32 - 1), default=123, help="split, shuffle, new head")
+    a("--out", type=Path, default=Path("out"), help="folder for the classifier, metrics, splits")
     a("--fast", action=argparse.BooleanOptionalAction, default=True,
       help="the speed layer (same results); --no-fast runs the chapter's plain path")
     a("--device", default=None, help="cpu, cuda, mps (default: the best available)")
@@ -470,8 +465,7 @@ def parse_args(argv=None):
     a("--compile", action="store_true", help="torch.compile the trained blocks (worth it on GPUs)")
     a("--cache", choices=["auto", "ram", "disk", "off"], default="auto",
       help="where the frozen-prefix cache lives (auto: in RAM up to --cache-mb, else on disk)")
-    a("--cache-mb", type=number(float, inclusive=True), default=2048,
-      help="RAM budget of the frozen-prefix cache, in MB")
+    a("--cache-mb", type=number(float, inclusive=True), default=2048, help="its RAM budget, in MB")
     a("--backend", help="torchrun process-group backend (default: nccl on CUDA, else gloo)")
     a("--dist-timeout", type=number(float, 1, True, 10**6), default=1800,
       help="seconds torchrun processes wait for each other before giving up")
