@@ -198,6 +198,13 @@ class TrainingLog:
     def __init__(self, master=True):
         self.master, self.history, self.start = master, [], time.time()
         self.tick, self.seen, self.last = self.start, 0, {"epoch": 0, "step": -1}
+        self.phases, self.marked = {}, self.start
+
+    def mark(self, phase):
+        """The seconds each phase took: the one that ends now, after the ones marked before."""
+        now = time.time()
+        self.phases[phase], self.marked = now - self.marked, now
+        return {"phases_s": dict(self.phases)}
 
     def __call__(self, *lines):
         if self.master:

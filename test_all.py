@@ -63,6 +63,11 @@ os.environ.pop("HF_HUB_CACHE", None)
 ENCODER_JSON = Path(os.environ["TIKTOKEN_CACHE_DIR"]) / hashlib.sha1(  # tiktoken's name for it
     b"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json").hexdigest()
 NO_ENCODER_JSON = "GPT-2's encoder.json is not in TIKTOKEN_CACHE_DIR; set it to tiktoken's cache"
+# --dtype auto picks bfloat16 on processors that multiply it natively. In this process every test
+# computes in float32 unless it asks for bfloat16, so that no outcome depends on the processor
+# (the subprocesses that compare numbers pass --dtype float32).
+NATIVE_BF16_CPU = speed.native_bf16_cpu
+unittest.mock.patch.object(speed, "native_bf16_cpu", lambda: None).start()
 
 
 # =============================================================================================
@@ -345,7 +350,7 @@ class TestBooksNumbers(unittest.TestCase):
         self.assertEqual(sum(p.numel() for p in model.parameters() if p.requires_grad), 2_666_528,
                          "appendix E's 2,666,528 LoRA parameters at rank 16: a changed head or "
                          "--lora-rank changes it")
-        self.assertIsInstance(model.out_head, lora.LinearWithLoRA)  # the head too, as in the appendix
+        self.assertIsInstance(model.out_head, lora.LinearWithLoRA)  # the head too, as appendix E
         self.assertIsInstance(model.trf_blocks[3].ff.layers[2], lora.LinearWithLoRA)
 
     def test_textbook_snippets_work_verbatim(self):
@@ -464,9 +469,11 @@ class TestTrainClassifier(Trains):
         self.assertEqual(seen, [(0, 6), (1, 12), (2, 18), (3, 24)])
 
     def test_large_splits_are_measured_on_eval_iter_batches_during_training(self):
-        small, large = [0] * 5000, [0] * 5001
-        self.assertIsNone(tc.accuracy_batches(torch.utils.data.DataLoader(small), 5))
-        self.assertEqual(tc.accuracy_batches(torch.utils.data.DataLoader(large), 5), 5)
+        small, large = [([i], 0) for i in range(5000)], [([i], 0) for i in range(5001)]
+        loader = lambda items: torch.utils.data.DataLoader(items, 8, collate_fn=functools.partial(
+            data.pad_batch, pad_id=99))
+        self.assertEqual(len(speed.regrouped(loader(small), 5).dataset), 5000)
+        self.assertEqual(len(speed.regrouped(loader(large), 5).dataset), 40)  # 5 batches of 8
 
     def test_prediction_does_not_depend_on_batch_mates(self):
         model = load_gpt2.load_gpt2(self.model_dir)
@@ -696,12 +703,14 @@ class TestTrainClassifier(Trains):
             (["--trainable", "last-9", "--model", self.model_dir, "--data", self.data,
               "--out", empty], "last-N with 1 <= N <= 2"),
             (["--model", "gpt-7", "--data", self.data, "--out", empty], "unknown model 'gpt-7'"),
-            (["--data", empty / "nope.tsv", "--out", empty], "no data file at"),
+            (["--data", empty / "nope.tsv", "--model", self.model_dir, "--out", empty],
+             "no data file at"),
             (["--batch-size", "0"], "must be a number > 0"),
             (["--lr", "nan"], "must be a number > 0"),
             (["--trainable", "bottom"], "use head, all, lora or last-N"),
             (["--out", self.data, "--predict", "hi"], "no trained classifier at"),
-            (["--data", self.dir / "one_label.tsv", "--out", empty], "has a single label"),
+            (["--data", self.dir / "one_label.tsv", "--model", self.model_dir, "--out", empty],
+             "has a single label"),
             (["--init", "random", "--model", "gpt-7", "--data", self.data, "--out", empty],
              "unknown model 'gpt-7'"),
             (["--max-length", "65", "--model", self.model_dir, "--data", self.data,
@@ -1973,6 +1982,23 @@ class TestSpeedLayer(Trains):
             self.assert_fast_matches_plain([*flags, "--batch-size", "2",
                                             "--accumulation-steps", "2"], both)
 
+    def test_auto_picks_bfloat16_where_the_processor_multiplies_it_natively(self):
+        for capabilities, feature in (({"avx512_bf16": True, "avx2": True}, "avx512_bf16"),
+                                      ({"amx_bf16": True, "avx512_bf16": True}, "amx_bf16"),
+                                      ({"avx512_f": True, "avx2": True}, None), ({}, None)):
+            with self.subTest(capabilities), unittest.mock.patch.object(
+                    torch.cpu, "get_capabilities", lambda: capabilities, create=True):
+                self.assertEqual(NATIVE_BF16_CPU(), feature)
+        with unittest.mock.patch.object(speed, "native_bf16_cpu", lambda: "avx512_bf16"):
+            self.assertEqual(speed.use_bf16("auto", "cpu"),
+                             (True, "the CPU multiplies it natively (avx512_bf16)"))
+            self.assertEqual(speed.use_bf16("float32", "cpu"), (False, "--dtype float32"))
+            _, log = self.train("--epochs", "0")
+            self.assertIn("on cpu in bfloat16 (the CPU multiplies it natively (avx512_bf16))", log)
+        self.assertEqual(speed.use_bf16("auto", "cpu"), (False, "the CPU has no native bfloat16"))
+        _, log = self.train("--epochs", "0")
+        self.assertIn("on cpu in float32 (the CPU has no native bfloat16)", log)
+
     def test_bfloat16_learns_as_float32_does_on_both_paths(self):
         """Comparing the speed layer with the plain path under one dtype cannot catch a
         bfloat16 that does not learn: when one autocast region spanned the optimizer steps,
@@ -2100,7 +2126,7 @@ class TestReportOfARun(Trains):
                 final = self.records()[-1]
                 self.assertEqual(final["unused_sampled"], [n, 24])
                 self.assertEqual(sum(map(sum, final.get("unused_confusion", []))), n)
-                self.assertEqual(f"(12 spam in 48)" in log, n > 0)  # the whole data set's ratio
+                self.assertEqual("(12 spam in 48)" in log, n > 0)  # the whole data set's ratio
                 self.assertEqual(len(data.read_examples(self.out / "splits" / "unused.tsv")), 24)
 
     def test_metrics_png_is_drawn_from_a_finished_run(self):
@@ -2477,7 +2503,7 @@ class TestDistributed(Trains):
         folder = tmpdir(self)
         model_dir, toy = tiny_gpt2_folder(folder / "tiny"), spam_like(folder, n=40)
         common = ["--model", model_dir, "--data", toy, "--epochs", "2", "--lr", "1e-3",
-                  "--trainable", "last-1"]
+                  "--trainable", "last-1", "--dtype", "float32"]
         code, out, err = run_script("-m", "torch.distributed.run",
                                     "--standalone", "--nproc_per_node=2",
                                     "test_all.py", "--ddp-worker", folder / "ranks", *common,

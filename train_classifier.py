@@ -31,8 +31,9 @@ from lora import merge_lora, replace_linear_with_lora
 from model import GPTModel
 from report import TrainingLog, final_report
 from save import check_out, check_structure, read_classifier, save_run
-from speed import Autocast, SpeedLayer, adamw, autocast, use_bf16
-from utils import HelpFormatter, InputError, Progress, line_chunks, number, run_main
+from speed import Autocast, SpeedLayer, adamw, autocast, regrouped, use_bf16
+from utils import (HelpFormatter, InputError, Progress, every_one_or_what_failed, line_chunks,
+                   number, run_main)
 
 EXAMPLES = [  # the chapter's two examples
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -193,11 +194,9 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
                     return train_losses, val_losses, train_accs, val_accs, examples_seen
         if log.master:
             # The chapter measures accuracy on eval_iter batches here; we take whole loaders
-            # unless they are large (IMDB-sized): the final report always takes every text.
-            train_accuracy = calc_accuracy_loader(
-                train_loader, model, device, accuracy_batches(train_loader, eval_iter))
-            val_accuracy = calc_accuracy_loader(
-                val_loader, model, device, accuracy_batches(val_loader, eval_iter))
+            # unless they are large (IMDB-sized), their texts in larger batches (speed.py).
+            train_accuracy = calc_accuracy_loader(regrouped(train_loader, eval_iter), model, device)
+            val_accuracy = calc_accuracy_loader(regrouped(val_loader, eval_iter), model, device)
             log.accuracies(epoch, global_step, train_accuracy, val_accuracy)
             train_accs.append(train_accuracy)
             val_accs.append(val_accuracy)
@@ -266,16 +265,18 @@ def main(argv=None):
         log = TrainingLog(master=rank == 0)
         # The data and pretrained GPT-2 (6.2-6.4). Under torchrun one process per machine
         # downloads what is missing while the others wait.
-        with first_on_each_machine(ddp):
-            tokenizer = get_tokenizer(args.model)
-            splits, labels = load_dataset(args.data, args.seed, args.balance,
-                                          args.text_column, args.label_column)
+        with first_on_each_machine(ddp):  # all three tried: what is missing is named at once
             torch.manual_seed(args.seed)  # the same weights each run with --init random
-            model = load_gpt2(args.model, pretrained=args.init == "pretrained")
+            tokenizer, (splits, labels), model = every_one_or_what_failed(
+                ("GPT-2's vocabulary", lambda: get_tokenizer(args.model)),
+                ("the data", lambda: load_dataset(args.data, args.seed, args.balance,
+                                                  args.text_column, args.label_column)),
+                ("the weights", lambda: load_gpt2(args.model, pretrained=args.init != "random")))
         max_length = args.max_length or model.cfg["context_length"]
         sets = {name: encode_examples(tokenizer, examples, labels, max_length, args.truncate)
                 for name, examples in splits.items()}
         check_fits(args, model, tokenizer, sets, max_length, world_size)
+        log.mark("load")
         collate = functools.partial(pad_batch, pad_id=tokenizer.eot_token)
         # A seeded shuffle each epoch, and under torchrun each process's share of every batch.
         sampler = DistributedSampler(sets["train"], world_size, rank, seed=args.seed,
@@ -292,6 +293,7 @@ def main(argv=None):
                          args.lora_alpha).to(device)
         net, optimizer, options = classifier_and_options(args, model, tokenizer, sets, labels,
                                                          device, log)
+        log.mark("fill")
         # Fine-tuning (6.7), then the accuracy on every split.
         torch.manual_seed(args.seed)
         train_classifier_simple(DDP(net) if ddp else net, train_loader, val_loader, optimizer,
@@ -299,8 +301,9 @@ def main(argv=None):
         check_finite(model, "after training", "training diverged; try a smaller --lr")
         if not log.master:
             return model
+        log.mark("epochs")
         log.history.append(final_report(net, sets, collate, labels, device, log.start,
-                                        args.unused_texts, args.seed))
+                                        args.unused_texts, args.seed) | log.mark("final report"))
         texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
         for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels, max_length,
                                                        args.truncate)):
@@ -323,9 +326,9 @@ def classifier_and_options(args, model, tokenizer, sets, labels, device, log):
     """main's Classifier (with speed.py's SpeedLayer and bfloat16 unless turned off), AdamW,
     and the loop's options: the forks the flags switch on, each built here in one line."""
     params = [p for p in model.parameters() if p.requires_grad]
-    bf16 = use_bf16(args.dtype, device)
+    bf16, why = use_bf16(args.dtype, device)
     log(f"model: {args.model} ({model.source}) on {device} in "
-        f"{'bfloat16' if bf16 else 'float32'}, {sum(map(torch.numel, params)):,} of "
+        f"{'bfloat16' if bf16 else 'float32'} ({why}), {sum(map(torch.numel, params)):,} of "
         f"{sum(map(torch.numel, model.parameters())):,} parameters train ({args.trainable}, "
         f"--pooling {args.pooling})")
     fast = None
@@ -376,11 +379,6 @@ def check_fits(args, model, tokenizer, sets, max_length, world_size):
     check_out(args.out)
 
 
-def accuracy_batches(data_loader, eval_iter, whole_up_to=5000):
-    """Batches to measure after each epoch: all of a split of up to 5,000 texts, else eval_iter."""
-    return None if len(data_loader.dataset) <= whole_up_to else eval_iter
-
-
 def stop_if_diverged(loss, step):
     if not math.isfinite(loss.item()):
         raise InputError(f"the loss became {loss.item()} at step {step}: " + (
@@ -396,7 +394,7 @@ def predict(args):
     net, s = load_classifier(args.classifier or args.out / "classifier.safetensors", device)
     tokenizer = get_tokenizer()  # GPT-2's: checked when the classifier was trained
     net.fast = SpeedLayer(net.model, tokenizer.eot_token, s["pooling"]) if args.fast else None
-    net = Autocast(net, device) if use_bf16(args.dtype, device) else net
+    net = Autocast(net, device) if use_bf16(args.dtype, device)[0] else net
     chunks = line_chunks(sys.stdin) if args.predict == ["-"] else [args.predict]
     # A progress line only when the answers go to a file: on one terminal the two would mix.
     progress, done = Progress("classifying", 0, "texts", 1e9 if sys.stdout.isatty() else 2.0), 0
@@ -461,7 +459,7 @@ def parse_args(argv=None):
       help="the speed layer (same results); --no-fast runs the chapter's plain path")
     a("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-      help="bfloat16 autocast, with or without --fast (auto: on CUDA GPUs from Ampere on)")
+      help="bfloat16 autocast, with or without --fast (auto: where the hardware has it natively)")
     a("--compile", action="store_true", help="torch.compile the trained blocks (worth it on GPUs)")
     a("--cache", choices=["auto", "ram", "disk", "off"], default="auto",
       help="where the frozen-prefix cache lives (auto: in RAM up to --cache-mb, else on disk)")

@@ -70,6 +70,23 @@ def run_main(main, interrupted="interrupted"):
         sys.exit(130)  # the shell's code for Ctrl-C
 
 
+def every_one_or_what_failed(*tries):
+    """The results of tries, (what, function) pairs, all run; or, if any fails, one InputError
+    naming every one that did, a line each: a first run offline learns all it lacks at once."""
+    results, failed = [], []
+    for what, attempt in tries:
+        try:
+            results.append(attempt())
+        except InputError as e:
+            failed.append(f"{what}: {e}")
+    if len(failed) == 1:
+        raise InputError(failed[0].split(": ", 1)[1])
+    if failed:
+        raise InputError(f"{len(failed)} things failed; nothing was trained:\n  - "
+                         + "\n  - ".join(failed))
+    return results
+
+
 @contextmanager
 def atomic_write(dest, suffix=".tmp"):
     """Yield a temporary path beside dest; it becomes dest only if the block completes, so an
