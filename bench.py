@@ -1,12 +1,15 @@
 """The measurements behind the README's speed numbers, each a side-by-side ratio in one run.
 
-    python bench.py train --data path/to/SMSSpamCollection
+    python bench.py train --data path/to/SMSSpamCollection [--dtype float32 bfloat16]
         train_classifier.py's default 5-epoch run (gpt2-small shape, --init random: timing does
-        not depend on the weight values) against the textbook recipe on the same data: every
-        text padded to 120 tokens, all 12 blocks run every step, class read at the last position.
-    python bench.py predict --data path/to/SMSSpamCollection
-        messages per second for --predict - (10,000 SMS texts, batched by length) against one
-        text at a time and against padding every batch to 120 tokens, as the chapter does.
+        not depend on the weight values) in each --dtype, each phase's time, tokens/s and
+        estimated FLOP rate, how often their test predictions agree; then the textbook recipe on
+        the same data: every text padded to 120 tokens, all 12 blocks run every step, the class
+        read at the last position.
+    python bench.py predict --data path/to/SMSSpamCollection [--dtype float32 bfloat16]
+        messages per second for --predict - (10,000 SMS texts, batched by length) in each --dtype;
+        in float32 against one text at a time and against padding every batch to 120 tokens, as
+        the chapter does.
     python bench.py scale --data path/to/SMSSpamCollection
         IMDB-shaped texts (SMS messages glued to about 270 tokens) at three sizes: time of the
         prefix fill and of each epoch, and peak memory, with the prefix cache in RAM, on disk, off.
@@ -36,7 +39,7 @@ from data import encode, load_dataset, read_examples, sms_spam_file
 from generate import generate
 from load_gpt2 import get_tokenizer, load_gpt2
 from model import GPTModel, get_config
-from speed import SpeedLayer
+from speed import Autocast, SpeedLayer
 from utils import InputError, line_chunks, number, run_main
 
 
@@ -99,19 +102,57 @@ def textbook_recipe(data, epochs=5, batch_size=8, max_length=120, seed=123):
 
 def bench_train(args):
     print(f"machine: {machine()}")
-    with tempfile.TemporaryDirectory() as out:
-        start = time.time()
-        train_classifier.main(["--init", "random", "--out", out]
-                              + (["--data", args.data] if args.data else []))
-        ours = time.time() - start
-        final = json.loads((Path(out) / "metrics.jsonl").read_text("utf-8").splitlines()[-1])
-    unused = final.get("unused_eval_s", 0.0)  # work the recipe has no counterpart for
-    print(f"\nours, whole run (load, prefix fill, 5 epochs, full-split accuracies, save): "
-          f"{ours:.1f} s, of which {unused:.1f} s evaluate the unused split", flush=True)
+    runs, tokenizer = {}, get_tokenizer()
+    with tempfile.TemporaryDirectory() as folder:
+        for dtype in args.dtype:
+            out = Path(folder) / dtype
+            train_classifier.main(["--init", "random", "--dtype", dtype, "--out", out]
+                                  + (["--data", args.data] if args.data else []))
+            records = [json.loads(line) for line in (out / "metrics.jsonl").open(encoding="utf-8")]
+            splits = {name: [text for _, text in read_examples(out / "splits" / f"{name}.tsv")]
+                      for name in ("train", "validation", "test", "unused")}
+            net, settings = train_classifier.load_classifier(out)
+            net = Autocast(net, "cpu") if dtype == "bfloat16" else net
+            runs[dtype] = (records, train_classifier.probabilities(
+                net, tokenizer, splits["test"], settings["max_length"]).argmax(dim=-1))
+    tokens = {name: sum(map(len, encode(tokenizer, texts, 1024))) for name, texts in splits.items()}
+    texts = {name: len(texts) for name, texts in splits.items()}
+    for dtype, (records, _) in runs.items():
+        final, losses = records[-1], [r for r in records if "val_loss" in r][-1]
+        print(f"\n{dtype}: train loss {losses['train_loss']:.3f}, val loss {losses['val_loss']:.3f}"
+              f"; accuracy " + ", ".join(f"{n} {final[f'{n}_acc']:.2%}" for n in tokens))
+        for phase, seconds, n, gflop in phases(final, tokens, texts):
+            print(f"  {phase:<16} {seconds:7.1f} s  {n / seconds:9,.0f} tokens/s  "
+                  f"{gflop / seconds:6.1f} GFLOP/s (estimated)")
+    if len(runs) == 2:
+        (_, a), (_, b) = runs.values()
+        print(f"\ntest predictions agree on {(a == b).float().mean():.2%} of {len(a)} texts")
+    ours = {dtype: sum(records[-1]["phases_s"].values()) for dtype, (records, _) in runs.items()}
+    unused = {dtype: records[-1].get("unused_eval_s", 0.0) for dtype, (records, _) in runs.items()}
     recipe, steps = textbook_recipe(args.data)
-    print(f"textbook recipe (training loop only, {steps} steps): {recipe:.1f} s")
-    print(f"speed-up: {recipe / (ours - unused):.1f}x without the unused split, "
-          f"{recipe / ours:.1f}x with it")
+    print(f"\ntextbook recipe (training loop only, {steps} steps): {recipe:.1f} s")
+    for dtype in runs:
+        print(f"{dtype}: the whole run {ours[dtype]:.1f} s, of which {unused[dtype]:.1f} s "
+              f"evaluate the unused split; speed-up {recipe / (ours[dtype] - unused[dtype]):.1f}x "
+              f"without it (like for like), {recipe / ours[dtype]:.1f}x with it")
+
+
+def phases(final, tokens, texts, C=768, n_bottom=11, epochs=5):
+    """(phase, seconds, tokens, GFLOPs) of a default run: the matmuls' FLOPs counted from their
+    shapes. A block costs 24 C^2 a token forward; the trained one, at the last token only, 4 C^2 a
+    token (its keys and values) and 20 C^2 a text, and three times that with its backward pass."""
+    top = {name: 4 * C * C * tokens[name] + 20 * C * C * texts[name] for name in tokens}
+    cached = sum(tokens[n] for n in ("train", "validation", "test"))
+    fill = (cached, cached * n_bottom * 24 * C * C)
+    train = (epochs * (tokens["train"] + tokens["validation"]),  # steps and the accuracies
+             epochs * (3 * top["train"] + top["train"] + top["validation"]))
+    report = (cached, sum(top[n] for n in ("train", "validation", "test")))
+    unused = (tokens["unused"], tokens["unused"] * (n_bottom * 24 + 4) * C * C)
+    seconds = final["phases_s"]
+    return [("load", seconds["load"], cached, 0), ("fill", seconds["fill"], *fill),
+            ("epochs", seconds["epochs"], *train),
+            ("final report", seconds["final report"] - final.get("unused_eval_s", 0), *report),
+            ("unused split", final.get("unused_eval_s", 0), *unused)]
 
 
 def sms_texts(data, n):
@@ -127,11 +168,19 @@ def bench_predict(args):
     model = train_classifier.build_classifier(GPTModel(get_config("gpt2-small")), 2).eval()
     eot, labels = tokenizer.eot_token, ["ham", "spam"]
     fast = train_classifier.Classifier(model, eot, fast=SpeedLayer(model, eot))
-    start = time.time()  # what --predict - does: chunks of lines, each batched by length
-    for chunk in line_chunks(io.BytesIO("\n".join(texts).encode())):
-        train_classifier.classify(fast, tokenizer, chunk, labels, 1024)
-    batched = len(texts) / (time.time() - start)
-    few = texts[:500]  # the slow ways, on the first 500 texts
+    batched = {}
+    for dtype in args.dtype:  # what --predict - does: chunks of lines, each batched by length
+        net, start = Autocast(fast, "cpu") if dtype == "bfloat16" else fast, time.time()
+        for chunk in line_chunks(io.BytesIO("\n".join(texts).encode())):
+            train_classifier.classify(net, tokenizer, chunk, labels, 1024)
+        batched[dtype] = len(texts) / (time.time() - start)
+        print(f"--predict - in {dtype} (batched by length, 10,000 texts): "
+              f"{batched[dtype]:6.1f} messages/s", flush=True)
+    if len(batched) == 2:
+        print(f"bfloat16 is {batched['bfloat16'] / batched['float32']:.2f}x float32")
+    few, base = texts[:500], batched.get("float32")  # the slow ways, on the first 500 texts
+    if base is None:
+        return
     start = time.time()
     for text in few:
         train_classifier.classify(fast, tokenizer, [text], labels, 1024)
@@ -142,11 +191,10 @@ def bench_predict(args):
             ids = encode(tokenizer, few[i:i + 32], 120)
             model(torch.tensor([t + [tokenizer.eot_token] * (120 - len(t)) for t in ids]))
     padded = len(few) / (time.time() - start)
-    print(f"--predict - (batched by length, 10,000 texts): {batched:6.1f} messages/s")
-    print(f"one text at a time (500 texts):               {alone:6.1f} messages/s "
-          f"-> batched is {batched / alone:.1f}x faster")
-    print(f"padded to 120 tokens, batches of 32 (500):    {padded:6.1f} messages/s "
-          f"-> batched is {batched / padded:.1f}x faster")
+    print(f"float32, one text at a time (500 texts): {alone:6.1f} messages/s "
+          f"-> batched is {base / alone:.1f}x faster")
+    print(f"float32, padded to 120 tokens, batches of 32 (500): {padded:6.1f} messages/s "
+          f"-> batched is {base / padded:.1f}x faster")
 
 
 SCALE_CHILD = """
@@ -290,6 +338,8 @@ def main(argv=None):
                    help="numbers of texts for 'scale'")
     p.add_argument("--new-tokens", type=number(int), default=200,
                    help="tokens to generate for 'generate'")
+    p.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"],
+                   default=["float32", "bfloat16"], help="for 'train' and 'predict'")
     args = p.parse_args(argv)
     if args.data is not None and not Path(args.data).is_file():
         raise InputError(f"--data {args.data}: no such file; pass the SMS Spam Collection file")

@@ -173,7 +173,8 @@ def regrouped(data_loader, eval_iter, whole_up_to=5000, batch_size=64):
     n = None if len(data_loader.dataset) <= whole_up_to else eval_iter
     items = sorted((data_loader.dataset[i] for batch in itertools.islice(
         data_loader.batch_sampler, n) for i in batch), key=lambda item: len(item[0]))
-    return DataLoader(items, batch_size, collate_fn=data_loader.collate_fn)
+    return DataLoader(items, max(batch_size, data_loader.batch_size),
+                      collate_fn=data_loader.collate_fn)
 
 
 def adamw(params, fused, **settings):
