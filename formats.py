@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 
 import numpy as np
 import tiktoken
@@ -20,12 +21,21 @@ import torch
 from utils import InputError, atomic_write
 
 
+CONFIG_BYTES, VOCAB_BYTES = 1_000_000, 10_000_000  # the most a config.json, a vocab.json may have
+
+
 def read_small(path, limit):
-    """The bytes of a regular file of at most limit bytes: never a device, a pipe or a huge file
-    (a symlink to /dev/zero would otherwise read forever)."""
-    if not path.is_file() or path.stat().st_size > limit:
+    """The bytes of a regular file of at most limit bytes, checked once open, not by its name:
+    never a device, a pipe (opened without waiting for a writer) or a huge file."""
+    try:
+        with open(path, "rb", opener=lambda name, flags: os.open(
+                name, flags | getattr(os, "O_NONBLOCK", 0))) as f:
+            data = f.read(limit + 1) if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror or e})") from None
+    if data is None or len(data) > limit:
         raise ValueError(f"{path} is not a regular file of at most {limit:,} bytes")
-    return path.read_bytes()
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +391,7 @@ def read_config(path):
     """cfg from Hugging Face's config.json or OpenAI's hparams.json. A key that would make the
     file's model compute something GPTModel does not is refused, and so is an unknown key."""
     try:
-        hf = json.loads(read_small(path, 1_000_000))
+        hf = json.loads(read_small(path, CONFIG_BYTES))
         if not isinstance(hf, dict):
             raise ValueError("not a JSON object")
         for key, value in hf.items():
@@ -408,21 +418,27 @@ GPT2_RANKS_SHA256 = "3688d51d64f4f960692ec9745abe1ddb9699fb637fe608cceaf8917b065
 
 
 def encoding_from(path):
-    """tiktoken's GPT-2 encoding, built from an encoder.json or vocab.json file. Their tokens
-    are bytes written as printable characters (GPT-2's bytes_to_unicode): undone here."""
+    """tiktoken's GPT-2 encoding, built from an encoder.json or vocab.json file."""
+    try:
+        return gpt2_encoding(read_small(path, VOCAB_BYTES))
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+        raise InputError(f"{path} is not GPT-2's vocabulary ({e})") from None
+
+
+@functools.lru_cache(maxsize=4)  # the same bytes, read again by each run in one process
+def gpt2_encoding(raw):
+    """The encoding of an encoder.json's bytes. Their tokens are bytes written as printable
+    characters (GPT-2's bytes_to_unicode): undone here."""
     printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
     others = [b for b in range(256) if b not in printable]
     byte = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
-    try:
-        vocab = json.loads(read_small(path, 10_000_000))
-        ranks = {bytes(byte[c] for c in token): rank for token, rank in vocab.items()
-                 if token != "<|endoftext|>"}
-        digest = hashlib.sha256(b"".join(r.to_bytes(4, "little") + len(t).to_bytes(2, "little")
-                                         + t for t, r in sorted(ranks.items(), key=lambda x: x[1])))
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
-        raise InputError(f"{path} is not GPT-2's vocabulary ({e})") from None
+    vocab = json.loads(raw)
+    ranks = {bytes(byte[c] for c in token): rank for token, rank in vocab.items()
+             if token != "<|endoftext|>"}
+    digest = hashlib.sha256(b"".join(r.to_bytes(4, "little") + len(t).to_bytes(2, "little")
+                                     + t for t, r in sorted(ranks.items(), key=lambda x: x[1])))
     if digest.hexdigest() != GPT2_RANKS_SHA256 or vocab.get("<|endoftext|>") != 50256:
-        raise InputError(f"{path} is not GPT-2's vocabulary (its tokens differ); this project "
-                         "reads every text with GPT-2's, so this model would read garbage")
+        raise ValueError("its tokens differ: this project reads every text with GPT-2's, so "
+                         "this model would read garbage")
     return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)

@@ -1063,8 +1063,8 @@ class TestTokenizerAndDevice(Sources):
             vocab = json.loads(ENCODER_JSON.read_bytes())
             vocab["Ġthe"], vocab["Ġa"] = vocab["Ġa"], vocab["Ġthe"]  # two ranks swapped
             (folder / "encoder.json").write_text(json.dumps(vocab), encoding="utf-8")
-            with self.assertRaisesRegex(utils.InputError, "tiktoken failed .*encoder.json is not "
-                                                          "GPT-2's vocabulary"):
+            with self.assertRaisesRegex(utils.InputError, "book/encoder.json is not GPT-2's "
+                                                          "vocabulary"):
                 load_gpt2.get_tokenizer(folder)
         shutil.copy(ENCODER_JSON, folder / "encoder.json")
         tiktoken_cache = self.dir / "tiktoken"  # tiktoken's files, but one of them damaged
@@ -1072,17 +1072,35 @@ class TestTokenizerAndDevice(Sources):
         (tiktoken_cache / ENCODER_JSON.name).write_bytes(b"{}")
         for cache in ("", str(tiktoken_cache)):  # "": tiktoken keeps no cache, it downloads
             with self.subTest(cache=cache), unittest.mock.patch.dict(
-                    os.environ, {**env, "TIKTOKEN_CACHE_DIR": cache}), unittest.mock.patch.object(
-                    load_gpt2.tiktoken, "get_encoding", side_effect=AssertionError("a request")):
+                    os.environ, {**env, "TIKTOKEN_CACHE_DIR": cache}), unittest.mock.patch(
+                    "tiktoken.get_encoding", side_effect=AssertionError("tiktoken reads")):
                 self.assertEqual(load_gpt2.get_tokenizer(folder).n_vocab, 50257)  # offline
         hub = self.hub({("openai-community/gpt2", "vocab.json"): ENCODER_JSON.read_bytes()})
         with unittest.mock.patch.dict(os.environ, {**env, "HF_HUB_OFFLINE": ""}), \
-                unittest.mock.patch.object(load_gpt2.tiktoken, "get_encoding",
-                                           side_effect=ConnectionError):  # no tiktoken download
+                unittest.mock.patch("tiktoken.get_encoding",
+                                    side_effect=AssertionError("tiktoken downloads")):
             self.assertEqual(load_gpt2.get_tokenizer("gpt2").encode_ordinary(text),
                              real.encode_ordinary(text))
         self.assertEqual([r[1] for r in hub.requests if r[0] == "GET"],
                          ["/openai-community/gpt2/resolve/main/vocab.json"])
+
+    @unittest.skipUnless(ENCODER_JSON.exists(), f"{ENCODER_JSON} not present")
+    @unittest.skipIf(sys.platform == "win32", "FIFOs are POSIX")
+    def test_files_planted_in_tiktokens_shared_cache_are_never_opened(self):
+        planted = self.dir / "data-gym-cache"  # tiktoken's folder in /tmp, as another user left it
+        planted.mkdir()
+        bpe = hashlib.sha1(b"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+                           b"vocab.bpe").hexdigest()
+        os.mkfifo(planted / bpe)  # reading it waits forever
+        (planted / ENCODER_JSON.name).symlink_to("/dev/zero")  # reading it never ends
+        folder = self.dir / "book"
+        shutil.copytree(TF_FIXTURE, folder)
+        shutil.copy(ENCODER_JSON, folder / "encoder.json")
+        code = "import load_gpt2, sys; print(load_gpt2.get_tokenizer(sys.argv[1]).n_vocab)"
+        result = subprocess.run([sys.executable, "-c", code, folder], cwd=ROOT, text=True,
+                                capture_output=True, timeout=30,
+                                env={**os.environ, "TIKTOKEN_CACHE_DIR": str(planted)})
+        self.assertEqual(result.stdout.strip(), "50257", result.stderr)
 
     def test_apple_mps_only_with_torch_2_9_or_newer(self):
         for version, device in (("2.8.0", "cpu"), ("2.9.1", "mps"), ("2.10.0", "mps")):
