@@ -25,6 +25,7 @@ import threading
 import time
 import unittest
 import unittest.mock
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -1440,13 +1441,17 @@ class FileServer:
       fail: a list of status codes, one taken per request and answered (503, 404, ...);
       corrupt: send other bytes of the right length; ignore_range: answer 200 to a Range;
       lie: claim that many more bytes than are sent;
-      redirect: {path: url} answered with a 302 there, with extra headers (the hub's way).
+      redirect: {path: url} answered with a 302 there, with extra headers (the hub's way);
+      no_length: no Content-Length (the body ends when the connection does);
+      slow_headers: seconds between the bytes of the status line and headers;
+      trickle: (n, s): the body's first n bytes at once, then a byte every s seconds, 40 at most.
     """
 
     def __init__(self, files, **switches):
         self.files, self.requests = files, []
         self.switch = {"cut_after": [], "fail": [], "corrupt": False, "ignore_range": False,
-                       "lie": 0, "redirect": {}, "headers": {}, **switches}
+                       "lie": 0, "redirect": {}, "headers": {}, "no_length": False,
+                       "slow_headers": 0, "trickle": None, **switches}
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -1471,6 +1476,11 @@ class FileServer:
                 if self.path not in server.files:
                     return self.send_error(404)
                 data = server.files[self.path]
+                if sw["slow_headers"]:
+                    head = f"HTTP/1.0 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                    if self.slowly(head, sw["slow_headers"]):
+                        self.wfile.write(data)
+                    return
                 start = int(re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "bytes=0-"))
                             .group(1))
                 if start and not sw["ignore_range"]:
@@ -1482,23 +1492,38 @@ class FileServer:
                     self.send_response(200)
                     start = 0
                 part = data[start:]
-                self.send_header("Content-Length", str(len(part) + sw["lie"]))
+                if not sw["no_length"]:
+                    self.send_header("Content-Length", str(len(part) + sw["lie"]))
                 self.end_headers()
                 if not body:
                     return
                 part = bytes(len(part)) if sw["corrupt"] else part
+                if sw["trickle"]:
+                    at_once, pause = sw["trickle"]
+                    self.wfile.write(part[:at_once])
+                    return self.slowly(part[at_once:at_once + 40], pause)
                 cut = sw["cut_after"].pop(0) if sw["cut_after"] else None
                 self.wfile.write(part[:cut])
                 if cut is not None:
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)  # the connection drops
 
+            def slowly(self, raw, pause):  # a byte at a time: whether the client took them all
+                try:
+                    for i in range(len(raw)):
+                        time.sleep(pause)
+                        self.wfile.write(raw[i:i + 1])
+                    return True
+                except OSError:
+                    return False
+
             def log_message(self, *args):
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # 0.05: how often serve_forever looks for close()'s shutdown (0.5 s by default)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def ranges(self):
         return [headers.get("Range") for _, _, headers in self.requests]
@@ -1632,7 +1657,8 @@ class TestDownloads(unittest.TestCase):
 
     def test_the_hub_announces_size_and_sha256_and_never_sees_the_token_leave(self):
         storage = self.serve({"/blob": self.body})
-        hub = self.serve({"/org/tiny/resolve/main/config.json": b'{"n_embd": 4}'},
+        hub = self.serve({"/org/tiny/resolve/main/config.json": (FIXTURE / "config.json")
+                          .read_bytes()},  # a config that reading it takes: it is kept
                          redirect={"/org/tiny/resolve/main/model.safetensors":
                                    storage.url + "/blob"},
                          headers={"/org/tiny/resolve/main/model.safetensors": {
@@ -1655,6 +1681,76 @@ class TestDownloads(unittest.TestCase):
         with unittest.mock.patch.dict(os.environ, env), \
                 self.assertRaisesRegex(utils.InputError, "no model.bin in org/tiny.*HF_TOKEN"):
             download.hub_download("org/tiny", "model.bin", self.dest.with_name("3"))
+
+    def slow(self):
+        """A minimum rate a transfer falls under within a second, and no retry."""
+        for patch in (unittest.mock.patch.object(download, "MIN_RATE", 1000),
+                      unittest.mock.patch.object(download, "RATE_WINDOW_S", 0.5),
+                      unittest.mock.patch.object(download, "RETRIES", 0)):
+            patch.start()
+            self.addCleanup(patch.stop)
+
+    def test_a_trickling_server_ends_in_one_line_and_shows_progress(self):
+        self.slow()
+        for switches in ({"trickle": (1000, 0.05)}, {"slow_headers": 0.05}):
+            with self.subTest(switches):
+                server, err, start = self.serve({"/file": os.urandom(2000)}, **switches), \
+                    io.StringIO(), time.time()
+                with contextlib.redirect_stderr(err), self.assertRaisesRegex(
+                        utils.InputError, "could not download .* \\(under 1,000 bytes a second "
+                                          "for 0.5 s\\); check the network"):
+                    download.download(server.url + "/file", self.dest)
+                self.assertLess(time.time() - start, 1.8)  # the server would take 2 s more
+                self.assertFalse(self.dest.exists())
+                if "trickle" in switches:  # what came, shown as it came
+                    self.assertIn("downloading file.bin: 0.0/0.0 MB (", err.getvalue())
+
+    def test_a_redirect_is_followed_to_http_and_https_only(self):
+        secret = tmpdir(self) / "id_rsa"
+        secret.write_bytes(b"a local file no server may have us copy")
+        config = (FIXTURE / "config.json").read_bytes()
+        hub = self.serve({}, redirect={
+            "/org/a/resolve/main/config.json": secret.as_uri(),  # file:///..., no host
+            "/org/b/resolve/main/config.json": "data:," + urllib.parse.quote(config),
+            "/org/c/resolve/main/model.safetensors": "ftp://127.0.0.1:9/model.safetensors"})
+        for repo, name in (("org/a", "config.json"), ("org/b", "config.json"),
+                           ("org/c", "model.safetensors")):
+            with self.subTest(repo), contextlib.redirect_stderr(io.StringIO()), \
+                    unittest.mock.patch.dict(os.environ, {"HF_ENDPOINT": hub.url}), \
+                    self.assertRaisesRegex(utils.InputError, "unknown url type"):
+                download.hub_download(repo, name, self.dest.parent / repo / name)
+        self.assertEqual([p for p in self.dest.parent.rglob("*") if p.is_file()
+                          and p.name != ".lock"], [])  # .lock: Windows
+
+    def test_every_download_has_a_limit_known_before_its_first_byte(self):
+        endless = self.serve({"/file": b"x" * 3_000_000}, no_length=True)  # as far as we know
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaisesRegex(
+                utils.InputError, "sends more than the 1,000,000 bytes announced or allowed"):
+            download.download(endless.url + "/file", self.dest.with_name("config.json"))
+        for name, claim in (("vocab.json", 20_000_000), ("file.bin", 9_000_000_000)):
+            liar = self.serve({"/file": b"{}"}, lie=claim)
+            with self.subTest(name), self.assertRaisesRegex(
+                    utils.InputError, f"announces a {name} of {claim + 2:,} bytes, more than"):
+                download.download(liar.url + "/file", self.dest.with_name(name))
+            self.assertEqual(len(liar.requests), 1)  # refused at once, not retried
+        self.assertEqual(list(self.dest.parent.iterdir()), [])  # no file, no part
+
+    def test_only_what_reading_it_takes_is_cached(self):
+        config, dest = (FIXTURE / "config.json").read_bytes(), self.dest.with_name("config.json")
+        url = "/org/x/resolve/main/config.json"
+        hub = self.serve({url: b"<html><body>Log in to the airport's Wi-Fi</body></html>"})
+        with unittest.mock.patch.dict(os.environ, {"HF_ENDPOINT": hub.url}), \
+                contextlib.redirect_stderr(io.StringIO()):
+            for what in ("a captive portal's page", "cut off, no length to tell"):
+                with self.subTest(what), self.assertRaisesRegex(
+                        utils.InputError, f"{re.escape(hub.url + url)} is not a usable GPT-2 "
+                                          "config .*not kept, so the next run downloads it again"):
+                    download.hub_download("org/x", "config.json", dest)
+                self.assertEqual(list(dest.parent.iterdir()), [])
+                hub.files[url], hub.switch["no_length"] = config[:len(config) // 2], True
+            hub.files[url], hub.switch["no_length"] = config, False  # the hub is back
+            download.hub_download("org/x", "config.json", dest)
+        self.assertEqual(dest.read_bytes(), config)
 
     def test_sms_zip_is_downloaded_checked_then_reused_offline(self):
         content = SMS.read_bytes() if SMS.exists() else None
