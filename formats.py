@@ -142,11 +142,12 @@ TF_DTYPES = {1: (np.float32, torch.float32), 19: (np.float16, torch.float16),
              14: (np.int16, torch.bfloat16)}
 
 
-def read_tf_checkpoint(folder):
+def read_tf_checkpoint(folder, expected):
     """{Hugging Face name: tensor} from OpenAI's TensorFlow checkpoint in folder, TensorFlow
     not needed: model.ckpt.index is a table in LevelDB's format whose values are protobuf
     entries giving each tensor's dtype, shape, byte range in model.ckpt.data-00000-of-00001
-    and CRC-32C. Every entry, range and checksum is checked; OpenAI's names are renamed."""
+    and CRC-32C. Every entry, range and checksum is checked; OpenAI's names are renamed, and
+    checked by expected(tensors as meta tensors, shapes without data) before the first CRC."""
     index, data_file = folder / "model.ckpt.index", folder / "model.ckpt.data-00000-of-00001"
     try:
         pairs = list(itertools.islice(table_entries(np.frombuffer(
@@ -182,6 +183,8 @@ def read_tf_checkpoint(folder):
         for (_, end, *_), (begin, *_) in zip(sorted(ranges), sorted(ranges)[1:]):
             if begin < end:
                 raise ValueError(f"two tensors share bytes {begin}..{end} of {data_file}")
+        expected({name: torch.empty(t.shape, dtype=t.dtype, device="meta")
+                  for name, t in tensors.items()})
         for begin, end, crc, name in ranges:  # last: the costly check, on a sound structure
             if unmask(crc) != crc32c(data[begin:end]):
                 raise ValueError(f"tensor {name!r} fails its CRC-32C checksum in {data_file}")
@@ -189,6 +192,9 @@ def read_tf_checkpoint(folder):
         raise InputError(f"{index} is damaged or not OpenAI's TensorFlow checkpoint ({e}); if it "
                          "was downloaded, delete the folder's files and download them again"
                          ) from None
+    except MemoryError as e:
+        raise InputError(f"out of memory while reading {data_file} ({e}); free some, or use a "
+                         "smaller model") from None
     return tensors
 
 
@@ -289,30 +295,35 @@ for _ in range(3):  # ... and the tables that take 4 bytes a step
 CRC_TABLE = CRC[0].tolist()
 
 
-def crc32c(data):
-    """CRC-32C of a uint8 array, with numpy. The data is cut into K slices whose CRCs advance
-    side by side, 4 bytes a step; then neighbours are joined, CRC(a + b) = Z(CRC(a)) ^ CRC(b),
-    where Z, appending len(b) zero bytes, is a linear map on the 32-bit register (zero_bytes).
-    Zero bytes in front change nothing; the initial register 0xFFFFFFFF is added at the end."""
+def crc32c(data, piece=1 << 24):
+    """CRC-32C of a uint8 array, with numpy, a piece of 16 MB at a time (so a tensor of any size
+    costs one 16 MB copy). A piece is cut into K slices whose CRCs advance side by side, 4 bytes
+    a step; then neighbours are joined, CRC(a + b) = Z(CRC(a)) ^ CRC(b), where Z, appending
+    len(b) zero bytes, is a linear map on the 32-bit register (zero_bytes); pieces are joined the
+    same way. Zero bytes in front change nothing; the initial register 0xFFFFFFFF is added last."""
     n = len(data)
     if n < 4096:  # a few bytes: one at a time, in Python, costs less than numpy's setup
         c = 0xFFFFFFFF
         for byte in data.tobytes():
             c = CRC_TABLE[(c ^ byte) & 255] ^ (c >> 8)
         return c ^ 0xFFFFFFFF
-    K = 1 << min(14, max(0, (n // 64).bit_length() - 1))  # slices: 2**k, 64+ bytes each
-    L = -(-n // K)  # bytes a slice, rounded up to a multiple of 4
-    L += -L % 4
-    buf = np.zeros(K * L, np.uint8)
-    buf[K * L - n:] = data
-    c = np.zeros(K, np.uint32)
-    for word in np.ascontiguousarray(buf.view("<u4").reshape(K, L // 4).T):  # (K,) a step
-        c ^= word
-        c = CRC[3][c & 255] ^ CRC[2][(c >> 8) & 255] ^ CRC[1][(c >> 16) & 255] ^ CRC[0][c >> 24]
-    z = zero_bytes(L)
-    while len(c) > 1:
-        c, z = linear(z, c[0::2]) ^ c[1::2], linear(z, z)
-    return int(c[0] ^ linear(zero_bytes(n), np.array([0xFFFFFFFF], np.uint32))[0]) ^ 0xFFFFFFFF
+    crc = np.zeros(1, np.uint32)  # of the pieces so far
+    for at in range(0, n, piece):
+        part = data[at:at + piece]
+        K = 1 << min(14, max(0, (len(part) // 64).bit_length() - 1))  # slices: 2**k, 64+ bytes
+        L = -(-len(part) // K)  # bytes a slice, rounded up to a multiple of 4
+        L += -L % 4
+        if len(part) < K * L:  # padded with zeros in front (a whole piece needs none)
+            part = np.concatenate([np.zeros(K * L - len(part), np.uint8), part])
+        c = np.zeros(K, np.uint32)
+        for word in np.ascontiguousarray(part.view("<u4").reshape(K, L // 4).T):  # (K,) a step
+            c ^= word
+            c = CRC[3][c & 255] ^ CRC[2][(c >> 8) & 255] ^ CRC[1][(c >> 16) & 255] ^ CRC[0][c >> 24]
+        z = zero_bytes(L)
+        while len(c) > 1:
+            c, z = linear(z, c[0::2]) ^ c[1::2], linear(z, z)
+        crc = linear(zero_bytes(min(piece, n - at)), crc) ^ c
+    return int(crc[0] ^ linear(zero_bytes(n), np.array([0xFFFFFFFF], np.uint32))[0]) ^ 0xFFFFFFFF
 
 
 @functools.lru_cache(maxsize=None)  # tensors of one shape share it

@@ -39,7 +39,8 @@ def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
         path = folder / "model.safetensors"
         if not path.is_file() and (folder / "model.ckpt.index").is_file():
             path, cfg = folder / "model.ckpt.index", read_config(folder / "hparams.json")
-            tensors = read_tf_checkpoint(folder) if pretrained else {}
+            tensors = read_tf_checkpoint(folder, lambda meta: gpt2_state_dict(
+                meta, cfg, path)) if pretrained else {}  # names and shapes first, then CRCs
         elif (folder / "config.json").exists():
             cfg = read_config(folder / "config.json")
             tensors = read_safetensors(path)[0] if pretrained else {}
@@ -95,7 +96,7 @@ def gpt2_state_dict(tensors, cfg, path, dtype=torch.float32):
         if tuple(x.shape) != shape:
             raise InputError(f"{path}: tensor {key!r} has shape {tuple(x.shape)}, expected {shape}")
         x = x.t() if transpose else x
-        return torch.empty(x.shape, dtype=dtype).copy_(x)  # our own contiguous copy
+        return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)  # our own copy
 
     C, V = cfg["emb_dim"], cfg["vocab_size"]
     sd = {"tok_emb.weight": take("wte.weight", V, C),

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 import unittest
 import unittest.mock
 import urllib.parse
@@ -1268,6 +1269,48 @@ class TestTensorFlowCheckpoint(Sources):
                 with self.assertRaisesRegex(utils.InputError, re.escape(message)):
                     load_gpt2.load_gpt2(book)
                 self.assertLess(time.time() - start, 10)
+
+    def test_a_tensor_no_gpt2_has_costs_nothing_and_no_crc_copies_its_data(self):
+        book, real = self.dir / "book", formats.crc32c
+        shutil.copytree(TF_FIXTURE, book)
+        entries = dict(formats.table_entries(np.frombuffer(
+            (TF_FIXTURE / "model.ckpt.index").read_bytes(), np.uint8)))
+        data_file = book / "model.ckpt.data-00000-of-00001"
+        size = data_file.stat().st_size
+        with open(data_file, "r+b") as f:
+            f.truncate(size + 2**26)  # 64 MB more, sparse: a tensor no GPT-2 has
+        write_tf_index(book / "model.ckpt.index",
+                       {**entries, b"model/extra": tf_entry(size, 2**26, shape=(2**24,))})
+        with unittest.mock.patch.object(formats, "crc32c", wraps=real) as crc, \
+                self.assertRaisesRegex(utils.InputError, "unexpected tensor 'extra.weight'"):
+            load_gpt2.load_gpt2(book)
+        self.assertLess(max(len(call.args[0]) for call in crc.call_args_list), 2**20)  # blocks
+        data = np.random.default_rng(0).integers(0, 256, 2**25 + 13, np.uint8)
+        tracemalloc.start()
+        try:
+            whole = formats.crc32c(data)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 40 * 2**20)  # copies of 16 MB pieces, not two of the 32 MB
+        self.assertEqual(whole, formats.crc32c(data, piece=2**30))  # pieces join exactly
+        reference = 0xFFFFFFFF  # an independent CRC-32C, a bit at a time
+        for byte in data[:5000].tobytes():
+            reference ^= byte
+            for _ in range(8):
+                reference = (reference >> 1) ^ (0x82F63B78 if reference & 1 else 0)
+        self.assertEqual(formats.crc32c(data[:5000], piece=1024), reference ^ 0xFFFFFFFF)
+
+        def out_of_memory(data):  # what a memory limit does to a large tensor's CRC
+            if len(data) > 10_000:
+                raise MemoryError("Unable to allocate 1.00 GiB for an array")
+            return real(data)
+        write_tf_index(book / "model.ckpt.index", entries)
+        with unittest.mock.patch.object(formats, "crc32c", out_of_memory), \
+                self.assertRaisesRegex(utils.InputError, "out of memory while reading "
+                                       f"{re.escape(str(data_file))}") as e:
+            load_gpt2.load_gpt2(book)
+        self.assertNotIn("batch-size", str(e.exception))
 
     def test_config_keys_that_change_the_math_are_refused(self):
         folder = write_checkpoint(self.dir / "ckpt", random_hf_arrays(), 4)
