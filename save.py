@@ -19,6 +19,7 @@ from utils import InputError, lock
 POOLINGS, TRUNCATIONS = ("last", "first", "mean"), ("start", "end")
 OWN_FILES = ("classifier.safetensors", "metrics.jsonl", "metrics.png",
              *(f"splits/{name}.tsv" for name in ("train", "validation", "test", "unused")))
+STAGED = "made-by-train_classifier.py"  # the mark of a save's own staging folder in --out
 
 
 def check_out(out):
@@ -44,13 +45,12 @@ def save_run(out, model, settings, splits, history):
     never mixes two runs, a failed or interrupted save leaves it as it was, and only OWN_FILES
     are ever replaced or removed. Saves into one out wait for each other. Returns a log line."""
     with lock(out, "another run is saving into"):
-        for left in out.glob(".incomplete-*"):  # a save that was killed: none runs but ours
-            if left.is_symlink():
-                left.unlink()
-            else:
+        for left in out.glob(".incomplete-*"):  # what a killed save left (none runs but ours),
+            if not left.is_symlink() and (left / STAGED).is_file():  # marked so: never a user's
                 shutil.rmtree(left, ignore_errors=True)
         staged, swapped = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out)), False
         try:  # (mkdtemp: a new folder, ours alone)
+            (staged / STAGED).touch()
             write_splits(splits, staged / "splits")
             metadata = {key: value if key in ("pooling", "truncate") else
                         json.dumps(value, default=str)  # a Path in the flags as text
@@ -67,7 +67,8 @@ def save_run(out, model, settings, splits, history):
         finally:  # the last run's files, moved aside: deleted once replaced, or once put back
             if swapped or not any(p.is_file() for p in (staged / "old").rglob("*")):
                 shutil.rmtree(staged, ignore_errors=True)
-            else:  # the undo could not put them all back: kept, and said where
+            else:  # the undo could not put them all back: kept, and said where (the user's now)
+                (staged / STAGED).unlink(missing_ok=True)
                 print(f"the last run's files that could not be put back are in {staged}/old",
                       file=sys.stderr)
     plot = "" if "metrics.png" in new else " (pip install matplotlib for metrics.png)"

@@ -17,6 +17,7 @@ import math
 import re
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -2089,7 +2090,6 @@ class TestNothingLost(Trains):
 
     @unittest.skipIf(sys.platform == "win32", "SIGINT to a child process is POSIX")
     def test_ctrl_c_stops_the_script_at_once_and_says_what_was_kept(self):
-        import signal
         # A job started in the background by a script ignores SIGINT, and so would its children:
         # give the child the default handling a terminal's Ctrl-C meets.
         child = subprocess.Popen([sys.executable, "train_classifier.py", *map(str, self.common),
@@ -2107,6 +2107,50 @@ class TestNothingLost(Trains):
         self.assertIn("interrupted: nothing was written; the files in --out are as they were", err)
         self.assertNotIn("Traceback", err)
         self.assertEqual(self.snapshot(), self.before)
+
+    @unittest.skipIf(sys.platform == "win32", "SIGTERM to a child process is POSIX")
+    def test_sigterm_during_the_save_leaves_out_as_it_was(self):
+        code = """if True:  # the save of a real run, slowed down after its largest file
+            import sys, time
+            from pathlib import Path
+            import model, save, utils
+            def slowly(*args, write=save.write_safetensors):
+                write(*args)
+                print("saving", flush=True)
+                time.sleep(60)
+            save.write_safetensors = slowly
+            cfg = model.get_config("gpt2", emb_dim=8, n_heads=2, n_layers=1, context_length=8)
+            settings = {"cfg": cfg, "labels": ["ham", "spam"], "max_length": 8,
+                        "pooling": "last", "truncate": "start", "run": {}}
+            utils.run_main(lambda: save.save_run(
+                Path(sys.argv[1]), model.GPTModel(cfg), settings, {"train": [("ham", "hi")]},
+                [{"final": True, "labels": ["ham", "spam"]}]), "interrupted: nothing was written")
+        """
+        child = subprocess.Popen([sys.executable, "-c", code, self.out], cwd=ROOT, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(child.kill)
+        self.assertEqual(child.stdout.readline(), "saving\n")
+        self.assertTrue(any((p / "classifier.safetensors").is_file()
+                            for p in self.out.glob(".incomplete-*")))  # model-sized, staged
+        child.send_signal(signal.SIGTERM)  # what kill, systemd and Docker send
+        _, err = child.communicate(timeout=10)
+        self.assertEqual((child.returncode, err), (130, "\ninterrupted: nothing was written\n"))
+        self.assertEqual(self.snapshot(), self.before)
+        self.assertEqual(list(self.out.glob(".incomplete-*")), [])
+
+    @unittest.skipIf(sys.platform == "win32", "SIGINT to a child process is POSIX")
+    def test_ctrl_c_while_torch_loads_ends_quietly(self):
+        child = subprocess.Popen([sys.executable, "-v", "train_classifier.py", "--help"], cwd=ROOT,
+                                 text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.addCleanup(child.kill)
+        for line in child.stderr:  # -v: a line as each module is imported
+            if line.startswith("import 'torch."):
+                break
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(child.returncode, -signal.SIGINT)  # what a shell shows as 130
 
     def test_the_way_must_be_clear_before_training(self):
         (self.dir / "blocked" / "classifier.safetensors").mkdir(parents=True)
@@ -2298,12 +2342,27 @@ class TestSave(Trains):
         elsewhere = self.dir / "elsewhere"
         elsewhere.mkdir()
         self.out.mkdir()
-        for name in (f".incomplete-{os.getpid()}", ".incomplete-1"):
-            (self.out / name).symlink_to(elsewhere, target_is_directory=True)
+        links = [self.out / f".incomplete-{os.getpid()}", self.out / ".incomplete-1"]
+        for link in links:
+            link.symlink_to(elsewhere, target_is_directory=True)
         self.main()
         self.assertEqual(list(elsewhere.iterdir()), [])
-        self.assertEqual(list(self.out.glob(".incomplete-*")), [])  # the stale links are gone
+        self.assertEqual(sorted(self.out.glob(".incomplete-*")), sorted(links))  # not ours: kept
         self.assertTrue((self.out / "classifier.safetensors").is_file())
+
+    def test_only_the_staging_folders_a_save_made_are_removed(self):
+        mine, killed = self.out / ".incomplete-mine", self.out / ".incomplete-killed"
+        mine.mkdir(parents=True)
+        (mine / "notes.txt").write_text("a user's own folder", encoding="utf-8")
+        killed.mkdir()
+        (killed / save.STAGED).touch()  # what a save killed midway leaves: marked as ours
+        cfg = gpt.get_config("gpt2", emb_dim=8, n_heads=2, n_layers=1, context_length=8)
+        settings = {"cfg": cfg, "labels": ["ham", "spam"], "max_length": 8, "pooling": "last",
+                    "truncate": "start", "run": {}}
+        save.save_run(self.out, gpt.GPTModel(cfg), settings, {"train": [("ham", "hi")]},
+                      [{"final": True, "labels": ["ham", "spam"]}])
+        self.assertEqual((mine / "notes.txt").read_text(encoding="utf-8"), "a user's own folder")
+        self.assertFalse(killed.exists())
 
     def test_saves_into_one_out_wait_for_each_other(self):
         model = self.main()

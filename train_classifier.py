@@ -14,9 +14,13 @@ import argparse
 import functools
 import itertools
 import math
+import signal
 import sys
 import time
 from pathlib import Path
+
+if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (utils.run_main takes over from there)
 
 import torch
 import torch.nn as nn

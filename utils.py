@@ -5,6 +5,7 @@ import argparse
 import errno
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -47,8 +48,10 @@ class InputError(Exception):
 
 
 def run_main(main, interrupted="interrupted"):
-    """How the scripts run: an InputError ends as one line on stderr and exit status 1; Ctrl-C
-    as the line interrupted (what was kept) and status 130."""
+    """How the scripts run: an InputError ends as one line on stderr and exit status 1; Ctrl-C,
+    or SIGTERM (kill, systemd, Docker, job schedulers), as the line interrupted and status 130."""
+    for stop in (signal.SIGINT, signal.SIGTERM):  # as KeyboardInterrupt: what is written is undone
+        signal.signal(stop, signal.default_int_handler)
     if sys.stdout is None:  # started with >&-
         sys.exit("error: standard output is closed, so the results have nowhere to go")
     if hasattr(sys.stdout, "reconfigure"):  # not in a notebook
