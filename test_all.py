@@ -485,6 +485,21 @@ class TestTrainClassifier(Trains):
         self.assertEqual(e.exception.code, "error: standard output is closed, so the results "
                                            "have nowhere to go")
 
+    def test_texts_are_printed_escaped_and_written_as_they_are(self):
+        hostile = "free \x1b]52;c;cm0gLXJmIH4=\x07 prize \x1b[2J\x1b]0;owned\x07 now"
+        shown = "free \\x1b]52;c;cm0gLXJmIH4=\\x07 prize \\x1b[2J\\x1b]0;owned\\x07 now"
+        data = self.dir / "hostile.tsv"
+        data.write_text("".join(f"{'ab'[i % 2]}\t{hostile} {i}\n" for i in range(24)),
+                        encoding="utf-8")
+        code, out, err = cli(tc.main, "--model", self.model_dir, "--data", data, "--out",
+                             self.out, "--batch-size", "4", "--epochs", "1")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(re.findall(f"^[ab] \\(.*\\): {re.escape(shown)} \\d+$", out, re.M)), 2)
+        self.assertNotIn("\x1b", out + err)
+        self.assertIn(hostile, (self.out / "splits" / "test.tsv").read_text(encoding="utf-8"))
+        code, out, err = cli(tc.main, "--out", self.out, "--predict", hostile)
+        self.assertEqual((code, out.strip().split("\t")[2]), (0, shown))
+
     def test_columns_chosen_by_flags(self):
         rows = "".join(f'{i},"{t}",{y}\n' for i, (y, t) in enumerate(
             (label, text) for label, text in data.read_examples(self.data)))
@@ -2408,6 +2423,13 @@ class TestUtils(unittest.TestCase):
             "caching: 3/10 texts (30%), 1.2 texts/s, 6 s left",
             "caching: 8/10 texts (80%), 1.0 texts/s, 2 s left",
             "caching: 10/10 texts (100%), 1.1 texts/s, 0 s left"])
+
+    def test_printed_texts_are_escaped(self):
+        self.assertEqual(utils.printable("a\x1b]52;c;cm0=\x07b\x1b[2J\r\n\u200b é ✓"),
+                         "a\\x1b]52;c;cm0=\\x07b\\x1b[2J\\r\\n\\u200b é ✓")
+        with self.assertRaises(SystemExit) as e:
+            utils.run_main(lambda: (_ for _ in ()).throw(utils.InputError("a \x1b[2J name")))
+        self.assertEqual(e.exception.code, "error: a \\x1b[2J name")
 
     def test_tracked_yields_every_item(self):
         self.assertEqual(list(utils.tracked([1, 2, 3], "x", "items")), [1, 2, 3])

@@ -35,7 +35,8 @@ from ddp import distributed, first_on_each_machine, gradient_sync
 from report import final_report
 from save import POOLINGS, TRUNCATIONS, check_out, read_classifier, save_run
 from speed import Autocast, FastClassifier, adamw, autocast, use_bf16
-from utils import HelpFormatter, InputError, Progress, line_chunks, number, run_main, tracked
+from utils import (HelpFormatter, InputError, Progress, line_chunks, number, printable, run_main,
+                   tracked)
 
 EXAMPLES = [  # the chapter's two examples
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -349,7 +350,7 @@ def main(argv=None):
         texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
         for text, (label, prob) in zip(texts, classify(
                 net, tokenizer, texts, labels, max_length, args.pooling, args.truncate)):
-            log(f"{label} ({prob:.1%}): {text}")
+            log(f"{label} ({prob:.1%}): {printable(text)}")
         log(save_run(args.out, merge_lora(model), settings, splits, history))
     return model
 
@@ -406,7 +407,7 @@ def predict(args):
         for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, s["labels"],
                                                        s["max_length"], s["pooling"],
                                                        s["truncate"])):
-            shown = " ".join(text.replace("\t", " ").splitlines())  # 3 fields, 1 line
+            shown = printable(" ".join(text.replace("\t", " ").splitlines()))  # 3 fields, 1 line
             print(f"{label}\t{prob:.3f}\t{shown}")
         done += len(texts)
         progress.show(done)

@@ -62,7 +62,7 @@ def run_main(main, interrupted="interrupted"):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {printable(str(e))}")
     except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError
         if not isinstance(e, MemoryError) and "memory" not in str(e):
             raise
@@ -71,6 +71,12 @@ def run_main(main, interrupted="interrupted"):
     except KeyboardInterrupt:
         print(f"\n{interrupted}", file=sys.stderr)  # a new line: a progress line may be open
         sys.exit(130)  # the shell's code for Ctrl-C
+
+
+def printable(text):
+    """text to print: what is not printable (a control, the ESC of a terminal's escape sequences)
+    as Python writes it, \\x1b (the rule data.py applies to labels: str.isprintable)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @contextmanager
