@@ -81,9 +81,9 @@ def source(name_or_dir):
     if name in ALIASES:
         full = model_name(name)  # "gpt2-small (124M)"
         return f"openai-community/{REPOS[full]}", full.split("(")[1][:-1], cache_dir() / REPOS[full]
-    if Path(name).is_dir():
+    if os.path.isdir(name):  # False for a name too long to be a path, too
         return None
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and ".." not in name:
+    if re.fullmatch(r"[\w.-]{1,96}/[\w.-]{1,96}", name) and ".." not in name:  # the hub's limits
         return name, None, cache_dir() / name.replace("/", "--")
     try:
         model_name(name)  # not a size: its error lists the sizes

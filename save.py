@@ -127,8 +127,10 @@ def read_classifier(path):
         check_config(cfg)
         if cfg["vocab_size"] <= 50256 or "sha256" not in metadata:  # <|endoftext|> pads batches
             raise ValueError("its vocabulary lacks GPT-2's, or it holds no SHA-256")
-        if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"]:
-            raise ValueError(f"max_length {max_length!r} is not within the context length")
+        # A text costs context² compute: no context longer than GPT-2's 1,024 (all four sizes')
+        if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"] <= 1024:
+            raise ValueError(f"max_length {max_length!r} is not within the context length "
+                             f"{cfg['context_length']}, which is at most GPT-2's 1,024")
         if settings["pooling"] not in POOLINGS or settings["truncate"] not in TRUNCATIONS \
                 or type(settings["run"]) is not dict:
             raise ValueError("its pooling, truncate or run settings are not ones this script has")

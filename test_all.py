@@ -1445,6 +1445,12 @@ class TestSources(Sources):
             self.assertIn(url, message)
         self.assertEqual(len(message.splitlines()), 1)
 
+    def test_a_name_too_long_for_a_path_is_one_sentence(self):
+        for name in ("a" * 300, "org/" + "a" * 300):
+            with self.subTest(len(name)), self.assertRaisesRegex(
+                    utils.InputError, "^unknown model .*or a Hugging Face repo ORG/NAME$"):
+                load_gpt2.load_gpt2(name)
+
     def test_offline_mode_reads_what_is_there_and_names_what_is_not(self):
         with unittest.mock.patch.dict(os.environ, {"TRANSFORMERS_OFFLINE": "1"}), \
                 self.assertRaisesRegex(utils.InputError, "openai-community/gpt2 is not in .*ours"
@@ -2187,6 +2193,8 @@ class TestNothingLost(Trains):
         bad = lambda **changes: (tensors, dict(metadata, **changes))
         cases = {
             "max_length 0 is not within": bad(max_length="0"),
+            "context length 1000000, which is at most GPT-2's 1,024":  # a text would cost 10^12
+                bad(cfg=json.dumps(dict(cfg, context_length=10**6))),
             "max_length 'x' is not within": bad(max_length='"x"'),
             "labels are not two or more different printable names": bad(labels='["a", "a"]'),
             "labels are not two or more different printable names ": bad(labels='"ab"'),
