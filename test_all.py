@@ -1757,7 +1757,7 @@ class TestDownloads(unittest.TestCase):
 
     def test_a_trickling_server_ends_in_one_line_and_shows_progress(self):
         self.slow()
-        for switches in ({"trickle": (1000, 0.05)}, {"slow_headers": 0.05}):
+        for switches in ({"trickle": (1000, 0.1)}, {"slow_headers": 0.1}):
             with self.subTest(switches):
                 server, err, start = self.serve({"/file": os.urandom(2000)}, **switches), \
                     io.StringIO(), time.time()
@@ -1765,7 +1765,7 @@ class TestDownloads(unittest.TestCase):
                         utils.InputError, "could not download .* \\(under 1,000 bytes a second "
                                           "for 0.5 s\\); check the network"):
                     download.download(server.url + "/file", self.dest)
-                self.assertLess(time.time() - start, 1.8)  # the server would take 2 s more
+                self.assertLess(time.time() - start, 3)  # the server would take 4 s more
                 self.assertFalse(self.dest.exists())
                 if "trickle" in switches:  # what came, shown as it came
                     self.assertIn("downloading file.bin: 0.0/0.0 MB (", err.getvalue())
@@ -2155,7 +2155,9 @@ class TestNothingLost(Trains):
                             for p in self.out.glob(".incomplete-*")))  # model-sized, staged
         child.send_signal(signal.SIGTERM)  # what kill, systemd and Docker send
         _, err = child.communicate(timeout=10)
-        self.assertEqual((child.returncode, err), (130, "\ninterrupted: nothing was written\n"))
+        self.assertEqual(child.returncode, 130, err)
+        self.assertIn("\ninterrupted: nothing was written\n", err)
+        self.assertNotIn("Traceback", err)
         self.assertEqual(self.snapshot(), self.before)
         self.assertEqual(list(self.out.glob(".incomplete-*")), [])
 
