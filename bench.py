@@ -25,11 +25,15 @@ import argparse
 import io
 import json
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (utils.run_main takes over from there)
 
 import torch
 import torch.nn.functional as F

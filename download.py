@@ -2,14 +2,16 @@
 checked. Skip it on a first reading; docs/downloads.md says what is tried, in which order, and
 which of Hugging Face's conventions (HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN, its cache) we honour.
 """
+import contextlib
 import functools
 import hashlib
 import http.client
 import itertools
-import math
 import os
 import re
+import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -18,7 +20,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from formats import encoding_from, read_config
+from formats import CONFIG_BYTES, VOCAB_BYTES, encoding_from, read_config
 from model import ALIASES, model_name
 from utils import InputError, Progress, atomic_write, lock
 
@@ -79,9 +81,9 @@ def source(name_or_dir):
     if name in ALIASES:
         full = model_name(name)  # "gpt2-small (124M)"
         return f"openai-community/{REPOS[full]}", full.split("(")[1][:-1], cache_dir() / REPOS[full]
-    if Path(name).is_dir():
+    if os.path.isdir(name):  # False for a name too long to be a path, too
         return None
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and ".." not in name:
+    if re.fullmatch(r"[\w.-]{1,96}/[\w.-]{1,96}", name) and ".." not in name:  # the hub's limits
         return name, None, cache_dir() / name.replace("/", "--")
     try:
         model_name(name)  # not a size: its error lists the sizes
@@ -123,8 +125,8 @@ def checkpoint_folder(name_or_dir, pretrained=True):
 
     def from_hub():
         if not size:  # is it a GPT-2, with GPT-2's vocabulary? Asked before its weights come
-            read_config(hub_download(repo, "config.json", ours / "config.json"))
-            encoding_from(hub_download(repo, "vocab.json", ours / "vocab.json"))
+            hub_download(repo, "config.json", ours / "config.json")  # each checked: CHECKS
+            hub_download(repo, "vocab.json", ours / "vocab.json")
         if pretrained:
             hub_download(repo, "model.safetensors", ours / "model.safetensors")
         return ours
@@ -159,6 +161,13 @@ def vocab_file(name_or_dir):
 
 RETRIES, PAUSE_S = 3, 1.0  # a transfer that fails midway is tried again after 1, 2 and 4 s
 NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+# The most bytes a download may bring, known before its first byte: a small file's reader's
+# limit (it is cached once it passes that reader's checks), else at most 8 GB (gpt2-xl's 6.4).
+CHECKS = {"config.json": (read_config, CONFIG_BYTES), "hparams.json": (read_config, CONFIG_BYTES),
+          "vocab.json": (encoding_from, VOCAB_BYTES), "encoder.json": (encoding_from, VOCAB_BYTES)}
+LARGEST_BYTES = 8_000_000_000
+# A transfer ends, like a timeout, when RATE_WINDOW_S seconds bring under MIN_RATE bytes a second
+MIN_RATE, RATE_WINDOW_S = 10_000, 30.0
 
 
 def worth_retrying(e):
@@ -174,12 +183,13 @@ def worth_retrying(e):
 def download(url, dest, sha256=None, size=None, headers=None, hint=""):
     """Fetch url into dest. The bytes go to dest.part (one per destination): kept when a transfer
     fails or is interrupted, and continued with an HTTP Range request by the next try or the next
-    run. A dropped connection, a timeout or a 5xx is tried again after a growing pause. The file
-    is hashed while it is written and checked against size and sha256 (or the size the server
-    first announced) before it becomes dest, so a corrupt download is never used. One process at
-    a time per folder; another one waits. hint: what else the user can do, for the error."""
+    run. A dropped connection, a timeout (or MIN_RATE) or a 5xx is tried again after a growing
+    pause. The file is hashed while it is written and checked against size and sha256 (or the
+    size first announced), and CHECKS, before it becomes dest, so a corrupt download is never
+    used. One process at a time per folder; another one waits. hint: what else the user can do."""
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
+    check, limit = CHECKS.get(dest.name, (None, LARGEST_BYTES))
     if offline():
         raise InputError(f"{dest} is missing, and HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) "
                          f"forbids downloading it; place it there, or unset the variable{hint}")
@@ -187,10 +197,11 @@ def download(url, dest, sha256=None, size=None, headers=None, hint=""):
         with lock(dest.parent, "another process is downloading into"):
             if dest.exists():  # the process we waited for has downloaded it
                 return dest
-            state = {"sha256": None, "hashed": -1, "size": size}  # kept across tries
+            state = {"sha256": None, "hashed": -1, "size": size, "limit": limit}  # across tries
             for attempt in itertools.count():
                 try:
-                    fetch(url, part, headers, state)
+                    with Transfer(url) as transfer:
+                        fetch(transfer, part, headers, state)
                     break
                 except NETWORK_ERRORS as e:
                     if attempt == RETRIES or not worth_retrying(e):
@@ -206,6 +217,13 @@ def download(url, dest, sha256=None, size=None, headers=None, hint=""):
                                  f"file announced ({state['size'] or 'any number of'} bytes, "
                                  f"SHA-256 {sha256 or 'any'}); the partial file is deleted: run "
                                  "again, or get the file another way")
+            if check:  # what reading it would refuse is never cached
+                try:
+                    check(part)
+                except InputError as e:
+                    part.unlink()
+                    raise InputError(str(e).replace(str(part), url) + "; it is not kept, so the "
+                                     "next run downloads it again") from None
             os.replace(part, dest)
     except NETWORK_ERRORS as e:
         raise InputError(f"could not download {url} ({why(e)}); check the network, or download "
@@ -215,11 +233,12 @@ def download(url, dest, sha256=None, size=None, headers=None, hint=""):
     return dest
 
 
-def fetch(url, part, headers, state):
+def fetch(transfer, part, headers, state):
     """One request: continue part where it stops, or write it from the start if the server
-    ignores the range. state: the running SHA-256, the bytes it has hashed, the size expected."""
-    have = part.stat().st_size if part.exists() else 0
-    have = 0 if have > (state["size"] or have) else have  # longer than the file: not a part
+    ignores the range. state: the running SHA-256, the bytes it has hashed, the size expected
+    and the limit."""
+    url, have = transfer.url, part.stat().st_size if part.exists() else 0
+    have = 0 if have > (state["size"] or state["limit"]) else have  # longer: not a part
     if state["hashed"] != have:  # a part kept from an earlier run is hashed first
         state.update(sha256=hashlib.sha256(), hashed=have)
         if have:
@@ -228,7 +247,7 @@ def fetch(url, part, headers, state):
                     state["sha256"].update(chunk)
     try:
         ranged = dict(headers or {}, **({"Range": f"bytes={have}-"} if have else {}))
-        response = open_url(url, ranged)
+        response = transfer.open(ranged)
     except urllib.error.HTTPError as e:  # 416: no byte after the part's end
         if e.code == 416 and have and state["size"] in (None, have):
             return  # it is whole (the checks that follow tell)
@@ -244,22 +263,26 @@ def fetch(url, part, headers, state):
             state.update(sha256=hashlib.sha256(), hashed=0)
         total, name = start + (header_number(response.headers, "Content-Length") or 0), part.stem
         state["size"] = state["size"] or (total if total > start else None)
+        if (state["size"] or 0) > state["limit"]:  # refused before its first byte
+            raise InputError(f"{url} announces a {name} of {state['size']:,} bytes, more than the "
+                             f"{state['limit']:,} one may have; it is not downloaded")
         if start:
             print(f"resuming {name} at {start / 1e9:.1f} of {total / 1e9:.1f} GB", file=sys.stderr)
         progress = Progress(f"downloading {name}", total / 1e6, "MB", 0)
         with open(part, "ab" if start else "wb") as f:
-            while chunk := response.read(1 << 20):
-                if state["hashed"] + len(chunk) > (state["size"] or math.inf):
+            while chunk := response.read1(1 << 20):  # what has come: progress shows a slow one
+                if state["hashed"] + len(chunk) > (state["size"] or state["limit"]):
                     break
                 f.write(chunk)
                 state["sha256"].update(chunk)
                 state["hashed"] += len(chunk)
+                transfer.got += len(chunk)
                 progress.show(state["hashed"] / 1e6)
         progress.end()
         if chunk:  # it stopped early: more than announced; the disk holds no more than that
             part.unlink()
-            raise InputError(f"{url} sends more than the {state['size']:,} bytes announced; the "
-                             "partial file is deleted")
+            raise InputError(f"{url} sends more than the {state['size'] or state['limit']:,} bytes "
+                             "announced or allowed; the partial file is deleted")
         if total > start and state["hashed"] != total:
             raise http.client.IncompleteRead(b"", total - state["hashed"])
 
@@ -315,30 +338,72 @@ def why(e):
 # ---------------------------------------------------------------------------------------------
 # The hub: its URLs, its redirects to storage, the size and SHA-256 it announces
 
-class Redirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects (none with follow=False), but never carries the Authorization header
-    to another host: the hub sends large files from storage servers that must not see tokens."""
+class Transfer(urllib.request.HTTPHandler, urllib.request.HTTPSHandler,
+               urllib.request.HTTPRedirectHandler):
+    """A request to url and the reading of its answer, in a `with` block: http(s) alone (a
+    redirect to file:, data: or ftp: is refused), no token to another host (the hub's storage),
+    and a thread that shuts the socket down (ending the read that waits: the block ends in a
+    timeout) when RATE_WINDOW_S seconds, headers included, bring under MIN_RATE bytes a second."""
 
-    def __init__(self, follow=True):
-        self.follow = follow
+    def __init__(self, url):
+        super().__init__()
+        self.url, self.got, self.slow, self.sock, self.done = url, 0, False, None, threading.Event()
+        # got: the bytes read so far, counted by the reader
+        threading.Thread(target=self.watch, daemon=True).start()
+
+    def open(self, headers=None, method="GET", follow=True):
+        """The open HTTP response (follow: redirects); proxies come from the environment."""
+        r, opener, self.follow = urllib.request, urllib.request.OpenerDirector(), follow
+        for handler in (r.ProxyHandler(), r.UnknownHandler(), self, r.HTTPDefaultErrorHandler(),
+                        r.HTTPErrorProcessor()):
+            opener.add_handler(handler)
+        try:
+            request = r.Request(self.url, headers=headers or {}, method=method)
+            return opener.open(request, timeout=RATE_WINDOW_S)
+        except ValueError as e:  # HF_ENDPOINT=huggingface.co (no scheme), http://[::1 ...
+            raise urllib.error.URLError(f"not a URL: {e}") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_):
+        self.done.set()
+        if self.slow and kind is not KeyboardInterrupt:  # whatever the read cut short raised
+            raise urllib.error.URLError(TimeoutError(
+                f"under {MIN_RATE:,} bytes a second for {RATE_WINDOW_S:g} s")) from None
+
+    def watch(self):
+        seen = 0
+        while not self.done.wait(RATE_WINDOW_S):
+            if self.got - seen < MIN_RATE * RATE_WINDOW_S:
+                self.slow = True
+                with contextlib.suppress(OSError, AttributeError):  # closed, or not open yet
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                return
+            seen = self.got
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if not self.follow:
-            return None
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        fp.close()  # its body unread: urllib would read it all, however long
+        new = super().redirect_request(req, fp, code, msg, headers, newurl) if self.follow else None
         host = lambda url: urllib.parse.urlsplit(url)[:2]  # scheme too: never https -> http
         if new and host(newurl) != host(req.full_url):
             new.remove_header("Authorization")
         return new
 
+    def http_open(self, req):
+        return self.do_open(self.watched(http.client.HTTPConnection), req)
 
-def open_url(url, headers=None, method="GET", follow=True):
-    """An open HTTP response; proxies come from the environment at each call."""
-    try:
-        request = urllib.request.Request(url, headers=headers or {}, method=method)
-        return urllib.request.build_opener(Redirects(follow)).open(request, timeout=60)
-    except ValueError as e:  # HF_ENDPOINT=huggingface.co (no scheme), http://[::1 ...
-        raise urllib.error.URLError(f"not a URL: {e}") from None
+    def https_open(self, req):
+        return self.do_open(self.watched(http.client.HTTPSConnection), req)
+
+    def watched(self, connection):  # http.client's connection class, its socket kept for watch
+        transfer = self
+
+        class Watched(connection):
+            def connect(self):
+                super().connect()
+                transfer.sock = self.sock
+        return Watched
 
 
 def header_number(headers, name):
@@ -368,7 +433,8 @@ def hub_download(repo, filename, dest, hint=""):
     try:
         for _ in range(5):  # a renamed repo redirects within the hub: follow that
             try:
-                meta = open_url(url, headers, "HEAD", follow=False).headers
+                with Transfer(url) as transfer:
+                    meta = transfer.open(headers, "HEAD", follow=False).headers
                 break
             except urllib.error.HTTPError as e:
                 if e.code not in (301, 302, 303, 307, 308):

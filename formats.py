@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 
 import numpy as np
 import tiktoken
@@ -20,12 +21,21 @@ import torch
 from utils import InputError, atomic_write
 
 
+CONFIG_BYTES, VOCAB_BYTES = 1_000_000, 10_000_000  # the most a config.json, a vocab.json may have
+
+
 def read_small(path, limit):
-    """The bytes of a regular file of at most limit bytes: never a device, a pipe or a huge file
-    (a symlink to /dev/zero would otherwise read forever)."""
-    if not path.is_file() or path.stat().st_size > limit:
+    """The bytes of a regular file of at most limit bytes, checked once open, not by its name:
+    never a device, a pipe (opened without waiting for a writer) or a huge file."""
+    try:
+        with open(path, "rb", opener=lambda name, flags: os.open(
+                name, flags | getattr(os, "O_NONBLOCK", 0))) as f:
+            data = f.read(limit + 1) if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror or e})") from None
+    if data is None or len(data) > limit:
         raise ValueError(f"{path} is not a regular file of at most {limit:,} bytes")
-    return path.read_bytes()
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,11 +142,12 @@ TF_DTYPES = {1: (np.float32, torch.float32), 19: (np.float16, torch.float16),
              14: (np.int16, torch.bfloat16)}
 
 
-def read_tf_checkpoint(folder):
+def read_tf_checkpoint(folder, expected):
     """{Hugging Face name: tensor} from OpenAI's TensorFlow checkpoint in folder, TensorFlow
     not needed: model.ckpt.index is a table in LevelDB's format whose values are protobuf
     entries giving each tensor's dtype, shape, byte range in model.ckpt.data-00000-of-00001
-    and CRC-32C. Every entry, range and checksum is checked; OpenAI's names are renamed."""
+    and CRC-32C. Every entry, range and checksum is checked; OpenAI's names are renamed, and
+    checked by expected(tensors as meta tensors, shapes without data) before the first CRC."""
     index, data_file = folder / "model.ckpt.index", folder / "model.ckpt.data-00000-of-00001"
     try:
         pairs = list(itertools.islice(table_entries(np.frombuffer(
@@ -172,6 +183,8 @@ def read_tf_checkpoint(folder):
         for (_, end, *_), (begin, *_) in zip(sorted(ranges), sorted(ranges)[1:]):
             if begin < end:
                 raise ValueError(f"two tensors share bytes {begin}..{end} of {data_file}")
+        expected({name: torch.empty(t.shape, dtype=t.dtype, device="meta")
+                  for name, t in tensors.items()})
         for begin, end, crc, name in ranges:  # last: the costly check, on a sound structure
             if unmask(crc) != crc32c(data[begin:end]):
                 raise ValueError(f"tensor {name!r} fails its CRC-32C checksum in {data_file}")
@@ -179,6 +192,9 @@ def read_tf_checkpoint(folder):
         raise InputError(f"{index} is damaged or not OpenAI's TensorFlow checkpoint ({e}); if it "
                          "was downloaded, delete the folder's files and download them again"
                          ) from None
+    except MemoryError as e:
+        raise InputError(f"out of memory while reading {data_file} ({e}); free some, or use a "
+                         "smaller model") from None
     return tensors
 
 
@@ -279,30 +295,35 @@ for _ in range(3):  # ... and the tables that take 4 bytes a step
 CRC_TABLE = CRC[0].tolist()
 
 
-def crc32c(data):
-    """CRC-32C of a uint8 array, with numpy. The data is cut into K slices whose CRCs advance
-    side by side, 4 bytes a step; then neighbours are joined, CRC(a + b) = Z(CRC(a)) ^ CRC(b),
-    where Z, appending len(b) zero bytes, is a linear map on the 32-bit register (zero_bytes).
-    Zero bytes in front change nothing; the initial register 0xFFFFFFFF is added at the end."""
+def crc32c(data, piece=1 << 24):
+    """CRC-32C of a uint8 array, with numpy, a piece of 16 MB at a time (so a tensor of any size
+    costs one 16 MB copy). A piece is cut into K slices whose CRCs advance side by side, 4 bytes
+    a step; then neighbours are joined, CRC(a + b) = Z(CRC(a)) ^ CRC(b), where Z, appending
+    len(b) zero bytes, is a linear map on the 32-bit register (zero_bytes); pieces are joined the
+    same way. Zero bytes in front change nothing; the initial register 0xFFFFFFFF is added last."""
     n = len(data)
     if n < 4096:  # a few bytes: one at a time, in Python, costs less than numpy's setup
         c = 0xFFFFFFFF
         for byte in data.tobytes():
             c = CRC_TABLE[(c ^ byte) & 255] ^ (c >> 8)
         return c ^ 0xFFFFFFFF
-    K = 1 << min(14, max(0, (n // 64).bit_length() - 1))  # slices: 2**k, 64+ bytes each
-    L = -(-n // K)  # bytes a slice, rounded up to a multiple of 4
-    L += -L % 4
-    buf = np.zeros(K * L, np.uint8)
-    buf[K * L - n:] = data
-    c = np.zeros(K, np.uint32)
-    for word in np.ascontiguousarray(buf.view("<u4").reshape(K, L // 4).T):  # (K,) a step
-        c ^= word
-        c = CRC[3][c & 255] ^ CRC[2][(c >> 8) & 255] ^ CRC[1][(c >> 16) & 255] ^ CRC[0][c >> 24]
-    z = zero_bytes(L)
-    while len(c) > 1:
-        c, z = linear(z, c[0::2]) ^ c[1::2], linear(z, z)
-    return int(c[0] ^ linear(zero_bytes(n), np.array([0xFFFFFFFF], np.uint32))[0]) ^ 0xFFFFFFFF
+    crc = np.zeros(1, np.uint32)  # of the pieces so far
+    for at in range(0, n, piece):
+        part = data[at:at + piece]
+        K = 1 << min(14, max(0, (len(part) // 64).bit_length() - 1))  # slices: 2**k, 64+ bytes
+        L = -(-len(part) // K)  # bytes a slice, rounded up to a multiple of 4
+        L += -L % 4
+        if len(part) < K * L:  # padded with zeros in front (a whole piece needs none)
+            part = np.concatenate([np.zeros(K * L - len(part), np.uint8), part])
+        c = np.zeros(K, np.uint32)
+        for word in np.ascontiguousarray(part.view("<u4").reshape(K, L // 4).T):  # (K,) a step
+            c ^= word
+            c = CRC[3][c & 255] ^ CRC[2][(c >> 8) & 255] ^ CRC[1][(c >> 16) & 255] ^ CRC[0][c >> 24]
+        z = zero_bytes(L)
+        while len(c) > 1:
+            c, z = linear(z, c[0::2]) ^ c[1::2], linear(z, z)
+        crc = linear(zero_bytes(min(piece, n - at)), crc) ^ c
+    return int(crc[0] ^ linear(zero_bytes(n), np.array([0xFFFFFFFF], np.uint32))[0]) ^ 0xFFFFFFFF
 
 
 @functools.lru_cache(maxsize=None)  # tensors of one shape share it
@@ -381,7 +402,7 @@ def read_config(path):
     """cfg from Hugging Face's config.json or OpenAI's hparams.json. A key that would make the
     file's model compute something GPTModel does not is refused, and so is an unknown key."""
     try:
-        hf = json.loads(read_small(path, 1_000_000))
+        hf = json.loads(read_small(path, CONFIG_BYTES))
         if not isinstance(hf, dict):
             raise ValueError("not a JSON object")
         for key, value in hf.items():
@@ -408,21 +429,27 @@ GPT2_RANKS_SHA256 = "3688d51d64f4f960692ec9745abe1ddb9699fb637fe608cceaf8917b065
 
 
 def encoding_from(path):
-    """tiktoken's GPT-2 encoding, built from an encoder.json or vocab.json file. Their tokens
-    are bytes written as printable characters (GPT-2's bytes_to_unicode): undone here."""
+    """tiktoken's GPT-2 encoding, built from an encoder.json or vocab.json file."""
+    try:
+        return gpt2_encoding(read_small(path, VOCAB_BYTES))
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
+        raise InputError(f"{path} is not GPT-2's vocabulary ({e})") from None
+
+
+@functools.lru_cache(maxsize=4)  # the same bytes, read again by each run in one process
+def gpt2_encoding(raw):
+    """The encoding of an encoder.json's bytes. Their tokens are bytes written as printable
+    characters (GPT-2's bytes_to_unicode): undone here."""
     printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
     others = [b for b in range(256) if b not in printable]
     byte = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
-    try:
-        vocab = json.loads(read_small(path, 10_000_000))
-        ranks = {bytes(byte[c] for c in token): rank for token, rank in vocab.items()
-                 if token != "<|endoftext|>"}
-        digest = hashlib.sha256(b"".join(r.to_bytes(4, "little") + len(t).to_bytes(2, "little")
-                                         + t for t, r in sorted(ranks.items(), key=lambda x: x[1])))
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
-        raise InputError(f"{path} is not GPT-2's vocabulary ({e})") from None
+    vocab = json.loads(raw)
+    ranks = {bytes(byte[c] for c in token): rank for token, rank in vocab.items()
+             if token != "<|endoftext|>"}
+    digest = hashlib.sha256(b"".join(r.to_bytes(4, "little") + len(t).to_bytes(2, "little")
+                                     + t for t, r in sorted(ranks.items(), key=lambda x: x[1])))
     if digest.hexdigest() != GPT2_RANKS_SHA256 or vocab.get("<|endoftext|>") != 50256:
-        raise InputError(f"{path} is not GPT-2's vocabulary (its tokens differ); this project "
-                         "reads every text with GPT-2's, so this model would read garbage")
+        raise ValueError("its tokens differ: this project reads every text with GPT-2's, so "
+                         "this model would read garbage")
     return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": 50256}, explicit_n_vocab=50257)

@@ -7,7 +7,11 @@ so each new token costs one token's work instead of re-reading the whole text.
 """
 import argparse
 import codecs
+import signal
 import sys
+
+if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (utils.run_main takes over from there)
 
 import torch
 

@@ -12,11 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import tiktoken
 import torch
 import torch.nn.functional as F
 
-from download import checkpoint_folder, offline, vocab_file
+from download import checkpoint_folder, first_that_works, vocab_file
 from formats import encoding_from, read_config, read_safetensors, read_tf_checkpoint
 from model import ALIASES, GPT_CONFIGS, GPTModel, get_config
 from utils import InputError
@@ -42,7 +41,8 @@ def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
         path = folder / "model.safetensors"
         if not path.is_file() and (folder / "model.ckpt.index").is_file():
             path, cfg = folder / "model.ckpt.index", read_config(folder / "hparams.json")
-            tensors = read_tf_checkpoint(folder) if pretrained else {}
+            tensors = read_tf_checkpoint(folder, lambda meta: gpt2_state_dict(
+                meta, cfg, path)) if pretrained else {}  # names and shapes first, then CRCs
         elif (folder / "config.json").exists():
             cfg = read_config(folder / "config.json")
             tensors = read_safetensors(path)[0] if pretrained else {}
@@ -125,7 +125,7 @@ def gpt2_state_dict(tensors, cfg, path, dtype=torch.float32):
         if tuple(x.shape) != shape:
             raise InputError(f"{path}: tensor {key!r} has shape {tuple(x.shape)}, expected {shape}")
         x = x.t() if transpose else x
-        return torch.empty(x.shape, dtype=dtype).copy_(x)  # our own contiguous copy
+        return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x)  # our own copy
 
     C, V = cfg["emb_dim"], cfg["vocab_size"]
     sd = {"tok_emb.weight": take("wte.weight", V, C),
@@ -159,38 +159,23 @@ def gpt2_state_dict(tensors, cfg, path, dtype=torch.float32):
     return sd
 
 
-# tiktoken's two files, and the SHA-256 it checks them against
-TIKTOKEN_FILES = {
-    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"}
+# tiktoken's name for its cached copy of OpenAI's encoder.json: the SHA-1 of its URL
+TIKTOKEN_ENCODER = hashlib.sha1(b"https://openaipublic.blob.core.windows.net/gpt-2/encodings/"
+                                b"main/encoder.json").hexdigest()
 
 
 def get_tokenizer(model=None):
-    """GPT-2's byte-pair encoding: tiktoken's (from its cache, else its download); if that
-    fails, built from encoder.json (OpenAI's name) or vocab.json (Hugging Face's), taken from
-    where model's weights are or come from, and checked token by token against GPT-2's."""
-    # Where tiktoken looks, as it looks (TIKTOKEN_CACHE_DIR="" means no cache), and whether it
-    # would find both files there, whole: otherwise it would download them.
+    """GPT-2's byte-pair encoding, built from an encoder.json (or vocab.json) checked token by
+    token against GPT-2's (formats.encoding_from): tiktoken's cached copy (TIKTOKEN_CACHE_DIR,
+    else its folder in the temp dir), else the one where model's weights are or come from, else
+    GPT-2's own from the hub or OpenAI. tiktoken itself never reads or downloads a file here:
+    its cache may be a folder anyone can write to, and its download has no bound."""
     folder = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get(
         "DATA_GYM_CACHE_DIR", str(Path(tempfile.gettempdir()) / "data-gym-cache")))
-    url = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
-    paths = {Path(folder) / hashlib.sha1((url + name).encode()).hexdigest(): sha
-             for name, sha in TIKTOKEN_FILES.items()}
-    cached = folder != "" and all(path.is_file() and path.stat().st_size < 10**7 and
-                                  hashlib.sha256(path.read_bytes()).hexdigest() == sha
-                                  for path, sha in paths.items())
-    try:
-        if cached or not offline():  # offline: not one request, not even tiktoken's
-            return tiktoken.get_encoding("gpt2")
-        why = "not in its cache, and HF_HUB_OFFLINE is set"
-    except Exception as e:  # tiktoken reports a missing network in several ways
-        why = e.__class__.__name__
-    try:
-        return encoding_from(vocab_file(model or "gpt2"))
-    except InputError as e:
-        raise InputError(f"could not load the GPT-2 vocabulary: tiktoken failed ({why}), and {e}; "
-                         "or copy tiktoken's cache files to a folder and set TIKTOKEN_CACHE_DIR "
-                         "to it") from None
+    tries = [lambda: encoding_from(Path(folder) / TIKTOKEN_ENCODER)] if folder else []
+    tries += [lambda name=name: encoding_from(vocab_file(name))
+              for name in dict.fromkeys([model or "gpt2", "gpt2"])]  # in order, once each
+    return first_that_works(tries, "the GPT-2 vocabulary")
 
 
 def pick_device(name=None):

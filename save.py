@@ -18,6 +18,7 @@ from utils import InputError, lock
 # The files a run writes in --out: the only ones it ever replaces or removes there.
 OWN_FILES = ("classifier.safetensors", "metrics.jsonl", "metrics.png",
              *(f"splits/{name}.tsv" for name in ("train", "validation", "test", "unused")))
+STAGED = "made-by-train_classifier.py"  # the mark of a save's own staging folder in --out
 
 
 def check_out(out):
@@ -43,13 +44,12 @@ def save_run(out, model, settings, splits, history):
     never mixes two runs, a failed or interrupted save leaves it as it was, and only OWN_FILES
     are ever replaced or removed. Saves into one out wait for each other. Returns a log line."""
     with lock(out, "another run is saving into"):
-        for left in out.glob(".incomplete-*"):  # a save that was killed: none runs but ours
-            if left.is_symlink():
-                left.unlink()
-            else:
+        for left in out.glob(".incomplete-*"):  # what a killed save left (none runs but ours),
+            if not left.is_symlink() and (left / STAGED).is_file():  # marked so: never a user's
                 shutil.rmtree(left, ignore_errors=True)
         staged, swapped = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out)), False
         try:  # (mkdtemp: a new folder, ours alone)
+            (staged / STAGED).touch()
             write_splits(splits, staged / "splits")
             metadata = {key: value if key in TEXTS else
                         json.dumps(value, default=str)  # a Path in the flags as text
@@ -66,7 +66,8 @@ def save_run(out, model, settings, splits, history):
         finally:  # the last run's files, moved aside: deleted once replaced, or once put back
             if swapped or not any(p.is_file() for p in (staged / "old").rglob("*")):
                 shutil.rmtree(staged, ignore_errors=True)
-            else:  # the undo could not put them all back: kept, and said where
+            else:  # the undo could not put them all back: kept, and said where (the user's now)
+                (staged / STAGED).unlink(missing_ok=True)
                 print(f"the last run's files that could not be put back are in {staged}/old",
                       file=sys.stderr)
     plot = "" if "metrics.png" in new else " (pip install matplotlib for metrics.png)"
@@ -131,8 +132,10 @@ def read_classifier(path, poolings):
         check_config(cfg)
         if cfg["vocab_size"] <= 50256 or "sha256" not in metadata:  # <|endoftext|> pads batches
             raise ValueError("its vocabulary lacks GPT-2's, or it holds no SHA-256")
-        if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"]:
-            raise ValueError(f"max_length {max_length!r} is not within the context length")
+        # A text costs context² compute: no context longer than GPT-2's 1,024 (all four sizes')
+        if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"] <= 1024:
+            raise ValueError(f"max_length {max_length!r} is not within the context length "
+                             f"{cfg['context_length']}, which is at most GPT-2's 1,024")
         for key, known in (("pooling", poolings), ("truncate", TRUNCATIONS)):
             if settings[key] not in known:
                 raise ValueError(f"{key} {settings[key]!r} is not one of {', '.join(known)} (was "

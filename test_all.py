@@ -21,14 +21,17 @@ import math
 import re
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 import unittest
 import unittest.mock
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -683,6 +686,21 @@ class TestTrainClassifier(Trains):
         self.assertEqual(e.exception.code, "error: standard output is closed, so the results "
                                            "have nowhere to go")
 
+    def test_texts_are_printed_escaped_and_written_as_they_are(self):
+        hostile = "free \x1b]52;c;cm0gLXJmIH4=\x07 prize \x1b[2J\x1b]0;owned\x07 now"
+        shown = "free \\x1b]52;c;cm0gLXJmIH4=\\x07 prize \\x1b[2J\\x1b]0;owned\\x07 now"
+        data = self.dir / "hostile.tsv"
+        data.write_text("".join(f"{'ab'[i % 2]}\t{hostile} {i}\n" for i in range(24)),
+                        encoding="utf-8")
+        code, out, err = cli(tc.main, "--model", self.model_dir, "--data", data, "--out",
+                             self.out, "--batch-size", "4", "--epochs", "1")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(re.findall(f"^[ab] \\(.*\\): {re.escape(shown)} \\d+$", out, re.M)), 2)
+        self.assertNotIn("\x1b", out + err)
+        self.assertIn(hostile, (self.out / "splits" / "test.tsv").read_text(encoding="utf-8"))
+        code, out, err = cli(tc.main, "--out", self.out, "--predict", hostile)
+        self.assertEqual((code, out.strip().split("\t")[2]), (0, shown))
+
     def test_columns_chosen_by_flags(self):
         rows = "".join(f'{i},"{t}",{y}\n' for i, (y, t) in enumerate(
             (label, text) for label, text in data.read_examples(self.data)))
@@ -1296,8 +1314,8 @@ class TestTokenizerAndDevice(Sources):
             vocab = json.loads(ENCODER_JSON.read_bytes())
             vocab["Ġthe"], vocab["Ġa"] = vocab["Ġa"], vocab["Ġthe"]  # two ranks swapped
             (folder / "encoder.json").write_text(json.dumps(vocab), encoding="utf-8")
-            with self.assertRaisesRegex(utils.InputError, "tiktoken failed .*encoder.json is not "
-                                                          "GPT-2's vocabulary"):
+            with self.assertRaisesRegex(utils.InputError, "book/encoder.json is not GPT-2's "
+                                                          "vocabulary"):
                 load_gpt2.get_tokenizer(folder)
         shutil.copy(ENCODER_JSON, folder / "encoder.json")
         tiktoken_cache = self.dir / "tiktoken"  # tiktoken's files, but one of them damaged
@@ -1305,17 +1323,35 @@ class TestTokenizerAndDevice(Sources):
         (tiktoken_cache / ENCODER_JSON.name).write_bytes(b"{}")
         for cache in ("", str(tiktoken_cache)):  # "": tiktoken keeps no cache, it downloads
             with self.subTest(cache=cache), unittest.mock.patch.dict(
-                    os.environ, {**env, "TIKTOKEN_CACHE_DIR": cache}), unittest.mock.patch.object(
-                    load_gpt2.tiktoken, "get_encoding", side_effect=AssertionError("a request")):
+                    os.environ, {**env, "TIKTOKEN_CACHE_DIR": cache}), unittest.mock.patch(
+                    "tiktoken.get_encoding", side_effect=AssertionError("tiktoken reads")):
                 self.assertEqual(load_gpt2.get_tokenizer(folder).n_vocab, 50257)  # offline
         hub = self.hub({("openai-community/gpt2", "vocab.json"): ENCODER_JSON.read_bytes()})
         with unittest.mock.patch.dict(os.environ, {**env, "HF_HUB_OFFLINE": ""}), \
-                unittest.mock.patch.object(load_gpt2.tiktoken, "get_encoding",
-                                           side_effect=ConnectionError):  # no tiktoken download
+                unittest.mock.patch("tiktoken.get_encoding",
+                                    side_effect=AssertionError("tiktoken downloads")):
             self.assertEqual(load_gpt2.get_tokenizer("gpt2").encode_ordinary(text),
                              real.encode_ordinary(text))
         self.assertEqual([r[1] for r in hub.requests if r[0] == "GET"],
                          ["/openai-community/gpt2/resolve/main/vocab.json"])
+
+    @unittest.skipUnless(ENCODER_JSON.exists(), f"{ENCODER_JSON} not present")
+    @unittest.skipIf(sys.platform == "win32", "FIFOs are POSIX")
+    def test_files_planted_in_tiktokens_shared_cache_are_never_opened(self):
+        planted = self.dir / "data-gym-cache"  # tiktoken's folder in /tmp, as another user left it
+        planted.mkdir()
+        bpe = hashlib.sha1(b"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+                           b"vocab.bpe").hexdigest()
+        os.mkfifo(planted / bpe)  # reading it waits forever
+        (planted / ENCODER_JSON.name).symlink_to("/dev/zero")  # reading it never ends
+        folder = self.dir / "book"
+        shutil.copytree(TF_FIXTURE, folder)
+        shutil.copy(ENCODER_JSON, folder / "encoder.json")
+        code = "import load_gpt2, sys; print(load_gpt2.get_tokenizer(sys.argv[1]).n_vocab)"
+        result = subprocess.run([sys.executable, "-c", code, folder], cwd=ROOT, text=True,
+                                capture_output=True, timeout=30,
+                                env={**os.environ, "TIKTOKEN_CACHE_DIR": str(planted)})
+        self.assertEqual(result.stdout.strip(), "50257", result.stderr)
 
     def test_apple_mps_only_with_torch_2_9_or_newer(self):
         for version, device in (("2.8.0", "cpu"), ("2.9.1", "mps"), ("2.10.0", "mps")):
@@ -1485,6 +1521,48 @@ class TestTensorFlowCheckpoint(Sources):
                     load_gpt2.load_gpt2(book)
                 self.assertLess(time.time() - start, 10)
 
+    def test_a_tensor_no_gpt2_has_costs_nothing_and_no_crc_copies_its_data(self):
+        book, real = self.dir / "book", formats.crc32c
+        shutil.copytree(TF_FIXTURE, book)
+        entries = dict(formats.table_entries(np.frombuffer(
+            (TF_FIXTURE / "model.ckpt.index").read_bytes(), np.uint8)))
+        data_file = book / "model.ckpt.data-00000-of-00001"
+        size = data_file.stat().st_size
+        with open(data_file, "r+b") as f:
+            f.truncate(size + 2**26)  # 64 MB more, sparse: a tensor no GPT-2 has
+        write_tf_index(book / "model.ckpt.index",
+                       {**entries, b"model/extra": tf_entry(size, 2**26, shape=(2**24,))})
+        with unittest.mock.patch.object(formats, "crc32c", wraps=real) as crc, \
+                self.assertRaisesRegex(utils.InputError, "unexpected tensor 'extra.weight'"):
+            load_gpt2.load_gpt2(book)
+        self.assertLess(max(len(call.args[0]) for call in crc.call_args_list), 2**20)  # blocks
+        data = np.random.default_rng(0).integers(0, 256, 2**25 + 13, np.uint8)
+        tracemalloc.start()
+        try:
+            whole = formats.crc32c(data)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 40 * 2**20)  # copies of 16 MB pieces, not two of the 32 MB
+        self.assertEqual(whole, formats.crc32c(data, piece=2**30))  # pieces join exactly
+        reference = 0xFFFFFFFF  # an independent CRC-32C, a bit at a time
+        for byte in data[:5000].tobytes():
+            reference ^= byte
+            for _ in range(8):
+                reference = (reference >> 1) ^ (0x82F63B78 if reference & 1 else 0)
+        self.assertEqual(formats.crc32c(data[:5000], piece=1024), reference ^ 0xFFFFFFFF)
+
+        def out_of_memory(data):  # what a memory limit does to a large tensor's CRC
+            if len(data) > 10_000:
+                raise MemoryError("Unable to allocate 1.00 GiB for an array")
+            return real(data)
+        write_tf_index(book / "model.ckpt.index", entries)
+        with unittest.mock.patch.object(formats, "crc32c", out_of_memory), \
+                self.assertRaisesRegex(utils.InputError, "out of memory while reading "
+                                       f"{re.escape(str(data_file))}") as e:
+            load_gpt2.load_gpt2(book)
+        self.assertNotIn("batch-size", str(e.exception))
+
     def test_config_keys_that_change_the_math_are_refused(self):
         folder = write_checkpoint(self.dir / "ckpt", random_hf_arrays(), 4)
         good = json.loads((folder / "config.json").read_text())
@@ -1602,6 +1680,12 @@ class TestSources(Sources):
             self.assertIn(url, message)
         self.assertEqual(len(message.splitlines()), 1)
 
+    def test_a_name_too_long_for_a_path_is_one_sentence(self):
+        for name in ("a" * 300, "org/" + "a" * 300):
+            with self.subTest(len(name)), self.assertRaisesRegex(
+                    utils.InputError, "^unknown model .*or a Hugging Face repo ORG/NAME$"):
+                load_gpt2.load_gpt2(name)
+
     def test_offline_mode_reads_what_is_there_and_names_what_is_not(self):
         with unittest.mock.patch.dict(os.environ, {"TRANSFORMERS_OFFLINE": "1"}), \
                 self.assertRaisesRegex(utils.InputError, "openai-community/gpt2 is not in .*ours"
@@ -1657,13 +1741,17 @@ class FileServer:
       fail: a list of status codes, one taken per request and answered (503, 404, ...);
       corrupt: send other bytes of the right length; ignore_range: answer 200 to a Range;
       lie: claim that many more bytes than are sent;
-      redirect: {path: url} answered with a 302 there, with extra headers (the hub's way).
+      redirect: {path: url} answered with a 302 there, with extra headers (the hub's way);
+      no_length: no Content-Length (the body ends when the connection does);
+      slow_headers: seconds between the bytes of the status line and headers;
+      trickle: (n, s): the body's first n bytes at once, then a byte every s seconds, 40 at most.
     """
 
     def __init__(self, files, **switches):
         self.files, self.requests = files, []
         self.switch = {"cut_after": [], "fail": [], "corrupt": False, "ignore_range": False,
-                       "lie": 0, "redirect": {}, "headers": {}, **switches}
+                       "lie": 0, "redirect": {}, "headers": {}, "no_length": False,
+                       "slow_headers": 0, "trickle": None, **switches}
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -1688,6 +1776,11 @@ class FileServer:
                 if self.path not in server.files:
                     return self.send_error(404)
                 data = server.files[self.path]
+                if sw["slow_headers"]:
+                    head = f"HTTP/1.0 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                    if self.slowly(head, sw["slow_headers"]):
+                        self.wfile.write(data)
+                    return
                 start = int(re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "bytes=0-"))
                             .group(1))
                 if start and not sw["ignore_range"]:
@@ -1699,23 +1792,38 @@ class FileServer:
                     self.send_response(200)
                     start = 0
                 part = data[start:]
-                self.send_header("Content-Length", str(len(part) + sw["lie"]))
+                if not sw["no_length"]:
+                    self.send_header("Content-Length", str(len(part) + sw["lie"]))
                 self.end_headers()
                 if not body:
                     return
                 part = bytes(len(part)) if sw["corrupt"] else part
+                if sw["trickle"]:
+                    at_once, pause = sw["trickle"]
+                    self.wfile.write(part[:at_once])
+                    return self.slowly(part[at_once:at_once + 40], pause)
                 cut = sw["cut_after"].pop(0) if sw["cut_after"] else None
                 self.wfile.write(part[:cut])
                 if cut is not None:
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)  # the connection drops
 
+            def slowly(self, raw, pause):  # a byte at a time: whether the client took them all
+                try:
+                    for i in range(len(raw)):
+                        time.sleep(pause)
+                        self.wfile.write(raw[i:i + 1])
+                    return True
+                except OSError:
+                    return False
+
             def log_message(self, *args):
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # 0.05: how often serve_forever looks for close()'s shutdown (0.5 s by default)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def ranges(self):
         return [headers.get("Range") for _, _, headers in self.requests]
@@ -1849,7 +1957,8 @@ class TestDownloads(unittest.TestCase):
 
     def test_the_hub_announces_size_and_sha256_and_never_sees_the_token_leave(self):
         storage = self.serve({"/blob": self.body})
-        hub = self.serve({"/org/tiny/resolve/main/config.json": b'{"n_embd": 4}'},
+        hub = self.serve({"/org/tiny/resolve/main/config.json": (FIXTURE / "config.json")
+                          .read_bytes()},  # a config that reading it takes: it is kept
                          redirect={"/org/tiny/resolve/main/model.safetensors":
                                    storage.url + "/blob"},
                          headers={"/org/tiny/resolve/main/model.safetensors": {
@@ -1872,6 +1981,76 @@ class TestDownloads(unittest.TestCase):
         with unittest.mock.patch.dict(os.environ, env), \
                 self.assertRaisesRegex(utils.InputError, "no model.bin in org/tiny.*HF_TOKEN"):
             download.hub_download("org/tiny", "model.bin", self.dest.with_name("3"))
+
+    def slow(self):
+        """A minimum rate a transfer falls under within a second, and no retry."""
+        for patch in (unittest.mock.patch.object(download, "MIN_RATE", 1000),
+                      unittest.mock.patch.object(download, "RATE_WINDOW_S", 0.5),
+                      unittest.mock.patch.object(download, "RETRIES", 0)):
+            patch.start()
+            self.addCleanup(patch.stop)
+
+    def test_a_trickling_server_ends_in_one_line_and_shows_progress(self):
+        self.slow()
+        for switches in ({"trickle": (1000, 0.1)}, {"slow_headers": 0.1}):
+            with self.subTest(switches):
+                server, err, start = self.serve({"/file": os.urandom(2000)}, **switches), \
+                    io.StringIO(), time.time()
+                with contextlib.redirect_stderr(err), self.assertRaisesRegex(
+                        utils.InputError, "could not download .* \\(under 1,000 bytes a second "
+                                          "for 0.5 s\\); check the network"):
+                    download.download(server.url + "/file", self.dest)
+                self.assertLess(time.time() - start, 3)  # the server would take 4 s more
+                self.assertFalse(self.dest.exists())
+                if "trickle" in switches:  # what came, shown as it came
+                    self.assertIn("downloading file.bin: 0.0/0.0 MB (", err.getvalue())
+
+    def test_a_redirect_is_followed_to_http_and_https_only(self):
+        secret = tmpdir(self) / "id_rsa"
+        secret.write_bytes(b"a local file no server may have us copy")
+        config = (FIXTURE / "config.json").read_bytes()
+        hub = self.serve({}, redirect={
+            "/org/a/resolve/main/config.json": secret.as_uri(),  # file:///..., no host
+            "/org/b/resolve/main/config.json": "data:," + urllib.parse.quote(config),
+            "/org/c/resolve/main/model.safetensors": "ftp://127.0.0.1:9/model.safetensors"})
+        for repo, name in (("org/a", "config.json"), ("org/b", "config.json"),
+                           ("org/c", "model.safetensors")):
+            with self.subTest(repo), contextlib.redirect_stderr(io.StringIO()), \
+                    unittest.mock.patch.dict(os.environ, {"HF_ENDPOINT": hub.url}), \
+                    self.assertRaisesRegex(utils.InputError, "unknown url type"):
+                download.hub_download(repo, name, self.dest.parent / repo / name)
+        self.assertEqual([p for p in self.dest.parent.rglob("*") if p.is_file()
+                          and p.name != ".lock"], [])  # .lock: Windows
+
+    def test_every_download_has_a_limit_known_before_its_first_byte(self):
+        endless = self.serve({"/file": b"x" * 3_000_000}, no_length=True)  # as far as we know
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaisesRegex(
+                utils.InputError, "sends more than the 1,000,000 bytes announced or allowed"):
+            download.download(endless.url + "/file", self.dest.with_name("config.json"))
+        for name, claim in (("vocab.json", 20_000_000), ("file.bin", 9_000_000_000)):
+            liar = self.serve({"/file": b"{}"}, lie=claim)
+            with self.subTest(name), self.assertRaisesRegex(
+                    utils.InputError, f"announces a {name} of {claim + 2:,} bytes, more than"):
+                download.download(liar.url + "/file", self.dest.with_name(name))
+            self.assertEqual(len(liar.requests), 1)  # refused at once, not retried
+        self.assertEqual(list(self.dest.parent.iterdir()), [])  # no file, no part
+
+    def test_only_what_reading_it_takes_is_cached(self):
+        config, dest = (FIXTURE / "config.json").read_bytes(), self.dest.with_name("config.json")
+        url = "/org/x/resolve/main/config.json"
+        hub = self.serve({url: b"<html><body>Log in to the airport's Wi-Fi</body></html>"})
+        with unittest.mock.patch.dict(os.environ, {"HF_ENDPOINT": hub.url}), \
+                contextlib.redirect_stderr(io.StringIO()):
+            for what in ("a captive portal's page", "cut off, no length to tell"):
+                with self.subTest(what), self.assertRaisesRegex(
+                        utils.InputError, f"{re.escape(hub.url + url)} is not a usable GPT-2 "
+                                          "config .*not kept, so the next run downloads it again"):
+                    download.hub_download("org/x", "config.json", dest)
+                self.assertEqual(list(dest.parent.iterdir()), [])
+                hub.files[url], hub.switch["no_length"] = config[:len(config) // 2], True
+            hub.files[url], hub.switch["no_length"] = config, False  # the hub is back
+            download.hub_download("org/x", "config.json", dest)
+        self.assertEqual(dest.read_bytes(), config)
 
     def test_sms_zip_is_downloaded_checked_then_reused_offline(self):
         content = SMS.read_bytes() if SMS.exists() else None
@@ -2212,7 +2391,6 @@ class TestNothingLost(Trains):
 
     @unittest.skipIf(sys.platform == "win32", "SIGINT to a child process is POSIX")
     def test_ctrl_c_stops_the_script_at_once_and_says_what_was_kept(self):
-        import signal
         # A job started in the background by a script ignores SIGINT, and so would its children:
         # give the child the default handling a terminal's Ctrl-C meets.
         child = subprocess.Popen([sys.executable, "train_classifier.py", *map(str, self.common),
@@ -2230,6 +2408,52 @@ class TestNothingLost(Trains):
         self.assertIn("interrupted: nothing was written; the files in --out are as they were", err)
         self.assertNotIn("Traceback", err)
         self.assertEqual(self.snapshot(), self.before)
+
+    @unittest.skipIf(sys.platform == "win32", "SIGTERM to a child process is POSIX")
+    def test_sigterm_during_the_save_leaves_out_as_it_was(self):
+        code = """if True:  # the save of a real run, slowed down after its largest file
+            import sys, time
+            from pathlib import Path
+            import model, save, utils
+            def slowly(*args, write=save.write_safetensors):
+                write(*args)
+                print("saving", flush=True)
+                time.sleep(60)
+            save.write_safetensors = slowly
+            cfg = model.get_config("gpt2", emb_dim=8, n_heads=2, n_layers=1, context_length=8)
+            settings = {"cfg": cfg, "labels": ["ham", "spam"], "max_length": 8,
+                        "pooling": "last", "truncate": "start", "run": {}}
+            utils.run_main(lambda: save.save_run(
+                Path(sys.argv[1]), model.GPTModel(cfg), settings, {"train": [("ham", "hi")]},
+                [{"final": True, "labels": ["ham", "spam"]}]), "interrupted: nothing was written")
+        """
+        child = subprocess.Popen([sys.executable, "-c", code, self.out], cwd=ROOT, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(child.kill)
+        self.assertEqual(child.stdout.readline(), "saving\n")
+        self.assertTrue(any((p / "classifier.safetensors").is_file()
+                            for p in self.out.glob(".incomplete-*")))  # model-sized, staged
+        child.send_signal(signal.SIGTERM)  # what kill, systemd and Docker send
+        _, err = child.communicate(timeout=10)
+        self.assertEqual(child.returncode, 130, err)
+        self.assertIn("\ninterrupted: nothing was written\n", err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(self.snapshot(), self.before)
+        self.assertEqual(list(self.out.glob(".incomplete-*")), [])
+
+    @unittest.skipIf(sys.platform == "win32", "SIGINT to a child process is POSIX")
+    def test_ctrl_c_while_torch_loads_ends_quietly(self):
+        child = subprocess.Popen([sys.executable, "-v", "train_classifier.py", "--help"], cwd=ROOT,
+                                 text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.addCleanup(child.kill)
+        for line in child.stderr:  # -v: a line as each module is imported
+            if line.startswith("import 'torch."):
+                break
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=30)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(child.returncode, -signal.SIGINT)  # what a shell shows as 130
 
     def test_the_way_must_be_clear_before_training(self):
         (self.dir / "blocked" / "classifier.safetensors").mkdir(parents=True)
@@ -2251,6 +2475,8 @@ class TestNothingLost(Trains):
         bad = lambda **changes: (tensors, dict(metadata, **changes))
         cases = {
             "max_length 0 is not within": bad(max_length="0"),
+            "context length 1000000, which is at most GPT-2's 1,024":  # a text would cost 10^12
+                bad(cfg=json.dumps(dict(cfg, context_length=10**6))),
             "max_length 'x' is not within": bad(max_length='"x"'),
             "labels are not two or more different printable names": bad(labels='["a", "a"]'),
             "labels are not two or more different printable names ": bad(labels='"ab"'),
@@ -2426,12 +2652,27 @@ class TestSave(Trains):
         elsewhere = self.dir / "elsewhere"
         elsewhere.mkdir()
         self.out.mkdir()
-        for name in (f".incomplete-{os.getpid()}", ".incomplete-1"):
-            (self.out / name).symlink_to(elsewhere, target_is_directory=True)
+        links = [self.out / f".incomplete-{os.getpid()}", self.out / ".incomplete-1"]
+        for link in links:
+            link.symlink_to(elsewhere, target_is_directory=True)
         self.main()
         self.assertEqual(list(elsewhere.iterdir()), [])
-        self.assertEqual(list(self.out.glob(".incomplete-*")), [])  # the stale links are gone
+        self.assertEqual(sorted(self.out.glob(".incomplete-*")), sorted(links))  # not ours: kept
         self.assertTrue((self.out / "classifier.safetensors").is_file())
+
+    def test_only_the_staging_folders_a_save_made_are_removed(self):
+        mine, killed = self.out / ".incomplete-mine", self.out / ".incomplete-killed"
+        mine.mkdir(parents=True)
+        (mine / "notes.txt").write_text("a user's own folder", encoding="utf-8")
+        killed.mkdir()
+        (killed / save.STAGED).touch()  # what a save killed midway leaves: marked as ours
+        cfg = gpt.get_config("gpt2", emb_dim=8, n_heads=2, n_layers=1, context_length=8)
+        settings = {"cfg": cfg, "labels": ["ham", "spam"], "max_length": 8, "pooling": "last",
+                    "truncate": "start", "run": {}}
+        save.save_run(self.out, gpt.GPTModel(cfg), settings, {"train": [("ham", "hi")]},
+                      [{"final": True, "labels": ["ham", "spam"]}])
+        self.assertEqual((mine / "notes.txt").read_text(encoding="utf-8"), "a user's own folder")
+        self.assertFalse(killed.exists())
 
     def test_saves_into_one_out_wait_for_each_other(self):
         model = self.main()
@@ -2478,6 +2719,13 @@ class TestUtils(unittest.TestCase):
             "caching: 3/10 texts (30%), 1.2 texts/s, 6 s left",
             "caching: 8/10 texts (80%), 1.0 texts/s, 2 s left",
             "caching: 10/10 texts (100%), 1.1 texts/s, 0 s left"])
+
+    def test_printed_texts_are_escaped(self):
+        self.assertEqual(utils.printable("a\x1b]52;c;cm0=\x07b\x1b[2J\r\n\u200b é ✓"),
+                         "a\\x1b]52;c;cm0=\\x07b\\x1b[2J\\r\\n\\u200b é ✓")
+        with self.assertRaises(SystemExit) as e:
+            utils.run_main(lambda: (_ for _ in ()).throw(utils.InputError("a \x1b[2J name")))
+        self.assertEqual(e.exception.code, "error: a \\x1b[2J name")
 
     def test_tracked_yields_every_item(self):
         self.assertEqual(list(utils.tracked([1, 2, 3], "x", "items")), [1, 2, 3])

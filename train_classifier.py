@@ -14,8 +14,12 @@ import argparse
 import functools
 import itertools
 import math
+import signal
 import sys
 from pathlib import Path
+
+if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (utils.run_main takes over from there)
 
 import torch
 import torch.nn as nn
@@ -33,7 +37,7 @@ from report import TrainingLog, final_report
 from save import check_out, check_structure, read_classifier, save_run
 from speed import Autocast, SpeedLayer, adamw, autocast, regrouped, use_bf16
 from utils import (HelpFormatter, InputError, Progress, every_one_or_what_failed, line_chunks,
-                   number, run_main)
+                   number, printable, run_main)
 
 EXAMPLES = [  # the chapter's two examples
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -307,7 +311,7 @@ def main(argv=None):
         texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
         for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels, max_length,
                                                        args.truncate)):
-            log(f"{label} ({prob:.1%}): {text}")
+            log(f"{label} ({prob:.1%}): {printable(text)}")
         merge_lora(model)  # what is saved: a plain GPTModel with a new head
         settings = {"cfg": model.cfg, "labels": labels, "max_length": max_length,
                     "pooling": args.pooling, "truncate": args.truncate, "run": vars(args),
@@ -401,7 +405,7 @@ def predict(args):
     for texts in chunks:
         for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, s["labels"],
                                                        s["max_length"], s["truncate"])):
-            shown = " ".join(text.replace("\t", " ").splitlines())  # 3 fields, 1 line
+            shown = printable(" ".join(text.replace("\t", " ").splitlines()))  # 3 fields, 1 line
             print(f"{label}\t{prob:.3f}\t{shown}")
         done += len(texts)
         progress.show(done)

@@ -5,6 +5,7 @@ import argparse
 import errno
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -47,8 +48,10 @@ class InputError(Exception):
 
 
 def run_main(main, interrupted="interrupted"):
-    """How the scripts run: an InputError ends as one line on stderr and exit status 1; Ctrl-C
-    as the line interrupted (what was kept) and status 130."""
+    """How the scripts run: an InputError ends as one line on stderr and exit status 1; Ctrl-C,
+    or SIGTERM (kill, systemd, Docker, job schedulers), as the line interrupted and status 130."""
+    for stop in (signal.SIGINT, signal.SIGTERM):  # as KeyboardInterrupt: what is written is undone
+        signal.signal(stop, signal.default_int_handler)
     if sys.stdout is None:  # started with >&-
         sys.exit("error: standard output is closed, so the results have nowhere to go")
     if hasattr(sys.stdout, "reconfigure"):  # not in a notebook
@@ -59,7 +62,7 @@ def run_main(main, interrupted="interrupted"):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
-        sys.exit(f"error: {e}")
+        sys.exit("error: " + "\n".join(map(printable, str(e).split("\n"))))  # a line a failure
     except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError
         if not isinstance(e, MemoryError) and "memory" not in str(e):
             raise
@@ -85,6 +88,12 @@ def every_one_or_what_failed(*tries):
         raise InputError(f"{len(failed)} things failed; nothing was trained:\n  - "
                          + "\n  - ".join(failed))
     return results
+
+
+def printable(text):
+    """text to print: what is not printable (a control, the ESC of a terminal's escape sequences)
+    as Python writes it, \\x1b (the rule data.py applies to labels: str.isprintable)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @contextmanager
