@@ -30,6 +30,8 @@ REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
 OPENAI = ("https://openaipublic.blob.core.windows.net/gpt-2/models/{size}/",
           "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2/{size}/")  # the book's backup
 TF_FILES = ("hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001")
+FIX = ("set HF_ENDPOINT to a mirror, or --model DIR holding model.safetensors; --init random "
+       "runs without them")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,7 +123,8 @@ def checkpoint_folder(name_or_dir, pretrained=True):
     repo, size, ours = source(name_or_dir)
     if offline():
         raise InputError(f"{repo} is not in {' or '.join(map(str, folders(name_or_dir)))}, and "
-                         "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it")
+                         "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it; unset "
+                         "it, or --init random runs without them", missing=True)
 
     def from_hub():
         if not size:  # is it a GPT-2, with GPT-2's vocabulary? Asked before its weights come
@@ -136,7 +139,7 @@ def checkpoint_folder(name_or_dir, pretrained=True):
             download(url.format(size=size) + name, folder / name)
         return folder
     return first_that_works([from_hub] + [functools.partial(from_openai, url)
-                                          for url in OPENAI if size], f"{repo}'s weights")
+                                          for url in OPENAI if size], f"{repo}'s weights", FIX)
 
 
 def vocab_file(name_or_dir):
@@ -153,7 +156,7 @@ def vocab_file(name_or_dir):
     return first_that_works(
         [functools.partial(hub_download, repo, "vocab.json", ours / "vocab.json")]
         + [functools.partial(download, url.format(size=size) + "encoder.json", openai)
-           for url in OPENAI if size], "the vocabulary")
+           for url in OPENAI if size], "the vocabulary", "set HF_ENDPOINT to a mirror")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +195,8 @@ def download(url, dest, sha256=None, size=None, headers=None, hint=""):
     check, limit = CHECKS.get(dest.name, (None, LARGEST_BYTES))
     if offline():
         raise InputError(f"{dest} is missing, and HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) "
-                         f"forbids downloading it; place it there, or unset the variable{hint}")
+                         f"forbids downloading it; place it there, or unset the variable{hint}",
+                         missing=True)
     try:
         with lock(dest.parent, "another process is downloading into"):
             if dest.exists():  # the process we waited for has downloaded it
@@ -227,7 +231,7 @@ def download(url, dest, sha256=None, size=None, headers=None, hint=""):
             os.replace(part, dest)
     except NETWORK_ERRORS as e:
         raise InputError(f"could not download {url} ({why(e)}); check the network, or download "
-                         f"it another way and place it at {dest}{hint}") from None
+                         f"it another way and place it at {dest}{hint}", missing=True) from None
     except OSError as e:  # the network was fine; the disk was not
         raise InputError(f"could not write {part} ({e.strerror or e})") from None
     return dest
@@ -313,19 +317,28 @@ def zip_member(urls, member, sha256, dest, zip_path):
             tmp.write_bytes(content)
         return dest
     return dest if dest.exists() else first_that_works(
-        [functools.partial(take, url) for url in urls], f"{member} (or pass its path)")
+        [functools.partial(take, url) for url in urls], member, "pass a labelled file with --data "
+        "PATH")
 
 
-def first_that_works(tries, what):
+def first_that_works(tries, what, fix):
     """The result of the first of tries (functions, one per source) that does not raise an
-    InputError; if all do, one InputError that says what each source said."""
+    InputError; if all do, one short InputError with fix, what to do, and what each source
+    said as its detail (--verbose)."""
     errors = []
     for attempt in tries:
         try:
             return attempt()
         except InputError as e:
-            errors.append(str(e))
-    raise InputError(f"no source of {what} could be read: " + "; ".join(errors))
+            errors.append(e)
+    if len(errors) == 1 and not errors[0].missing:  # its own reason says it best
+        raise errors[0]
+    said = "; ".join(str(e) for e in errors if not e.missing)  # a source's own reason
+    reason = "HF_HUB_OFFLINE is set" if offline() else f"{len(errors)} tried, --verbose lists them"
+    raise InputError(f"no source of {what} could be read ({reason}{': ' if said else ''}{said}); "
+                     f"{fix}", "\n".join(f"    {line}" for e in errors for line in (
+                         f"{e}\n{e.detail}" if e.detail else str(e)).split("\n")),
+                     all(e.missing for e in errors))
 
 
 def why(e):
@@ -450,10 +463,10 @@ def hub_download(repo, filename, dest, hint=""):
             raise InputError(f"the hub has no {filename} in {repo} that we may read ({url}: "
                              f"{why(e)}); check the name, or set HF_TOKEN for a private or "
                              "gated repo") from None
-        raise InputError(f"could not reach {url} ({why(e)}){hint}") from None
+        raise InputError(f"could not reach {url} ({why(e)}){hint}", missing=True) from None
     except NETWORK_ERRORS as e:
         raise InputError(f"could not reach {url} ({why(e)}); check the network, or set "
-                         f"HF_ENDPOINT to a mirror of the hub{hint}") from None
+                         f"HF_ENDPOINT to a mirror of the hub{hint}", missing=True) from None
     etag = (meta.get("X-Linked-Etag") or "").strip().strip('"')
     size = header_number(meta, "X-Linked-Size") if "Location" in meta else \
         header_number(meta, "Content-Length")  # a redirect's own length is not the file's

@@ -15,6 +15,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, 
 
 import torch
 
+import utils
 from utils import HelpFormatter, InputError, number, run_main
 from load_gpt2 import get_tokenizer, load_gpt2, pick_device
 
@@ -114,7 +115,10 @@ def main(argv=None):
                    help="fix the random choices (default: different each run)")
     p.add_argument("--ignore-eos", action="store_true", help="go on past <|endoftext|>")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument("--verbose", action="store_true", help="when a file cannot be had, every source "
+                   "tried")
     args = p.parse_args(argv)
+    utils.VERBOSE = args.verbose
     top_k = args.top_k or None
     try:
         check_settings(args.max_new_tokens, args.temperature, top_k, args.top_p)

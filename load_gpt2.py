@@ -172,10 +172,12 @@ def get_tokenizer(model=None):
     its cache may be a folder anyone can write to, and its download has no bound."""
     folder = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get(
         "DATA_GYM_CACHE_DIR", str(Path(tempfile.gettempdir()) / "data-gym-cache")))
-    tries = [lambda: encoding_from(Path(folder) / TIKTOKEN_ENCODER)] if folder else []
-    tries += [lambda name=name: encoding_from(vocab_file(name))
-              for name in dict.fromkeys([model or "gpt2", "gpt2"])]  # in order, once each
-    return first_that_works(tries, "the GPT-2 vocabulary")
+    cached = Path(folder) / TIKTOKEN_ENCODER if folder else None
+    tries = [lambda: encoding_from(cached)] if cached and cached.exists() else []
+    tries += [lambda name=name: encoding_from(vocab_file(name))  # the sizes share GPT-2's
+              for name in ([] if model is None or str(model) in ALIASES else [model]) + ["gpt2"]]
+    return first_that_works(tries, "GPT-2's vocabulary", "set TIKTOKEN_CACHE_DIR to tiktoken's "
+                            "cached GPT-2 files, or HF_ENDPOINT to a mirror")
 
 
 def pick_device(name=None):

@@ -765,15 +765,29 @@ class TestTrainClassifier(Trains):
                          f"{empty / 'classifier.safetensors'}; train one first with python "
                          "train_classifier.py, or point --out or --classifier at it"))
 
-    def test_no_network_ends_with_a_clear_message(self):
-        # An empty cache and a proxy that refuses every connection: no network, even on a
-        # machine that has one.
-        no_network = {"GPT2_CACHE_DIR": str(self.dir / "cache"),
+    def test_a_first_run_without_network_names_all_it_lacks_at_once(self):
+        # Empty caches and a proxy that refuses every connection: no network, even on a machine
+        # that has one. Nothing is there: the vocabulary, the data, the weights, each with its fix.
+        no_network = {"GPT2_CACHE_DIR": str(self.dir / "cache"), "HF_HOME": str(self.dir / "hf"),
+                      "TIKTOKEN_CACHE_DIR": str(self.dir / "tiktoken"),
                       "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+        code, _, err = cli(tc.main, "--out", self.dir / "o", env=no_network)
+        lines = err.strip().splitlines()
+        self.assertEqual((code, lines[0]), (1, "error: 3 things failed; nothing was trained:"))
+        for line, fix in zip(lines[1:], ("TIKTOKEN_CACHE_DIR", "--data PATH", "--init random"),
+                             strict=True):
+            self.assertIn(fix, line)
+            self.assertLess(len(line), 200)
+            self.assertNotIn("https://", line)
+        code, _, err = cli(tc.main, "--out", self.dir / "o", "--verbose", env=no_network)
+        self.assertIn("could not download https://archive.ics.uci.edu/", err)  # every source
+        self.assertIn("https://huggingface.co/openai-community/gpt2/resolve/main/", err)
+        no_network.pop("TIKTOKEN_CACHE_DIR")  # the suite's vocabulary, the tiny model's weights
         code, _, err = cli(tc.main, "--out", self.dir / "o", "--model", self.model_dir,
-                           env=no_network)
-        self.assertEqual(code, 1)
-        self.assertIn("could not download https://archive.ics.uci.edu/", err)
+                           env=no_network)  # the one thing missing: one line
+        self.assertEqual(said(err), ["error: no source of SMSSpamCollection could be read (2 "
+                                     "tried, --verbose lists them); pass a labelled file with "
+                                     "--data PATH"])
         self.assertNotIn("Traceback", err)
 
 
@@ -1675,9 +1689,11 @@ class TestSources(Sources):
                 load_gpt2.load_gpt2("gpt2")
         message = str(e.exception)
         self.assertTrue(message.startswith("no source of openai-community/gpt2's weights could "
-                                           "be read: "), message)
-        for url in (hub.url, openai.url, book.url):
-            self.assertIn(url, message)
+                                           "be read (3 tried, --verbose lists them: "), message)
+        for url in (openai.url, book.url):
+            self.assertNotIn(url, message)  # they could not be reached: --verbose names them
+            self.assertIn(url, e.exception.detail)
+        self.assertIn(hub.url, message)  # the hub said something of its own: a 404
         self.assertEqual(len(message.splitlines()), 1)
 
     def test_a_name_too_long_for_a_path_is_one_sentence(self):

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
+import utils
+
 from data import TRUNCATIONS, encode, encode_examples, load_dataset, pad_batch
 from ddp import distributed, first_on_each_machine, gradient_sync
 from extras import EarlyStopping, adjust, appendix_d_lr, class_weights, optimizer_steps
@@ -475,10 +477,13 @@ def parse_args(argv=None):
       "and exit; - reads one text per line from standard input")
     a("--classifier", type=Path, default=None, help="for --predict: a classifier.safetensors, or "
       "a folder holding one (default: the one in --out)")
+    a("--verbose", action="store_true", help="when a file cannot be had, every source tried")
     args = p.parse_args(argv)
+    utils.VERBOSE = args.verbose
     for k, value in vars(args).items():  # no setting is silently ignored
         why = ("with --predict: a classifier brings its own settings" if args.predict and k not in
-               ("predict", "classifier", "out", "device", "dtype", "fast") else "with --no-fast"
+               ("predict", "classifier", "out", "device", "dtype", "fast", "verbose") else
+               "with --no-fast"
                if not args.fast and k in ("compile", "cache", "cache_mb") else
                "without --predict" if not args.predict and k == "classifier" else None)
         if why and value != p.get_default(k):

@@ -44,7 +44,15 @@ def number(kind, low=0.0, inclusive=False, high=None):
 
 class InputError(Exception):
     """A problem the user can fix (no network, a bad file, a wrong flag). The scripts print
-    its message as one sentence and exit with status 1 instead of a traceback."""
+    its message as one sentence and exit with status 1 instead of a traceback; detail (every
+    source a download tried, say) is printed too with --verbose (VERBOSE)."""
+
+    def __init__(self, message, detail=None, missing=False):
+        super().__init__(message)
+        self.detail, self.missing = detail, missing  # missing: not there, or not reached
+
+
+VERBOSE = False  # set by the scripts' --verbose
 
 
 def run_main(main, interrupted="interrupted"):
@@ -62,7 +70,8 @@ def run_main(main, interrupted="interrupted"):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
-        sys.exit("error: " + "\n".join(map(printable, str(e).split("\n"))))  # a line a failure
+        detail = f"\n{e.detail}" if VERBOSE and getattr(e, "detail", None) else ""
+        sys.exit("error: " + "\n".join(map(printable, (str(e) + detail).split("\n"))))
     except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError
         if not isinstance(e, MemoryError) and "memory" not in str(e):
             raise
@@ -81,12 +90,13 @@ def every_one_or_what_failed(*tries):
         try:
             results.append(attempt())
         except InputError as e:
-            failed.append(f"{what}: {e}")
+            failed.append((what, e))
     if len(failed) == 1:
-        raise InputError(failed[0].split(": ", 1)[1])
+        raise failed[0][1]
     if failed:
-        raise InputError(f"{len(failed)} things failed; nothing was trained:\n  - "
-                         + "\n  - ".join(failed))
+        raise InputError(f"{len(failed)} things failed; nothing was trained:" + "".join(
+            f"\n  - {e}" for _, e in failed), "\n".join(
+                e.detail for _, e in failed if getattr(e, "detail", None)) or None)
     return results
 
 
