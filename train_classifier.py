@@ -121,8 +121,7 @@ class Classifier(nn.Module):
 
 
 def class_logits(logits):
-    """logits, checked to be a Classifier's (B, num_classes). A bare GPTModel's (B, T, classes),
-    which the book reads at [:, -1, :], would be misread here: refused in one sentence."""
+    """logits, if a Classifier's (B, num_classes); a GPTModel's (B, T, ...) would be misread."""
     if logits.dim() != 2:
         raise TypeError(f"the model gave logits of shape {tuple(logits.shape)}, a GPTModel's; the "
                         "functions here take Classifier(model, pad_id), which reads each text's "
@@ -209,22 +208,21 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
     return train_losses, val_losses, train_accs, val_accs, examples_seen
 
 
-def classify(model, tokenizer, texts, label_names, max_length, truncate="start", batch_size=32):
+def classify(model, tokenizer, texts, label_names, max_length, truncate="start", batch_size=64):
     """(label, probability) for each text of a list, or for one text: the chapter's
     classify_review, which takes (text, model, tokenizer, device) and returns the label alone."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"classify(model, tokenizer, texts, label_names, max_length) takes the "
                         f"model first, not a {type(model).__name__} (the book's classify_review "
                         "takes the text first)")
-    if isinstance(texts, str):
-        return classify(model, tokenizer, [texts], label_names, max_length, truncate,
-                        batch_size)[0]
-    probs = probabilities(model, tokenizer, texts, max_length, truncate, batch_size)
-    return [(label_names[int(p.argmax())], float(p.max())) for p in probs]
+    one = isinstance(texts, str)
+    results = [(label_names[int(p.argmax())], float(p.max())) for p in probabilities(
+        model, tokenizer, [texts] if one else texts, max_length, truncate, batch_size)]
+    return results[0] if one else results
 
 
 @torch.no_grad()
-def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_size=32):
+def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_size=64):
     """(len(texts), num_classes) class probabilities. Texts are batched by length; padding never
     changes a result, so a text gets the same answer alone or beside much longer ones."""
     model.eval()
