@@ -1843,6 +1843,21 @@ class TestReport(unittest.TestCase):
         self.assertEqual(len(table.splitlines()), 1)
         self.assertIn("over 20,000 labels; lowest F1: label0 0.00%", table)
 
+    def test_the_final_record_is_read_back_only_from_a_finished_run(self):
+        folder = tmpdir(self)
+        self.assertIsNone(report.final_record(folder))  # no metrics.jsonl
+        for last, expected in (('{"final": true, "test_acc": 0.75}', 0.75),
+                               ('{"final": true, "test_acc": NaN}', None),  # not JSON's
+                               ('{"epoch": 3, "val_acc": 0.5}', "no record"),  # an unfinished run
+                               ('{"final": tr', "no record"), ("[1, 2]", "no record")):
+            with self.subTest(last=last):
+                (folder / "metrics.jsonl").write_text('{"epoch": 1}\n' + last + "\n", "utf-8")
+                record = report.final_record(folder / "classifier.safetensors")  # or a file
+                if expected == "no record":
+                    self.assertIsNone(record)
+                else:
+                    self.assertEqual(record["test_acc"], expected)
+
 
 class TestReportOfARun(Trains):
     def test_balanced_data_reports_per_class_metrics_and_the_unused_split(self):
