@@ -105,11 +105,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         tokens = encode(self.server.tokenizer, [texts[i] for i in long], n + 1, s["truncate"])
         try:
             self.server.jobs.put(job := (texts, Future()))  # for Server.batch_forever
-            probs = job[1].result()  # (len(texts), num_classes)
+            probs = job[1].result()  # len(texts) lists of num_classes probabilities
         except Exception as e:  # the classifier failed: out of memory, non-finite probabilities
             return self.send_error(500, f"the classifier failed: {str(e)[:300]}")
         cut = [str(i) for i, ids in zip(long, tokens) if len(ids) > n]
-        ranked = [sorted(zip(p.tolist(), s["labels"]), reverse=True) for p in probs]  # best first
+        ranked = [sorted(zip(p, s["labels"]), reverse=True) for p in probs]  # best first
         self.answer(200, [[{"label": label, "score": score} for score, label in r] for r in ranked],
                     headers=[("X-Truncated", ",".join(cut))])
 
@@ -146,9 +146,8 @@ class Server(http.server.ThreadingHTTPServer):
         self.health = {"status": "ok", "labels": settings["labels"], "test_acc": test_acc,
                        "settings": {"model": settings["run"].get("model"), **shown}}
         try:
-            family, *_, address = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-            self.address_family = family
-            super().__init__(address, Handler)
+            self.address_family, *_, addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+            super().__init__(addr, Handler)
         except OSError as e:  # a name that resolves to nothing, a port in use
             raise InputError(f"cannot serve on {host} port {port} ({e.strerror or e}); choose "
                              "another --host or --port") from None
@@ -167,12 +166,13 @@ class Server(http.server.ThreadingHTTPServer):
                     batch.append(self.jobs.get(timeout=max(0, until - time.monotonic())))
                 except queue.Empty:
                     break
-            if not (jobs := [job for job in batch if job]):  # no torch call as the server closes
+            if not (jobs := [job for job in batch if job]):  # closed: no torch call to race exit
                 return
-            try:  # (the texts sorted by length, in batches)
-                probs = self.probabilities([text for texts, _ in jobs for text in texts])
-                for (texts, future), p in zip(jobs, probs.split([len(t) for t, _ in jobs])):
-                    future.set_result(p)
+            # Lists, not tensors: a thread freeing a tensor while Python exits aborts the process.
+            try:  # (probabilities sorts the texts by length, in batches)
+                rows = iter(self.probabilities([t for texts, _ in jobs for t in texts]).tolist())
+                for texts, future in jobs:
+                    future.set_result([next(rows) for _ in texts])
             except Exception as e:  # each request of the batch answers it; the server goes on
                 for _, future in jobs:
                     future.set_exception(e)
@@ -206,12 +206,12 @@ def main(argv=None):
     net = FastClassifier(model, tokenizer.eot_token, settings["pooling"])  # as --predict runs
     server = Server(net, tokenizer, settings, args.host, args.port,
                     (final_record(args.classifier) or {}).get("test_acc"))  # on the page
-    address, port = server.server_address[:2]
-    if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
-        print(f"warning: --host {args.host}: anyone who can reach this machine on port {port} "
-              "can use the classifier (no password, no encryption)", file=sys.stderr)
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {args.classifier} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    if not ipaddress.ip_address(server.server_address[0]).is_loopback:
+        print(f"warning: --host {args.host} lets anyone who can reach it use the classifier "
+              "(no password, no encryption)", file=sys.stderr)
+    host = f"[{args.host}]" if ":" in args.host else args.host  # the port: --port 0's pick
+    print(f"serving {args.classifier} on http://{host}:{server.server_port}/ (Ctrl-C stops)",
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:  # how a server is stopped: no error
@@ -221,11 +221,11 @@ def main(argv=None):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    a = p.add_argument
-    a("--classifier", type=Path, default=Path("out"), help="classifier.safetensors or its folder")
-    a("--host", default="127.0.0.1", help="address to serve on (others reach the network)")
-    a("--port", type=number(int, 0, inclusive=True, high=65535), default=8000, help="0: a free one")
-    a("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument("--classifier", type=Path, default=Path("out"),
+                   help="a classifier.safetensors, or the folder holding one")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (others: the network)")
+    p.add_argument("--port", type=number(int, 0, True, 65535), default=8000, help="0: a free one")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     return p.parse_args(argv)
 
 

@@ -2695,7 +2695,7 @@ class TestServe(unittest.TestCase):
                 self.assertRegex(out.getvalue(), rf"^serving {re.escape(str(self.out))} on "
                                  rf"http://{re.escape(host)}:[1-9]\d*/ \(Ctrl-C stops\)\n$")
                 self.assertEqual(seen["health"]["test_acc"], self.server.health["test_acc"])
-                warning = "anyone who can reach this machine" in err.getvalue()
+                warning = "lets anyone who can reach it use the classifier" in err.getvalue()
                 self.assertEqual(warning, host != "127.0.0.1")
                 self.assertTrue(err.getvalue().endswith("stopped\n"))
         for args, code, message in (
