@@ -2719,7 +2719,8 @@ class TestBench(unittest.TestCase):
         folder = tmpdir(self)
         for args, message in ((["train", "--data", folder / "nope"], "no such file"),
                               (["scale", "--sizes", "0"], "must be a number > 0"),
-                              (["generate", "--new-tokens", "-5"], "must be a number > 0")):
+                              (["generate", "--new-tokens", "-5"], "must be a number > 0"),
+                              (["serve", "--requests", "0"], "must be a number > 0")):
             with self.subTest(args):
                 code, _, err = cli(bench.main, *args)
                 self.assertNotEqual(code, 0)
