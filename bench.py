@@ -20,15 +20,22 @@
     python bench.py memory
         peak memory of load_gpt2() on a gpt2-xl-shaped float32 checkpoint (6.2 GB of zeros in
         Hugging Face's layout, written to a temporary folder: needs that much free disk; Unix).
+    python bench.py serve --data path/to/SMSSpamCollection
+        serve.py under load: 1 client, then 8 at once, each sending one SMS text a request over
+        loopback to one server (gpt2-small shape, random weights): requests per second and
+        p50/p99 latency, and the texts per forward pass the batching made.
 """
 import argparse
+import http.client
 import io
 import json
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +45,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, 
 import torch
 import torch.nn.functional as F
 
+import serve
 import train_classifier
 from data import encode, load_dataset, read_examples, sms_spam_file
 from generate import generate
@@ -333,10 +341,74 @@ def bench_memory(args):
         subprocess.run([sys.executable, "-c", code], check=True)
 
 
+class Counted(torch.nn.Module):
+    """net, counting its forward passes."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.passes = net, 0
+
+    def forward(self, x):  # (B, T) token ids
+        self.passes += 1
+        return self.net(x)
+
+
+def bench_serve(args):
+    print(f"machine: {machine()}")
+    tokenizer, texts = get_tokenizer(), sms_texts(args.data, args.requests)
+    torch.manual_seed(0)
+    model = train_classifier.build_classifier(GPTModel(get_config("gpt2-small")), 2).eval()
+    eot = tokenizer.eot_token
+    net = Counted(train_classifier.Classifier(model, eot, fast=SpeedLayer(model, eot)))
+    settings = {"labels": ["ham", "spam"], "max_length": 1024, "pooling": "last",
+                "truncate": "start", "run": {"model": "gpt2-small (random weights)"}}
+    server = serve.Server(net, tokenizer, settings, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def client(texts, latencies):  # one connection; a request, its answer, the next request
+        connection = http.client.HTTPConnection(*server.server_address[:2])
+        for text in texts:
+            start = time.perf_counter()
+            connection.request("POST", "/classify", json.dumps({"inputs": text}).encode())
+            answer = connection.getresponse()
+            if answer.status != 200:
+                raise InputError(f"the server answered {answer.status}: {answer.read()[:200]}")
+            answer.read()
+            latencies.append(time.perf_counter() - start)
+        connection.close()
+
+    client(texts[:8], [])  # warm-up
+    # 1 client and 8 take turns, 4 rounds each: a change in the machine's load hits both alike.
+    runs = {n: {"latencies": [], "seconds": 0.0, "passes": 0} for n in (1, 8)}
+    for round_texts in (texts[i::4] for i in range(4)):
+        for n, run in runs.items():
+            threads = [threading.Thread(target=client, args=(round_texts[i::n], run["latencies"]))
+                       for i in range(n)]
+            start, passes = time.perf_counter(), net.passes
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            run["seconds"] += time.perf_counter() - start
+            run["passes"] += net.passes - passes
+    server.shutdown()
+    server.server_close()
+    print(f"{len(texts)} requests of one SMS text each, per number of concurrent clients:")
+    for n, run in runs.items():
+        percentiles = statistics.quantiles(run["latencies"], n=100)
+        run.update(rate=len(run["latencies"]) / run["seconds"], p50=percentiles[49],
+                   p99=percentiles[98])
+        print(f"  {n} client{'s' if n > 1 else ' '}: {run['rate']:6.1f} requests/s, "
+              f"p50 {1000 * run['p50']:6.1f} ms, p99 {1000 * run['p99']:6.1f} ms, "
+              f"{len(run['latencies']) / run['passes']:.1f} texts per forward pass")
+    print(f"8 clients: {runs[8]['rate'] / runs[1]['rate']:.2f}x the throughput of 1 (goal: >= "
+          f"2x); their p99 is {runs[8]['p99'] / runs[1]['p50']:.2f}x the p50 of 1 (goal: < 2x)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["train", "predict", "scale", "generate", "memory"])
+    p.add_argument("what", choices=["train", "predict", "scale", "generate", "memory", "serve"])
     p.add_argument("--data", default=None, help="the SMS file (default: download it)")
     p.add_argument("--sizes", type=number(int), nargs="+", default=[24, 48, 96],
                    help="numbers of texts for 'scale'")
@@ -344,11 +416,13 @@ def main(argv=None):
                    help="tokens to generate for 'generate'")
     p.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"],
                    default=["float32", "bfloat16"], help="for 'train' and 'predict'")
+    p.add_argument("--requests", type=number(int), default=320,
+                   help="requests for 'serve', with 1 client and again with 8")
     args = p.parse_args(argv)
     if args.data is not None and not Path(args.data).is_file():
         raise InputError(f"--data {args.data}: no such file; pass the SMS Spam Collection file")
     {"train": bench_train, "predict": bench_predict, "scale": bench_scale,
-     "generate": bench_generate, "memory": bench_memory}[args.what](args)
+     "generate": bench_generate, "memory": bench_memory, "serve": bench_serve}[args.what](args)
 
 
 if __name__ == "__main__":

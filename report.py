@@ -191,6 +191,20 @@ def plot_metrics(history, path):
     return True
 
 
+def final_record(path):
+    """The last record of the metrics.jsonl in a run's folder (path: it, or a file in it) if it is
+    a finished run's, with its accuracies; else None. Only the file's last MB is read: the record
+    is far smaller."""
+    try:
+        with open((path if path.is_dir() else path.parent) / "metrics.jsonl", "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 2**20))
+            # parse_constant: no NaN or Infinity, which JSON itself cannot hold
+            record = json.loads(f.read().splitlines()[-1], parse_constant=lambda name: None)
+    except (OSError, ValueError, IndexError):  # no file, or not one a run wrote
+        return None
+    return record if isinstance(record, dict) and record.get("final") is True else None
+
+
 class TrainingLog:
     """What a run prints (on the master process alone) and keeps for metrics.jsonl (history):
     every time counts from the run's start; examples per second count training steps only."""

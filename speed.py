@@ -139,7 +139,7 @@ class SpeedLayer:
 
 def frozen_bottom(model):
     """How many blocks from the bottom take no gradient (0 when the embeddings train). Never
-    the last block, which FastClassifier runs at the last token only."""
+    the last block, which SpeedLayer runs at the last token only."""
     frozen = lambda module: not any(p.requires_grad for p in module.parameters())
     if not (frozen(model.tok_emb) and frozen(model.pos_emb)):
         return 0
