@@ -64,7 +64,8 @@ def distributed(device, backend=None, timeout_s=1800):
 
 def gradient_sync(model, sync):
     """Under torchrun, backward() averages gradients across processes; with gradient
-    accumulation only a step's last micro-batch needs to (sync), as in nanoGPT."""
+    accumulation only a step's last micro-batch needs to (sync), as in nanoGPT. Around the
+    micro-batch's forward pass and backward both: DDP decides in forward() whether to sync."""
     return model.no_sync() if hasattr(model, "no_sync") and not sync else nullcontext()
 
 

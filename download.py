@@ -30,8 +30,8 @@ REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
 OPENAI = ("https://openaipublic.blob.core.windows.net/gpt-2/models/{size}/",
           "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2/{size}/")  # the book's backup
 TF_FILES = ("hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001")
-FIX = ("set HF_ENDPOINT to a mirror, or --model DIR holding model.safetensors; --init random "
-       "runs without them")
+FIX = ("set HF_ENDPOINT to a mirror, or --model DIR with model.safetensors; --init random runs "
+       "without them")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def first_that_works(tries, what, fix):
     if len(errors) == 1 and not errors[0].missing:  # its own reason says it best
         raise errors[0]
     said = "; ".join(str(e) for e in errors if not e.missing)  # a source's own reason
-    reason = "HF_HUB_OFFLINE is set" if offline() else f"{len(errors)} tried, --verbose lists them"
+    reason = "HF_HUB_OFFLINE is set" if offline() else "--verbose lists the sources tried"
     raise InputError(f"no source of {what} could be read ({reason}{': ' if said else ''}{said}); "
                      f"{fix}", "\n".join(f"    {line}" for e in errors for line in (
                          f"{e}\n{e.detail}" if e.detail else str(e)).split("\n")),
@@ -361,8 +361,7 @@ class Transfer(urllib.request.HTTPHandler, urllib.request.HTTPSHandler,
     def __init__(self, url):
         super().__init__()
         self.url, self.got, self.slow, self.sock, self.done = url, 0, False, None, threading.Event()
-        # got: the bytes read so far, counted by the reader
-        threading.Thread(target=self.watch, daemon=True).start()
+        # got: the bytes read so far, counted by the reader; watch() starts at the first connect
 
     def open(self, headers=None, method="GET", follow=True):
         """The open HTTP response (follow: redirects); proxies come from the environment."""
@@ -415,6 +414,8 @@ class Transfer(urllib.request.HTTPHandler, urllib.request.HTTPSHandler,
         class Watched(connection):
             def connect(self):
                 super().connect()
+                if transfer.sock is None:  # not before: hashing a kept .part is not the network
+                    threading.Thread(target=transfer.watch, daemon=True).start()
                 transfer.sock = self.sock
         return Watched
 
@@ -466,7 +467,8 @@ def hub_download(repo, filename, dest, hint=""):
         raise InputError(f"could not reach {url} ({why(e)}){hint}", missing=True) from None
     except NETWORK_ERRORS as e:
         raise InputError(f"could not reach {url} ({why(e)}); check the network, or set "
-                         f"HF_ENDPOINT to a mirror of the hub{hint}", missing=True) from None
+                         f"HF_ENDPOINT to a mirror of the hub{hint}",  # a bad HF_ENDPOINT: said
+                         missing=not why(e).startswith("not a URL")) from None
     etag = (meta.get("X-Linked-Etag") or "").strip().strip('"')
     size = header_number(meta, "X-Linked-Size") if "Location" in meta else \
         header_number(meta, "Content-Length")  # a redirect's own length is not the file's

@@ -86,3 +86,13 @@ class EarlyStopping:
                     p.copy_(self.kept[name])
             return True
         return False
+
+
+def stop_if_diverged(loss, step):
+    """A loss that is NaN or infinite ends the run in one line: at step 0 most likely a changed
+    read (the speed layer computes only what pool() reads), later a learning rate too large."""
+    if not math.isfinite(loss.item()):
+        raise InputError(f"the loss became {loss.item()} at step {step}: " + (
+            "if you changed what pool() reads, run with --no-fast (the speed layer computes only "
+            "the positions pool() reads); else training diverged: try a smaller --lr" if step
+            == 0 else "training diverged; try a smaller --lr"))

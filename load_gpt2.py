@@ -74,7 +74,7 @@ SENTENCE_IDS = [464, 6193, 373, 4692, 11, 523, 673, 1234, 319, 607, 13209, 290, 
 def untrained(model):
     """None, or a sentence on why the model looks untrained: its language-model loss on SENTENCE
     within 2 nats of what random weights give. Never a refusal (a model fine-tuned on other text
-    may be odd on English); milliseconds even for gpt2-xl."""
+    may be odd on English); one forward pass over 17 tokens."""
     V = 50257  # GPT-2's tokens; a padded vocabulary's other rows never come out of the tokenizer
     if model.cfg["vocab_size"] < V or model.cfg["context_length"] < len(SENTENCE_IDS):
         return None

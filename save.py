@@ -122,6 +122,7 @@ def read_classifier(path, poolings):
     if not path.is_file():
         raise InputError(f"{path} is not a regular file")
     tensors, metadata = read_safetensors(path)
+    metadata = {"weights_from": "{}", "structure": "", **metadata}  # older versions saved neither
     try:
         settings = {key: metadata[key] if key in TEXTS else json.loads(metadata[key])
                     for key in SETTINGS}
@@ -152,6 +153,9 @@ def read_classifier(path, poolings):
 def check_structure(model, settings, path):
     """The model this code builds must be the one that trained (a forked head, say): compared
     by their module trees, as print(model) shows them; the first line that differs is named."""
+    if not settings["structure"]:
+        return print(f"warning: {path} does not record its model (an older version saved it), "
+                     "so a changed head cannot be told", file=sys.stderr)
     ours, theirs = repr(model).splitlines(), settings["structure"].splitlines()
     for mine, saved in itertools.zip_longest(ours, theirs, fillvalue="(nothing)"):
         if mine != saved:

@@ -222,8 +222,7 @@ def main(argv=None):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--classifier", type=Path, default=Path("out"),
-                   help="a classifier.safetensors, or the folder holding one")
+    p.add_argument("--classifier", type=Path, default=Path("out"), help="the file or its folder")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (others: the network)")
     p.add_argument("--port", type=number(int, 0, True, 65535), default=8000, help="0: a free one")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")

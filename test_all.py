@@ -4,9 +4,10 @@
 Every test builds what it needs in a temporary folder: tiny random checkpoints written in the real
 safetensors layout, small labelled files, zips. The suite is hermetic: a user's caches (this
 project's, Hugging Face's, tiktoken's) change nothing, since every cache a script reads points into
-a folder of the suite's own. GPT-2's vocabulary comes from TIKTOKEN_CACHE_DIR when it is set (a
-folder of tiktoken's cached GPT-2 files), else tiktoken downloads it; where neither works, the tests
-that need it skip and say so. SMS_SPAM_COLLECTION names the SMS file for the tests that use it.
+a folder of the suite's own, and neither the Hugging Face variables nor a proxy reach the tests.
+GPT-2's vocabulary comes from TIKTOKEN_CACHE_DIR when it is set (a folder of tiktoken's cached GPT-2
+files), else from the hub; where neither works, the tests that need it skip and say so.
+SMS_SPAM_COLLECTION names the SMS file for the tests that use it. Everything runs on the CPU.
 """
 import _thread
 import atexit
@@ -44,6 +45,7 @@ import torch
 import bench
 import data
 import download
+import extras
 import formats
 import generate as gen
 import load_gpt2
@@ -61,13 +63,16 @@ FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tiny"
 TF_FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tf"
 SMS = Path(os.environ.get("SMS_SPAM_COLLECTION") or ROOT.parent / "shared" / "data"
            / "SMSSpamCollection")
-NO_SMS = f"the SMS Spam Collection is not at {SMS}; set SMS_SPAM_COLLECTION to its path"
+NO_SMS = "the SMS Spam Collection file is not there; set SMS_SPAM_COLLECTION to its path"
 OWN = Path(tempfile.mkdtemp(prefix="gpt2-tests-"))  # every cache the scripts read, while testing
 atexit.register(shutil.rmtree, OWN, True)
 os.environ.update({"GPT2_CACHE_DIR": str(OWN / "gpt2"), "HF_HOME": str(OWN / "hf"),
                    "XDG_CACHE_HOME": str(OWN / "xdg"),
                    "TIKTOKEN_CACHE_DIR": os.environ.get("TIKTOKEN_CACHE_DIR") or str(OWN / "tk")})
-os.environ.pop("HF_HUB_CACHE", None)
+for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_TOKEN",
+             "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+    os.environ.pop(name, None)  # the tests' servers are on 127.0.0.1; each sets what it tests
+os.environ["CUDA_VISIBLE_DEVICES"] = ""  # on the CPU, in the subprocesses too: the same numbers
 ENCODER_JSON = Path(os.environ["TIKTOKEN_CACHE_DIR"]) / hashlib.sha1(  # tiktoken's name for it
     b"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json").hexdigest()
 NO_ENCODER_JSON = "GPT-2's encoder.json is not in TIKTOKEN_CACHE_DIR; set it to tiktoken's cache"
@@ -76,6 +81,7 @@ NO_ENCODER_JSON = "GPT-2's encoder.json is not in TIKTOKEN_CACHE_DIR; set it to 
 # (the subprocesses that compare numbers pass --dtype float32).
 NATIVE_BF16_CPU = speed.native_bf16_cpu
 unittest.mock.patch.object(speed, "native_bf16_cpu", lambda: None).start()
+unittest.mock.patch.object(torch.backends.mps, "is_available", lambda: False).start()
 
 
 # =============================================================================================
@@ -499,74 +505,6 @@ class TestTrainClassifier(Trains):
             direct = torch.softmax(model(ids)[0, -1], -1).max().item()
         self.assertAlmostEqual(alone[1], direct, delta=1e-5)
 
-    def test_lora_starts_at_the_base_model_and_merges_exactly(self):
-        torch.manual_seed(0)
-        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=16,
-                             vocab_size=50)
-        model = tc.build_classifier(gpt.GPTModel(cfg), 3, "head").eval()
-        idx = torch.randint(0, 50, (2, 9))
-        with torch.no_grad():
-            base = model(idx)
-            lora.replace_linear_with_lora(model, rank=4, alpha=8)
-            self.assertTrue(torch.equal(model(idx), base))  # B starts at zero: the same logits
-            for name, p in model.named_parameters():  # as if trained: every B nonzero
-                if name.endswith("lora.B"):
-                    p.normal_(std=0.1)
-            adapted = model(idx)
-            self.assertGreater((adapted - base).abs().max().item(), 1e-2)
-            merged = lora.merge_lora(model)
-            self.assertFalse(any(isinstance(m, lora.LinearWithLoRA) for m in merged.modules()))
-            plain = tc.build_classifier(gpt.GPTModel(cfg), 3, "head")
-            self.assertEqual(merged.state_dict().keys(), plain.state_dict().keys())
-            self.assertLess((merged(idx) - adapted).abs().max().item(), 1e-5)
-
-    def test_class_weights_with_accumulation_equal_one_bigger_batch(self):
-        rows = [("spam" if i % 4 == 0 else "ham", f"text {i} says {'apple' if i % 4 else 'zebra'}")
-                for i in range(32)]
-        self.data.write_text("".join(f"{y}\t{t}\n" for y, t in rows), encoding="utf-8")
-        weighted = ["--class-weights", "balanced", "--epochs", "2", "--eval-freq", "1", "--lr",
-                    "3e-3", "--trainable", "all"]
-        big, log = self.train(*weighted, "--batch-size", "8", out="big")
-        self.assertIn("(the loss trained on is weighted; the losses and accuracies printed are "
-                      "not)", log)
-        counts = [sum(y == label for y, _ in data.split(rows, 123)["train"])
-                  for label in ("ham", "spam")]
-        expected = [sum(counts) / (2 * n) for n in counts]  # n / (k * n_class)
-        self.assertIn(f"class weights: ham {expected[0]:.3g}, spam {expected[1]:.3g}", log)
-        small, _ = self.train(*weighted, "--batch-size", "2", "--accumulation-steps", "4")
-        assert_same_weights(self, small.state_dict(), big.state_dict(), inert=inert_parameters(big))
-        plain, _ = self.train(*weighted[2:], "--batch-size", "8", out="plain")
-        self.assertGreater((plain.out_head.weight - big.out_head.weight).abs().max(), 1e-4)
-        for bad, message in (("2,1,3", " gives 3 weights for the 2 labels ['ham', 'spam']"),
-                             ("2,-1", ": weights are numbers above 0"),
-                             ("2,x", ": weights are numbers above 0")):
-            code, _, err = cli(tc.main, "--model", self.model_dir, "--data", self.data, "--out",
-                               self.dir / "bad", "--class-weights", bad)
-            self.assertEqual((code, len(said(err))), (1, 1), err)
-            self.assertIn(f"--class-weights {bad!r}{message}", err)
-
-    def test_early_stopping_keeps_the_best_weights_and_says_whose(self):
-        folder = self.dir / "folder"  # validation labels against the pattern: its loss only rises
-        folder.mkdir()
-        rows = spam_like(self.dir, 16).read_text(encoding="utf-8").splitlines()
-        flipped = [("ham" if y == "spam" else "spam") + "\t" + t for y, t in
-                   (row.split("\t") for row in rows)]
-        for name, lines in (("train", rows), ("validation", flipped), ("test", rows)):
-            (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self.data = folder
-        flags = ["--batch-size", "16", "--lr", "1e-2", "--trainable", "all", "--eval-freq", "1"]
-        stopped, _ = self.train(*flags, "--epochs", "5", "--patience", "2", out="stopped")
-        val_losses = [r["val_loss"] for r in self.records("stopped") if "val_loss" in r]
-        self.assertEqual(len(val_losses), 3)  # the best (step 0), then two worse: stopped
-        self.assertEqual(val_losses, sorted(val_losses))
-        self.assertEqual(tc.load_classifier(self.dir / "stopped")[1]["weights_from"],
-                         {"epoch": 1, "step": 0})
-        one_step, _ = self.train(*flags, "--epochs", "1", out="one")  # 16 texts: one step
-        assert_same_weights(self, stopped.state_dict(), one_step.state_dict(),
-                            inert=inert_parameters(one_step))
-        self.assertEqual(tc.load_classifier(self.dir / "one")[1]["weights_from"],
-                         {"epoch": 1, "step": 0})
-
     def test_a_classifier_refuses_code_whose_head_differs(self):
         def mlp_head(activation):  # a forked head, the same shapes with either activation
             def build(model, num_classes, *args):
@@ -601,24 +539,6 @@ class TestTrainClassifier(Trains):
             self.assert_fast_matches_plain(["--pooling", "max", "--epochs", "2", "--eval-freq",
                                             "1", "--lr", "1e-3"], (((), "cache in RAM"),))
             self.assertEqual(tc.load_classifier(self.dir / "fast")[1]["pooling"], "max")
-
-    def test_lora_trains_and_saves_a_plain_classifier(self):
-        model, log = self.train("--trainable", "lora", "--lora-rank", "4", "--epochs", "3")
-        lora_params = sum(4 * (m.in_features + m.out_features)
-                          for m in load_gpt2.load_gpt2(self.model_dir).modules()
-                          if isinstance(m, torch.nn.Linear))
-        lora_params += 4 * (16 + 2) - 4 * (16 + 50257)  # the head has 2 outputs, not 50,257
-        self.assertIn(f"{lora_params:,} of", log)
-        self.assertIn("frozen-prefix cache off (no frozen blocks)", log)
-        self.assertFalse(any(isinstance(m, lora.LinearWithLoRA) for m in model.modules()))
-        loaded, settings = tc.load_classifier(self.dir / "out")
-        texts = ["message number 99 says apple", "message number 98 says zebra"]
-        labels, max_length = settings["labels"], settings["max_length"]
-        self.assertEqual(tc.classify(loaded, self.tok, texts, labels, max_length),
-                         tc.classify(tc.Classifier(model, self.tok.eot_token), self.tok, texts,
-                                     labels, max_length))
-        self.assertEqual(settings["run"]["trainable"], "lora")
-        self.assertGreater(self.records()[-1]["train_acc"], 0.5)
 
     def test_the_one_read_decides_every_reported_number(self):
         """A fork that changes pool() changes the loss, the final report and --predict: a "last"
@@ -790,9 +710,9 @@ class TestTrainClassifier(Trains):
         no_network.pop("TIKTOKEN_CACHE_DIR")  # the suite's vocabulary, the tiny model's weights
         code, _, err = cli(tc.main, "--out", self.dir / "o", "--model", self.model_dir,
                            env=no_network)  # the one thing missing: one line
-        self.assertEqual(said(err), ["error: no source of SMSSpamCollection could be read (2 "
-                                     "tried, --verbose lists them); pass a labelled file with "
-                                     "--data PATH"])
+        self.assertEqual(said(err), ["error: no source of SMSSpamCollection could be read "
+                                     "(--verbose lists the sources tried); pass a labelled file "
+                                     "with --data PATH"])
         self.assertNotIn("Traceback", err)
 
 
@@ -1189,6 +1109,126 @@ class TestDataFromStrangers(Trains):
 
 
 # =============================================================================================
+# lora.py: appendix E's low-rank updates
+# =============================================================================================
+class TestLoRA(Trains):
+    def test_lora_starts_at_the_base_model_and_merges_exactly(self):
+        torch.manual_seed(0)
+        cfg = gpt.get_config("gpt2", emb_dim=32, n_heads=4, n_layers=2, context_length=16,
+                             vocab_size=50)
+        model = tc.build_classifier(gpt.GPTModel(cfg), 3, "head").eval()
+        idx = torch.randint(0, 50, (2, 9))
+        with torch.no_grad():
+            base = model(idx)
+            lora.replace_linear_with_lora(model, rank=4, alpha=8)
+            self.assertTrue(torch.equal(model(idx), base))  # B starts at zero: the same logits
+            for name, p in model.named_parameters():  # as if trained: every B nonzero
+                if name.endswith("lora.B"):
+                    p.normal_(std=0.1)
+            adapted = model(idx)
+            self.assertGreater((adapted - base).abs().max().item(), 1e-2)
+            merged = lora.merge_lora(model)
+            self.assertFalse(any(isinstance(m, lora.LinearWithLoRA) for m in merged.modules()))
+            plain = tc.build_classifier(gpt.GPTModel(cfg), 3, "head")
+            self.assertEqual(merged.state_dict().keys(), plain.state_dict().keys())
+            self.assertLess((merged(idx) - adapted).abs().max().item(), 1e-5)
+
+    def test_lora_trains_and_saves_a_plain_classifier(self):
+        model, log = self.train("--trainable", "lora", "--lora-rank", "4", "--epochs", "3")
+        lora_params = sum(4 * (m.in_features + m.out_features)
+                          for m in load_gpt2.load_gpt2(self.model_dir).modules()
+                          if isinstance(m, torch.nn.Linear))
+        lora_params += 4 * (16 + 2) - 4 * (16 + 50257)  # the head has 2 outputs, not 50,257
+        self.assertIn(f"{lora_params:,} of", log)
+        self.assertIn("frozen-prefix cache off (no frozen blocks)", log)
+        self.assertFalse(any(isinstance(m, lora.LinearWithLoRA) for m in model.modules()))
+        loaded, settings = tc.load_classifier(self.dir / "out")
+        texts = ["message number 99 says apple", "message number 98 says zebra"]
+        labels, max_length = settings["labels"], settings["max_length"]
+        self.assertEqual(tc.classify(loaded, self.tok, texts, labels, max_length),
+                         tc.classify(tc.Classifier(model, self.tok.eot_token), self.tok, texts,
+                                     labels, max_length))
+        self.assertEqual(settings["run"]["trainable"], "lora")
+        self.assertGreater(self.records()[-1]["train_acc"], 0.5)
+
+
+# =============================================================================================
+# extras.py: the loop's extras, each off by default
+# =============================================================================================
+class TestExtras(Trains):
+    def test_class_weights_with_accumulation_equal_one_bigger_batch(self):
+        rows = [("spam" if i % 4 == 0 else "ham", f"text {i} says {'apple' if i % 4 else 'zebra'}")
+                for i in range(32)]
+        self.data.write_text("".join(f"{y}\t{t}\n" for y, t in rows), encoding="utf-8")
+        weighted = ["--class-weights", "balanced", "--epochs", "2", "--eval-freq", "1", "--lr",
+                    "3e-3", "--trainable", "all"]
+        big, log = self.train(*weighted, "--batch-size", "8", out="big")
+        self.assertIn("(the loss trained on is weighted; the losses and accuracies printed are "
+                      "not)", log)
+        counts = [sum(y == label for y, _ in data.split(rows, 123)["train"])
+                  for label in ("ham", "spam")]
+        expected = [sum(counts) / (2 * n) for n in counts]  # n / (k * n_class)
+        self.assertIn(f"class weights: ham {expected[0]:.3g}, spam {expected[1]:.3g}", log)
+        small, _ = self.train(*weighted, "--batch-size", "2", "--accumulation-steps", "4")
+        assert_same_weights(self, small.state_dict(), big.state_dict(), inert=inert_parameters(big))
+        plain, _ = self.train(*weighted[2:], "--batch-size", "8", out="plain")
+        self.assertGreater((plain.out_head.weight - big.out_head.weight).abs().max(), 1e-4)
+        for bad, message in (("2,1,3", " gives 3 weights for the 2 labels ['ham', 'spam']"),
+                             ("2,-1", ": weights are numbers above 0"),
+                             ("2,x", ": weights are numbers above 0")):
+            code, _, err = cli(tc.main, "--model", self.model_dir, "--data", self.data, "--out",
+                               self.dir / "bad", "--class-weights", bad)
+            self.assertEqual((code, len(said(err))), (1, 1), err)
+            self.assertIn(f"--class-weights {bad!r}{message}", err)
+
+    def test_early_stopping_keeps_the_best_weights_and_says_whose(self):
+        folder = self.dir / "folder"  # validation labels against the pattern: its loss only rises
+        folder.mkdir()
+        rows = spam_like(self.dir, 16).read_text(encoding="utf-8").splitlines()
+        flipped = [("ham" if y == "spam" else "spam") + "\t" + t for y, t in
+                   (row.split("\t") for row in rows)]
+        for name, lines in (("train", rows), ("validation", flipped), ("test", rows)):
+            (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.data = folder
+        flags = ["--batch-size", "16", "--lr", "1e-2", "--trainable", "all", "--eval-freq", "1"]
+        stopped, _ = self.train(*flags, "--epochs", "5", "--patience", "2", out="stopped")
+        val_losses = [r["val_loss"] for r in self.records("stopped") if "val_loss" in r]
+        self.assertEqual(len(val_losses), 3)  # the best (step 0), then two worse: stopped
+        self.assertEqual(val_losses, sorted(val_losses))
+        self.assertEqual(tc.load_classifier(self.dir / "stopped")[1]["weights_from"],
+                         {"epoch": 1, "step": 0})
+        one_step, _ = self.train(*flags, "--epochs", "1", out="one")  # 16 texts: one step
+        assert_same_weights(self, stopped.state_dict(), one_step.state_dict(),
+                            inert=inert_parameters(one_step))
+        self.assertEqual(tc.load_classifier(self.dir / "one")[1]["weights_from"],
+                         {"epoch": 1, "step": 0})
+
+    def test_appendix_d_schedule_and_clipping(self):
+        lr = functools.partial(extras.appendix_d_lr, peak_lr=1e-3, total_steps=20, warmup_steps=4)
+        self.assertEqual([lr(s) for s in (0, 2, 4, 19)], [0.0, 5e-4, 1e-3, 1e-3])  # no floor
+        lr = functools.partial(lr, min_lr=1e-5)
+        self.assertEqual(lr(0), 1e-5)  # the warmup starts at the floor
+        self.assertAlmostEqual(lr(12), 1e-5 + (1e-3 - 1e-5) / 2)  # the cosine's middle
+        self.assertAlmostEqual(lr(20), 1e-5)  # and it ends at the floor
+        flags = ["--epochs", "2", "--eval-freq", "1", "--lr", "1e-3", "--trainable", "all"]
+        _, log = self.train(*flags, "--warmup-steps", "2", "--min-lr", "1e-5", out="scheduled")
+        rates = [r["lr"] for r in self.records("scheduled") if "lr" in r]
+        self.assertEqual(rates[:3], [1e-5, 5.05e-4, 1e-3])  # 16 texts / 4: 8 steps in all
+        cosine = 1e-5 + (1e-3 - 1e-5) / 2 * (1 + math.cos(math.pi * 5 / 6))  # step 7 of 2 + 6
+        self.assertAlmostEqual(rates[-1], cosine)
+        self.assertIn("| lr 1e-05 |", log)
+        plain, _ = self.train(*flags, out="plain")
+        clipped, _ = self.train(*flags, "--clip-grad-norm", "1e-4", out="clipped")
+        loose, _ = self.train(*flags, "--clip-grad-norm", "1e9", out="loose")
+        for name, p in loose.state_dict().items():  # a norm never reached changes nothing
+            self.assertTrue(torch.equal(p, plain.state_dict()[name]), name)
+        self.assertGreater((clipped.out_head.weight - plain.out_head.weight).abs().max(), 1e-4)
+        code, _, err = cli(tc.main, "--model", self.model_dir, "--data", self.data, "--out",
+                           self.dir / "bad", "--min-lr", "1e-2", "--lr", "1e-3")
+        self.assertEqual(said(err), ["error: --min-lr 0.01 is above --lr 0.001: it is the floor"])
+
+
+# =============================================================================================
 # load_gpt2.py: GPT-2's weights into GPTModel, the tokenizer, the device
 # =============================================================================================
 
@@ -1200,9 +1240,9 @@ class TestLoadGPT2(unittest.TestCase):
                     ("F32", "", ("h.0.attn.bias", "h.1.attn.masked_bias")),
                     ("F16", "", ("lm_head.weight",)),
                     ("BF16", "transformer.", ("transformer.h.0.attn.bias",))]
-        for dtype, prefix, extras in variants:
-            with self.subTest(dtype=dtype, prefix=prefix, extras=extras):
-                folder = write_checkpoint(tmpdir(self) / "ckpt", arrays, 4, dtype, prefix, extras)
+        for dtype, prefix, buffers in variants:
+            with self.subTest(dtype=dtype, prefix=prefix, buffers=buffers):
+                folder = write_checkpoint(tmpdir(self) / "ckpt", arrays, 4, dtype, prefix, buffers)
                 model = load_gpt2.load_gpt2(folder)
                 self.assertFalse(model.training)
                 self.assertEqual(model.tok_emb.weight.dtype, torch.float32)
@@ -1694,7 +1734,7 @@ class TestSources(Sources):
                 load_gpt2.load_gpt2("gpt2")
         message = str(e.exception)
         self.assertTrue(message.startswith("no source of openai-community/gpt2's weights could "
-                                           "be read (3 tried, --verbose lists them: "), message)
+                                           "be read (--verbose lists the sources tried: "), message)
         for url in (openai.url, book.url):
             self.assertNotIn(url, message)  # they could not be reached: --verbose names them
             self.assertIn(url, e.exception.detail)
@@ -2533,6 +2573,12 @@ class TestNothingLost(Trains):
                 formats.write_safetensors(self.dir / "bad.safetensors", crafted, meta)
                 with self.assertRaisesRegex(utils.InputError, re.escape(message.strip())):
                     tc.load_classifier(self.dir / "bad.safetensors")
+        older = {k: v for k, v in metadata.items() if k not in ("structure", "weights_from")}
+        formats.write_safetensors(self.dir / "old.safetensors", tensors, older)  # last version's
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            settings = tc.load_classifier(self.dir / "old.safetensors")[1]
+        self.assertEqual(settings["weights_from"], {})
+        self.assertIn("does not record its model (an older version saved it)", err.getvalue())
         raw = path.read_bytes()
         n = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8:8 + n])
@@ -2787,7 +2833,8 @@ class TestDistributed(Trains):
         folder = tmpdir(self)
         model_dir, toy = tiny_gpt2_folder(folder / "tiny"), spam_like(folder, n=40)
         common = ["--model", model_dir, "--data", toy, "--epochs", "2", "--lr", "1e-3",
-                  "--trainable", "last-1", "--dtype", "float32"]
+                  "--trainable", "last-1", "--dtype", "float32", "--device", "cpu",
+                  "--warmup-steps", "2", "--min-lr", "1e-4"]  # the schedule: each process's steps
         code, out, err = run_script("-m", "torch.distributed.run",
                                     "--standalone", "--nproc_per_node=2",
                                     "test_all.py", "--ddp-worker", folder / "ranks", *common,

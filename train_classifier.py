@@ -13,7 +13,6 @@ numbers about 10x faster.
 import argparse
 import functools
 import itertools
-import math
 import signal
 import sys
 from pathlib import Path
@@ -31,7 +30,8 @@ import utils
 
 from data import TRUNCATIONS, encode, encode_examples, load_dataset, pad_batch
 from ddp import distributed, first_on_each_machine, gradient_sync
-from extras import EarlyStopping, adjust, appendix_d_lr, class_weights, optimizer_steps
+from extras import (EarlyStopping, adjust, appendix_d_lr, class_weights, optimizer_steps,
+                    stop_if_diverged)
 from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
 from lora import merge_lora, replace_linear_with_lora
 from model import GPTModel
@@ -181,9 +181,9 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
         for micro_batches in optimizer_steps(train_loader, accumulation_steps, epoch, log.master):
             optimizer.zero_grad()
             for n, (input_batch, target_batch) in enumerate(micro_batches, 1):
-                loss = loss_fn(input_batch, target_batch, model, device)
-                stop_if_diverged(loss, global_step + 1)
                 with gradient_sync(model, n == accumulation_steps):  # torchrun: the average
+                    loss = loss_fn(input_batch, target_batch, model, device)
+                    stop_if_diverged(loss, global_step + 1)
                     (loss / accumulation_steps).backward()
                 examples_seen += input_batch.shape[0]
             adjust(optimizer, model, global_step + 1, lr_at, clip_grad_norm)  # appendix D
@@ -296,7 +296,7 @@ def main(argv=None):
         build_classifier(model, len(labels), args.trainable, args.lora_rank,
                          args.lora_alpha).to(device)
         net, optimizer, options = classifier_and_options(args, model, tokenizer, sets, labels,
-                                                         device, log)
+                                                         device, log, len(train_loader))
         log.mark("fill")
         # Fine-tuning (6.7), then the accuracy on every split.
         torch.manual_seed(args.seed)
@@ -326,7 +326,7 @@ def main(argv=None):
 GPT2_EOT = 50256  # <|endoftext|>, which pads every batch
 
 
-def classifier_and_options(args, model, tokenizer, sets, labels, device, log):
+def classifier_and_options(args, model, tokenizer, sets, labels, device, log, batches):
     """main's Classifier (with speed.py's SpeedLayer and bfloat16 unless turned off), AdamW,
     and the loop's options: the forks the flags switch on, each built here in one line."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -345,7 +345,7 @@ def classifier_and_options(args, model, tokenizer, sets, labels, device, log):
     net = Classifier(model, tokenizer.eot_token, args.pooling, fast)
     net = Autocast(net, device) if bf16 else net  # --dtype: each forward pass in bfloat16
     weights = class_weights(args.class_weights, sets["train"], labels, device, log)
-    total_steps = args.epochs * (len(sets["train"]) // args.batch_size // args.accumulation_steps)
+    total_steps = args.epochs * (batches // args.accumulation_steps)  # a process's, as it steps
     options = {
         "loss_fn": functools.partial(calc_loss_batch, class_weights=weights),
         "accumulation_steps": args.accumulation_steps,
@@ -380,15 +380,9 @@ def check_fits(args, model, tokenizer, sets, max_length, world_size):
                          f"{len(sets['train'])} texts of the training split; use smaller ones")
     if args.patience and world_size > 1:
         raise InputError("--patience needs one process: under torchrun only rank 0 evaluates")
+    if (args.min_lr or 0) > args.lr:
+        raise InputError(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}: it is the floor")
     check_out(args.out)
-
-
-def stop_if_diverged(loss, step):
-    if not math.isfinite(loss.item()):
-        raise InputError(f"the loss became {loss.item()} at step {step}: " + (
-            "if you changed what pool() reads, run with --no-fast (the speed layer computes only "
-            "the positions pool() reads); else training diverged: try a smaller --lr" if step
-            == 0 else "training diverged; try a smaller --lr"))
 
 
 def predict(args):

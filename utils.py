@@ -83,10 +83,14 @@ def run_main(main, interrupted="interrupted"):
 
 
 def every_one_or_what_failed(*tries):
-    """The results of tries, (what, function) pairs, all run; or, if any fails, one InputError
-    naming every one that did, a line each: a first run offline learns all it lacks at once."""
+    """The results of tries, (what, function) pairs, run in turn; or, if any fails, one InputError
+    naming every one that did, a line each: a first run offline learns all it lacks at once. After
+    a failure that is not something missing (a mistake: a bad file, a wrong name), the tries left
+    wait for its fix: a typo in --data costs no download of the weights."""
     results, failed = [], []
     for what, attempt in tries:
+        if not all(e.missing for _, e in failed):
+            break
         try:
             results.append(attempt())
         except InputError as e:
