@@ -17,6 +17,9 @@
         200 new tokens with the KV cache against recomputing the whole prefix every step, and
         against Hugging Face transformers' generate() when transformers is installed (it is never
         a dependency of the project; pip install transformers to include it).
+    python bench.py formulas
+        the prefix fill's forward pass and generation with model.py's fused LayerNorm and GELU
+        against the book's formulas written out, alternating.
     python bench.py memory
         peak memory of load_gpt2() on a gpt2-xl-shaped float32 checkpoint (6.2 GB of zeros in
         Hugging Face's layout, written to a temporary folder: needs that much free disk; Unix).
@@ -29,6 +32,7 @@ import argparse
 import http.client
 import io
 import json
+import math
 import platform
 import signal
 import statistics
@@ -45,6 +49,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, 
 import torch
 import torch.nn.functional as F
 
+import model as gpt
 import serve
 import train_classifier
 from data import encode, load_dataset, read_examples, sms_spam_file
@@ -56,8 +61,8 @@ from utils import InputError, line_chunks, number, run_main
 
 
 def machine():
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}")
+    cpu = getattr(torch.cpu, "get_capabilities", dict)().get("cpu_name") or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def textbook_recipe(data, epochs=5, batch_size=8, max_length=120, seed=123):
@@ -277,6 +282,46 @@ def timed(fn, repeat=2):
     return min(times), out
 
 
+def bench_formulas(args):
+    """model.py's fused LayerNorm and GELU against the book's formulas written out, on the
+    default run's two costs: the prefix fill's forward pass (64 texts of 40 tokens, 12 blocks)
+    and generation with the KV cache."""
+    print(f"machine: {machine()}")
+    torch.manual_seed(0)
+    model, fused = GPTModel(get_config("gpt2-small")).eval(), gpt.LayerNorm.forward
+    gelus, x = [b.ff.layers[1] for b in model.trf_blocks], torch.randint(0, 50257, (64, 40))
+
+    def book_norm(self, x):  # chapter 4's three lines
+        mean, var = x.mean(dim=-1, keepdim=True), x.var(dim=-1, keepdim=True, unbiased=False)
+        return self.scale * (x - mean) / torch.sqrt(var + self.eps) + self.shift
+
+    def book_gelu(x):  # chapter 4's GELU
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    times = {}
+    for book in (False, True, False, True):  # alternating: a change of load hits both
+        gpt.LayerNorm.forward = book_norm if book else fused
+        for block, gelu in zip(model.trf_blocks, gelus):
+            block.ff.layers[1] = GELU(book_gelu) if book else gelu
+        with torch.no_grad():
+            fill = timed(lambda: model.hidden_states(x))[0]
+        step = timed(lambda: generate(model, torch.tensor([[6109, 3626]]), 40, temperature=0))[0]
+        times.setdefault(book, []).append((fill, step))
+    gpt.LayerNorm.forward = fused
+    (f_fill, f_gen), (b_fill, b_gen) = (map(min, zip(*times[book])) for book in (False, True))
+    print(f"fill-like forward: fused {f_fill:.2f} s, the book's formulas {b_fill:.2f} s "
+          f"({b_fill / f_fill:.2f}x); generation: {f_gen:.2f} s against {b_gen:.2f} s "
+          f"({b_gen / f_gen:.2f}x)")
+
+
+class GELU(torch.nn.Module):  # a function as a module, to stand where nn.GELU stands
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
 def bench_generate(args):
     print(f"machine: {machine()}")
     n, prompt = args.new_tokens, torch.tensor([get_tokenizer().encode("Every effort moves you")])
@@ -408,7 +453,8 @@ def bench_serve(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["train", "predict", "scale", "generate", "memory", "serve"])
+    p.add_argument("what", choices=["train", "predict", "scale", "generate", "memory", "serve",
+                                    "formulas"])
     p.add_argument("--data", default=None, help="the SMS file (default: download it)")
     p.add_argument("--sizes", type=number(int), nargs="+", default=[24, 48, 96],
                    help="numbers of texts for 'scale'")
@@ -422,7 +468,8 @@ def main(argv=None):
     if args.data is not None and not Path(args.data).is_file():
         raise InputError(f"--data {args.data}: no such file; pass the SMS Spam Collection file")
     {"train": bench_train, "predict": bench_predict, "scale": bench_scale,
-     "generate": bench_generate, "memory": bench_memory, "serve": bench_serve}[args.what](args)
+     "generate": bench_generate, "memory": bench_memory, "serve": bench_serve,
+     "formulas": bench_formulas}[args.what](args)
 
 
 if __name__ == "__main__":
