@@ -123,7 +123,7 @@ def bench_train(args):
     with tempfile.TemporaryDirectory() as folder:
         for dtype in args.dtype:
             out = Path(folder) / dtype
-            train_classifier.main(["--init", "random", "--dtype", dtype, "--out", out]
+            train_classifier.main(["--init", "random", "--dtype", dtype, "--out", str(out)]
                                   + (["--data", args.data] if args.data else []))
             records = [json.loads(line) for line in (out / "metrics.jsonl").open(encoding="utf-8")]
             splits = {name: [text for _, text in read_examples(out / "splits" / f"{name}.tsv")]
@@ -138,9 +138,9 @@ def bench_train(args):
         final, losses = records[-1], [r for r in records if "val_loss" in r][-1]
         print(f"\n{dtype}: train loss {losses['train_loss']:.3f}, val loss {losses['val_loss']:.3f}"
               f"; accuracy " + ", ".join(f"{n} {final[f'{n}_acc']:.2%}" for n in tokens))
-        for phase, seconds, n, gflop in phases(final, tokens, texts):
+        for phase, seconds, n, flop in phases(final, tokens, texts):
             print(f"  {phase:<16} {seconds:7.1f} s  {n / seconds:9,.0f} tokens/s  "
-                  f"{gflop / seconds:6.1f} GFLOP/s (estimated)")
+                  f"{flop / seconds / 1e9:6.1f} GFLOP/s (estimated)")
     if len(runs) == 2:
         (_, a), (_, b) = runs.values()
         print(f"\ntest predictions agree on {(a == b).float().mean():.2%} of {len(a)} texts")

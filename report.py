@@ -217,7 +217,7 @@ class TrainingLog:
     def mark(self, phase):
         """The seconds each phase took: the one that ends now, after the ones marked before."""
         now = time.time()
-        self.phases[phase], self.marked = now - self.marked, now
+        self.phases[phase], self.marked, self.tick = now - self.marked, now, now
         return {"phases_s": dict(self.phases)}
 
     def __call__(self, *lines):
@@ -233,9 +233,10 @@ class TrainingLog:
              f" | lr {lr:.3g} | {record['examples_per_s']:.1f} ex/s | {record['elapsed_s']:.1f} s")
         self.end_of(record)
 
-    def accuracies(self, epoch, step, train_accuracy, val_accuracy):
-        record = {"epoch": epoch, "step": step, "train_acc": train_accuracy,
-                  "val_acc": val_accuracy, "elapsed_s": time.time() - self.start}
+    def accuracies(self, epoch, step, examples_seen, train_accuracy, val_accuracy):
+        record = {"epoch": epoch, "step": step, "examples_seen": examples_seen,
+                  "train_acc": train_accuracy, "val_acc": val_accuracy,
+                  "elapsed_s": time.time() - self.start}
         self(f"Training accuracy: {train_accuracy:.2%} | Validation accuracy: "
              f"{val_accuracy:.2%} | {record['elapsed_s']:.1f} s")
         self.end_of(record)
@@ -243,7 +244,7 @@ class TrainingLog:
     def end_of(self, record):  # the next ex/s counts from here: evaluations are not training
         self.history.append(record)
         self.last = {"epoch": record["epoch"], "step": record["step"]}
-        self.tick, self.seen = time.time(), record.get("examples_seen", self.seen)
+        self.tick, self.seen = time.time(), record["examples_seen"]
 
     def weights_from(self, stopper):
         """The epoch and step the trained weights are from: the best evaluation's if early

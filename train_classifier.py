@@ -202,7 +202,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
             # unless they are large (IMDB-sized), their texts in larger batches (speed.py).
             train_accuracy = calc_accuracy_loader(regrouped(train_loader, eval_iter), model, device)
             val_accuracy = calc_accuracy_loader(regrouped(val_loader, eval_iter), model, device)
-            log.accuracies(epoch, global_step, train_accuracy, val_accuracy)
+            log.accuracies(epoch, global_step, examples_seen, train_accuracy, val_accuracy)
             train_accs.append(train_accuracy)
             val_accs.append(val_accuracy)
     return train_losses, val_losses, train_accs, val_accs, examples_seen
