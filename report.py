@@ -207,7 +207,8 @@ def final_record(path):
 
 class TrainingLog:
     """What a run prints (on the master process alone) and keeps for metrics.jsonl (history):
-    every time counts from the run's start; examples per second count training steps only."""
+    every time counts from the run's start; examples per second, from the last line on (the
+    accuracy passes and the load and fill before the first step not counted)."""
 
     def __init__(self, master=True):
         self.master, self.history, self.start = master, [], time.time()
