@@ -8,7 +8,7 @@ Read it in the chapter's order: build_classifier (the new head and the freezing)
 Classifier (the class read at each text's last token), calc_loss_batch, calc_accuracy_loader,
 evaluate_model, train_classifier_simple (the loop), classify, main. Skip the rest on a first
 reading: the plumbing (flags, checks, --predict) below main, and speed.py, which makes the same
-numbers about 10x faster.
+numbers many times faster.
 """
 import argparse
 import functools
