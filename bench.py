@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (utils.run_main takes over from there)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (run_main takes over from there)
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +52,15 @@ import torch.nn.functional as F
 import model as gpt
 import serve
 import train_classifier
-from data import encode, load_dataset, read_examples, sms_spam_file
+from data import encode, load_dataset, sms_spam_file
 from generate import generate
 from load_gpt2 import get_tokenizer, load_gpt2
 from model import GPTModel, get_config
-from speed import Autocast, SpeedLayer
-from utils import InputError, line_chunks, number, run_main
+from plumbing.cli import InputError, line_chunks, run_main
+from plumbing.flags import number
+from plumbing.hardware import Autocast
+from plumbing.labelled_files import read_examples
+from plumbing.speed import SpeedLayer
 
 
 def machine():
@@ -220,8 +223,8 @@ import data, train_classifier as tc
 from functools import partial
 from load_gpt2 import get_tokenizer
 from model import GPTModel, get_config
-from report import TrainingLog
-from speed import SpeedLayer
+from plumbing.report import TrainingLog
+from plumbing.speed import SpeedLayer, adamw
 path, cache = sys.argv[1], sys.argv[2]
 tok = get_tokenizer()
 splits, labels = data.load_dataset(path, seed=123)
@@ -240,7 +243,7 @@ train = torch.utils.data.DataLoader(sets["train"], 8, sampler=sampler, drop_last
 val = torch.utils.data.DataLoader(sets["validation"], 8, collate_fn=collate)
 params = [p for p in model.parameters() if p.requires_grad]
 log = TrainingLog()
-tc.train_classifier_simple(net, train, val, tc.adamw(params, True, lr=5e-5), "cpu", 2, 10**9, 5,
+tc.train_classifier_simple(net, train, val, adamw(params, True, lr=5e-5), "cpu", 2, 10**9, 5,
                            log=log)
 ends = [r["elapsed_s"] for r in log.history if "train_acc" in r]
 print(json.dumps({"tokens": sum(map(len, texts)), "fill_s": fill,

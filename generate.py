@@ -11,13 +11,14 @@ import signal
 import sys
 
 if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (utils.run_main takes over from there)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (run_main takes over from there)
 
 import torch
 
-import utils
-from utils import HelpFormatter, InputError, number, run_main
-from load_gpt2 import get_tokenizer, load_gpt2, pick_device
+from load_gpt2 import get_tokenizer, load_gpt2
+from plumbing.cli import InputError, run_main
+from plumbing.flags import HelpFormatter, model_flags, number, parse
+from plumbing.hardware import pick_device
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
@@ -100,11 +101,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("prompt", nargs="?", default="Every effort moves you",
                    help="text to continue (empty: start from <|endoftext|>)")
-    p.add_argument("--model", default="gpt2-small", help="size (gpt2, gpt2-medium, 774M, ...), a "
-                   "Hugging Face repo (ORG/NAME) or a folder (model.safetensors, or the book's "
-                   "gpt2/124M)")
-    p.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
-                   help="random: untrained weights of that size, no download (for trying offline)")
+    model_flags(p)  # --model, --init, --device, --verbose
     p.add_argument("--max-new-tokens", type=int, default=50, help="how many tokens to add")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="0 = greedy; higher = more random")
@@ -114,11 +111,7 @@ def main(argv=None):
     p.add_argument("--seed", type=number(int, 0, inclusive=True, high=2**32 - 1), default=None,
                    help="fix the random choices (default: different each run)")
     p.add_argument("--ignore-eos", action="store_true", help="go on past <|endoftext|>")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("--verbose", action="store_true", help="when a file cannot be had, every source "
-                   "tried")
-    args = p.parse_args(argv)
-    utils.VERBOSE = args.verbose
+    args = parse(p, argv)
     top_k = args.top_k or None
     try:
         check_settings(args.max_new_tokens, args.temperature, top_k, args.top_p)

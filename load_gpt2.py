@@ -1,24 +1,22 @@
 """OpenAI's pretrained GPT-2 in model.GPTModel, with torch, tiktoken and numpy alone: the weights
-mapped onto the model by one checked table (gpt2_state_dict), the tokenizer, the device.
+mapped onto the model by one checked table (gpt2_state_dict), and the tokenizer.
 
-Where the files come from is download.py's job, how they are parsed formats.py's: a folder
-(Hugging Face's model.safetensors, or the book's gpt2/124M), a size or a hub repo ORG/NAME.
+Where the files come from is plumbing/download.py's job, how they are parsed plumbing/formats.py's:
+a folder (Hugging Face's model.safetensors, or the book's gpt2/124M), a size or a hub repo.
 """
 import hashlib
-import math
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from download import checkpoint_folder, first_that_works, vocab_file
-from formats import encoding_from, read_config, read_safetensors, read_tf_checkpoint
-from model import ALIASES, GPT_CONFIGS, GPTModel, get_config
-from utils import InputError
+from model import ALIASES, GPTModel, get_config
+from plumbing.cli import InputError
+from plumbing.download import checkpoint_folder, first_that_works, vocab_file
+from plumbing.formats import encoding_from, read_config, read_safetensors, read_tf_checkpoint
+from plumbing.weights import check_finite, infer_config, untrained
 
 
 def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
@@ -60,50 +58,6 @@ def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
     warning = untrained(check_finite(model, path).eval())
     if warning:
         print(f"warning: {path} {warning}", file=sys.stderr)
-    return model
-
-
-# A cheap look at whether weights were trained: GPT-2's released weights predict the tokens of a
-# plain English sentence at a loss of a few nats a token; random ones at about ln(50,257) = 10.8.
-SENTENCE = "The weather was cold, so she put on her coat and walked to the station."
-SENTENCE_IDS = [464, 6193, 373, 4692, 11, 523, 673, 1234, 319, 607, 13209, 290, 6807, 284, 262,
-                4429, 13]  # GPT-2's tokens of SENTENCE
-
-
-@torch.no_grad()
-def untrained(model):
-    """None, or a sentence on why the model looks untrained: its language-model loss on SENTENCE
-    within 2 nats of what random weights give. Never a refusal (a model fine-tuned on other text
-    may be odd on English); one forward pass over 17 tokens."""
-    V = 50257  # GPT-2's tokens; a padded vocabulary's other rows never come out of the tokenizer
-    if model.cfg["vocab_size"] < V or model.cfg["context_length"] < len(SENTENCE_IDS):
-        return None
-    ids = torch.tensor([SENTENCE_IDS], device=model.tok_emb.weight.device)
-    loss = F.cross_entropy(model(ids)[0, :-1, :V].float(), ids[0, 1:]).item()
-    if loss < math.log(V) - 2:
-        return None
-    return (f"looks untrained or damaged: its loss on a plain English sentence is {loss:.1f} nats "
-            f"a token, as random weights give (about {math.log(V):.1f}); GPT-2's released "
-            "weights give far less (about 3 to 4)")
-
-
-def infer_config(folder, tensors):
-    """cfg for a model.safetensors without config.json: the released size its shapes match."""
-    names = {k.removeprefix("transformer."): v.shape for k, v in tensors.items()}
-    n_layers = len({k.split(".")[1] for k in names if k.startswith("h.")})
-    emb_dim = names["wte.weight"][1] if "wte.weight" in names else None
-    for name, sizes in GPT_CONFIGS.items():
-        if (sizes["emb_dim"], sizes["n_layers"]) == (emb_dim, n_layers):
-            return get_config(name)
-    raise InputError(f"{folder} has no config.json and its tensors match no released GPT-2 "
-                     "size; add Hugging Face's config.json beside model.safetensors")
-
-
-def check_finite(model, where, why="the file is damaged or from a diverged training run"):
-    """Weights that are NaN or infinite would compute garbage: refuse them."""
-    for name, param in model.named_parameters():
-        if not torch.isfinite(param).all():
-            raise InputError(f"{where}: tensor {name} holds NaN or infinite values; {why}")
     return model
 
 
@@ -178,27 +132,3 @@ def get_tokenizer(model=None):
               for name in ([] if model is None or str(model) in ALIASES else [model]) + ["gpt2"]]
     return first_that_works(tries, "GPT-2's vocabulary", "set TIKTOKEN_CACHE_DIR to tiktoken's "
                             "cached GPT-2 files, or HF_ENDPOINT to a mirror")
-
-
-def pick_device(name=None):
-    """The device to run on: name if given, else CUDA, then Apple's MPS, else the CPU. MPS
-    only with torch 2.9 or newer: older versions gave wrong losses there (the book's issue
-    #635); --device mps still forces it."""
-    if name is None:
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            if tuple(map(int, re.findall(r"\d+", torch.__version__)[:2])) >= (2, 9):
-                return "mps"
-            print(f"using the CPU: torch {torch.__version__} computes wrong losses on Apple's "
-                  "MPS (2.9 fixed it); upgrade torch, or force it with --device mps",
-                  file=sys.stderr)
-        return "cpu"
-    try:
-        if torch.device(name).type not in ("cpu", "cuda", "mps"):
-            raise RuntimeError("not a device to compute on")
-        torch.empty(0, device=name)  # fails for absent hardware
-    except (RuntimeError, AssertionError) as e:
-        raise InputError(f"device {name!r} is not usable here ({str(e).splitlines()[0]}); "
-                         "try cpu") from None
-    return name

@@ -1,8 +1,8 @@
 """GPT-2 in one file: the model from the text, exact enough to run OpenAI's released weights.
 
 Read top to bottom: configs -> LayerNorm -> attention -> feed-forward -> block -> GPTModel.
-Only torch is imported; load_gpt2.py puts pretrained weights into this model (and formats.py
-checks configs read from files before one is built).
+Only torch is imported; load_gpt2.py puts pretrained weights into this model (and
+plumbing/formats.py checks configs read from files before one is built).
 """
 import math
 

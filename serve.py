@@ -21,11 +21,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from data import encode
-from load_gpt2 import get_tokenizer, pick_device
-from report import final_record
-from speed import SpeedLayer
+from load_gpt2 import get_tokenizer
+from plumbing.cli import InputError, run_main
+from plumbing.flags import HelpFormatter, number
+from plumbing.hardware import pick_device
+from plumbing.report import final_record
+from plumbing.speed import SpeedLayer
 from train_classifier import EXAMPLES, load_classifier, probabilities
-from utils import HelpFormatter, InputError, number, run_main
 
 MAX_BODY, MAX_TEXTS = 1_000_000, 256  # bytes of a request's body, texts in one request
 TIMEOUT_S, WAIT_S = 10.0, 0.005  # to send a request (or the next); to wait for others to join

@@ -7,18 +7,17 @@
 Read it in the chapter's order: build_classifier (the new head and the freezing), pool and
 Classifier (the class read at each text's last token), calc_loss_batch, calc_accuracy_loader,
 evaluate_model, train_classifier_simple (the loop), classify, main. Skip the rest on a first
-reading: the plumbing (flags, checks, --predict) below main, and speed.py, which makes the same
-numbers many times faster.
+reading: what sits below main (the speed layer switched on, --predict, the flags) and plumbing/,
+whose speed layer makes the same numbers many times faster.
 """
 import argparse
 import functools
 import itertools
 import signal
-import sys
 from pathlib import Path
 
 if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (utils.run_main takes over from there)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (run_main takes over from there)
 
 import torch
 import torch.nn as nn
@@ -26,20 +25,20 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-import utils
-
 from data import TRUNCATIONS, encode, encode_examples, load_dataset, pad_batch
-from ddp import distributed, first_on_each_machine, gradient_sync
-from extras import (EarlyStopping, adjust, appendix_d_lr, class_weights, optimizer_steps,
-                    stop_if_diverged)
-from load_gpt2 import check_finite, get_tokenizer, load_gpt2, pick_device
+from load_gpt2 import get_tokenizer, load_gpt2
 from lora import merge_lora, replace_linear_with_lora
 from model import GPTModel
-from report import TrainingLog, final_report
-from save import check_out, check_structure, read_classifier, save_run
-from speed import Autocast, SpeedLayer, adamw, autocast, regrouped, use_bf16
-from utils import (HelpFormatter, InputError, Progress, every_one_or_what_failed, line_chunks,
-                   number, printable, run_main)
+from plumbing.cli import InputError, every_one_or_what_failed, label_lines, printable, run_main
+from plumbing.ddp import distributed, first_on_each_machine, gradient_sync
+from plumbing.extras import (EarlyStopping, appendix_d_lr, class_weights, optimizer_steps,
+                             stop_if_diverged)
+from plumbing.flags import HelpFormatter, check_fits, number, parse, training_flags
+from plumbing.hardware import Autocast, autocast, pick_device, use_bf16
+from plumbing.report import TrainingLog, final_report
+from plumbing.save import check_structure, read_classifier, save_run
+from plumbing.speed import SpeedLayer, accuracy_loader, adamw
+from plumbing.weights import check_finite
 
 EXAMPLES = [  # the chapter's two examples
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.",
@@ -101,8 +100,8 @@ def pool(hidden, lengths, pooling="last"):
 
 class Classifier(nn.Module):
     """The model build_classifier made, as the chapter's functions call it: (B, T) token ids ->
-    (B, num_classes) logits, out_head applied to what pool() reads. fast: speed.py's SpeedLayer,
-    which computes the same hidden states where pool() reads them, with less work."""
+    (B, num_classes) logits, out_head applied to what pool() reads. fast: the speed layer
+    (plumbing/speed.py), the same hidden states where pool() reads them, with less work."""
 
     def __init__(self, model, pad_id, pooling="last", fast=None):
         super().__init__()
@@ -170,9 +169,10 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
                             eval_freq, eval_iter, *, loss_fn=calc_loss_batch, accumulation_steps=1,
                             lr_at=None, clip_grad_norm=None, stopper=None, log=None):
     """The chapter's loop (6.7), returning its five values: train and validation losses and
-    accuracies, examples seen. Our additions, each off by default: loss_fn (class weights),
-    gradient accumulation, lr_at (a step's learning rate), clip_grad_norm and stopper (early
-    stopping), from appendix D and the bonus code; log (TrainingLog) prints and keeps records."""
+    accuracies, examples seen. Our additions, each off by default, each a line where it acts:
+    loss_fn (class weights), gradient accumulation (nanoGPT's), lr_at (appendix D's learning
+    rate of a step), clip_grad_norm (appendix D), stopper (early stopping, from the bonus code);
+    log (TrainingLog) prints and keeps records."""
     train_losses, val_losses, train_accs, val_accs = [], [], [], []
     examples_seen, global_step = 0, -1
     log = log or TrainingLog()
@@ -180,28 +180,34 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
         model.train()
         for micro_batches in optimizer_steps(train_loader, accumulation_steps, epoch, log.master):
             optimizer.zero_grad()
+            global_step += 1
             for n, (input_batch, target_batch) in enumerate(micro_batches, 1):
                 with gradient_sync(model, n == accumulation_steps):  # torchrun: the average
                     loss = loss_fn(input_batch, target_batch, model, device)
-                    stop_if_diverged(loss, global_step + 1)
-                    (loss / accumulation_steps).backward()
+                    stop_if_diverged(loss, global_step)
+                    (loss / accumulation_steps).backward()  # the mean over the step's batches
                 examples_seen += input_batch.shape[0]
-            adjust(optimizer, model, global_step + 1, lr_at, clip_grad_norm)  # appendix D
+            if lr_at:  # appendix D: a linear warmup, then a cosine decay
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = lr_at(global_step)
+            if clip_grad_norm:  # appendix D: no step from a gradient longer than this norm
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=clip_grad_norm)
             optimizer.step()
-            global_step += 1
             if global_step % eval_freq == 0 and log.master:  # under torchrun: rank 0 alone
                 train_loss, val_loss = evaluate_model(
                     model, train_loader, val_loader, device, eval_iter)
                 train_losses.append(train_loss)
                 val_losses.append(val_loss)
                 log.losses(epoch, global_step, examples_seen, train_loss, val_loss, optimizer)
-                if stopper and stopper.stop(val_loss, model, epoch, global_step):
+                if stopper and stopper.stop(val_loss, model, epoch, global_step):  # early
                     return train_losses, val_losses, train_accs, val_accs, examples_seen
         if log.master:
             # The chapter measures accuracy on eval_iter batches here; we take whole loaders
-            # unless they are large (IMDB-sized), their texts in larger batches (speed.py).
-            train_accuracy = calc_accuracy_loader(regrouped(train_loader, eval_iter), model, device)
-            val_accuracy = calc_accuracy_loader(regrouped(val_loader, eval_iter), model, device)
+            # unless they are large (IMDB-sized), their texts in larger batches (plumbing/speed.py).
+            train_accuracy = calc_accuracy_loader(accuracy_loader(train_loader, eval_iter), model,
+                                                  device)
+            val_accuracy = calc_accuracy_loader(accuracy_loader(val_loader, eval_iter), model,
+                                                device)
             log.accuracies(epoch, global_step, examples_seen, train_accuracy, val_accuracy)
             train_accs.append(train_accuracy)
             val_accs.append(val_accuracy)
@@ -247,7 +253,8 @@ def load_classifier(path, device="cpu"):
     """(classifier, settings) from a classifier.safetensors that save_run wrote: the model built
     as build_classifier builds it (a forked head must be the one that trained), in a Classifier
     with the pooling it trained with; settings: what the file says of the run."""
-    tensors, settings = read_classifier(Path(path), POOLINGS)
+    tensors, settings = read_classifier(Path(path), {"pooling": POOLINGS,
+                                                     "truncate": TRUNCATIONS})
     with torch.device("meta"):  # no memory for weights about to be replaced
         model = build_classifier(GPTModel(settings["cfg"]), len(settings["labels"]), "head")
     check_structure(model, settings, path)
@@ -279,7 +286,7 @@ def main(argv=None):
         max_length = args.max_length or model.cfg["context_length"]
         sets = {name: encode_examples(tokenizer, examples, labels, max_length, args.truncate)
                 for name, examples in splits.items()}
-        check_fits(args, model, tokenizer, sets, max_length, world_size)
+        check_fits(args, model.cfg, tokenizer.n_vocab, len(sets["train"]), max_length, world_size)
         log.mark("load")
         collate = functools.partial(pad_batch, pad_id=tokenizer.eot_token)
         # A seeded shuffle each epoch, and under torchrun each process's share of every batch.
@@ -327,7 +334,7 @@ GPT2_EOT = 50256  # <|endoftext|>, which pads every batch
 
 
 def classifier_and_options(args, model, tokenizer, sets, labels, device, log, batches):
-    """main's Classifier (with speed.py's SpeedLayer and bfloat16 unless turned off), AdamW,
+    """main's Classifier (with the speed layer and bfloat16 unless turned off), AdamW,
     and the loop's options: the forks the flags switch on, each built here in one line."""
     params = [p for p in model.parameters() if p.requires_grad]
     bf16, why = use_bf16(args.dtype, device)
@@ -366,53 +373,23 @@ def check_trainable(trainable, n_layers=None):
     return trainable
 
 
-def check_fits(args, model, tokenizer, sets, max_length, world_size):
-    """Stop before training, not after, when the data, the model and --out do not fit."""
-    if max_length > model.cfg["context_length"]:
-        raise InputError(f"--max-length {max_length} exceeds the model's context length "
-                         f"{model.cfg['context_length']}")
-    if model.cfg["vocab_size"] <= tokenizer.eot_token:
-        raise InputError(f"the model's vocabulary of {model.cfg['vocab_size']} tokens lacks "
-                         "GPT-2's (50,257, <|endoftext|> pads the batches); use a GPT-2 checkpoint")
-    if len(sets["train"]) < args.batch_size * world_size * args.accumulation_steps:
-        raise InputError(f"--batch-size {args.batch_size} x {world_size} process(es) x "
-                         f"--accumulation-steps {args.accumulation_steps} is more than the "
-                         f"{len(sets['train'])} texts of the training split; use smaller ones")
-    if args.patience and world_size > 1:
-        raise InputError("--patience needs one process: under torchrun only rank 0 evaluates")
-    if (args.min_lr or 0) > args.lr:
-        raise InputError(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}: it is the floor")
-    check_out(args.out)
-
-
 def predict(args):
     """--predict: label texts with a saved classifier; "-" reads one text per line from
-    standard input and answers in order, a chunk at a time (constant memory)."""
+    standard input and answers in order (label_lines)."""
     device = pick_device(args.device)
     net, s = load_classifier(args.classifier or args.out / "classifier.safetensors", device)
     tokenizer = get_tokenizer()  # GPT-2's: checked when the classifier was trained
     net.fast = SpeedLayer(net.model, tokenizer.eot_token, s["pooling"]) if args.fast else None
     net = Autocast(net, device) if use_bf16(args.dtype, device)[0] else net
-    chunks = line_chunks(sys.stdin) if args.predict == ["-"] else [args.predict]
-    # A progress line only when the answers go to a file: on one terminal the two would mix.
-    progress, done = Progress("classifying", 0, "texts", 1e9 if sys.stdout.isatty() else 2.0), 0
-    for texts in chunks:
-        for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, s["labels"],
-                                                       s["max_length"], s["truncate"])):
-            shown = printable(" ".join(text.replace("\t", " ").splitlines()))  # 3 fields, 1 line
-            print(f"{label}\t{prob:.3f}\t{shown}")
-        done += len(texts)
-        progress.show(done)
-    progress.end()
+    label_lines(args.predict, lambda texts: classify(net, tokenizer, texts, s["labels"],
+                                                     s["max_length"], s["truncate"]))
     return net
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    training_flags(p, epochs=5, batch_size=8, lr="5e-5, or 8e-4 with lora", eval_freq=50)
     a = p.add_argument
-    a("--model", default="gpt2-small", help="size (gpt2, gpt2-medium, 774M, ...), a Hugging Face "
-      "repo (ORG/NAME) or a folder (model.safetensors, or the book's gpt2/124M)")
-    a("--init", choices=["pretrained", "random"], default="pretrained", help="random: no download")
     a("--data", default=None, help="labelled .tsv/.csv/.jsonl file or train/validation/test "
       "folder (default: the SMS Spam Collection, downloaded once)")
     a("--text-column", help="the text's column (or JSON key) in --data (default: by its name)")
@@ -429,57 +406,29 @@ def parse_args(argv=None):
       help="what the class is read from: the last real token, the first, or the mean of all real")
     a("--class-weights", help="weight each text's loss by its class: balanced (n / (k * n_class) "
       "on the training split), or W1,W2,... in the labels' order (default: unweighted)")
-    a("--epochs", type=number(int, inclusive=True), default=5, help="passes over the training data")
-    a("--batch-size", type=number(int), default=8, help="examples a step (a process, torchrun)")
-    a("--accumulation-steps", type=number(int), default=1,
-      help="micro-batches of --batch-size per optimizer step (gradient accumulation)")
-    a("--lr", type=number(float), help="AdamW learning rate (default: 5e-5, or 8e-4 with lora)")
-    a("--weight-decay", type=number(float, inclusive=True), default=0.1, help="AdamW weight decay")
-    a("--warmup-steps", type=number(int, inclusive=True), default=0,
-      help="appendix D: optimizer steps of linear warmup to --lr (from --min-lr, or 0)")
-    a("--min-lr", type=number(float, inclusive=True), default=None,
-      help="appendix D: after the warmup, cosine decay from --lr to this floor by the last step")
-    a("--clip-grad-norm", type=number(float), default=None,
-      help="appendix D: clip the gradients to this norm before each step (the appendix: 1.0)")
     a("--patience", type=number(int), default=None, help="stop once the validation loss has not "
       "improved for N evaluations, keeping the best weights (default: train every epoch)")
     a("--max-length", type=number(int), help="tokens kept a text (default: the model's context)")
     a("--truncate", choices=TRUNCATIONS, default="start", help="what a longer text keeps")
     a("--unused-texts", type=number(int, inclusive=True), help="at the end, test only N of the "
       "texts balancing left out, drawn with --seed (0: none; default: all)")
-    a("--eval-freq", type=number(int), default=50, help="log the losses every N optimizer steps")
     a("--eval-iter", type=number(int), default=5,
       help="batches of each split behind those losses, and behind the accuracies after each "
       "epoch for a split of over 5,000 texts (smaller splits are measured whole)")
-    a("--seed", type=number(int, 0, True, 2**32 - 1), default=123, help="split, shuffle, new head")
-    a("--out", type=Path, default=Path("out"), help="folder for the classifier, metrics, splits")
     a("--fast", action=argparse.BooleanOptionalAction, default=True,
       help="the speed layer (same results); --no-fast runs the chapter's plain path")
-    a("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    a("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-      help="bfloat16 autocast, with or without --fast (auto: where the hardware has it natively)")
-    a("--compile", action="store_true", help="torch.compile the trained blocks (worth it on GPUs)")
     a("--cache", choices=["auto", "ram", "disk", "off"], default="auto",
       help="where the frozen-prefix cache lives (auto: in RAM up to --cache-mb, else on disk)")
     a("--cache-mb", type=number(float, inclusive=True), default=2048, help="its RAM budget, in MB")
-    a("--backend", help="torchrun process-group backend (default: nccl on CUDA, else gloo)")
-    a("--dist-timeout", type=number(float, 1, True, 10**6), default=1800,
-      help="seconds torchrun processes wait for each other before giving up")
     a("--predict", nargs="+", metavar="TEXT", help="label these texts with the saved classifier "
       "and exit; - reads one text per line from standard input")
     a("--classifier", type=Path, default=None, help="for --predict: a classifier.safetensors, or "
       "a folder holding one (default: the one in --out)")
-    a("--verbose", action="store_true", help="when a file cannot be had, every source tried")
-    args = p.parse_args(argv)
-    utils.VERBOSE = args.verbose
-    for k, value in vars(args).items():  # no setting is silently ignored
-        why = ("with --predict: a classifier brings its own settings" if args.predict and k not in
-               ("predict", "classifier", "out", "device", "dtype", "fast", "verbose") else
-               "with --no-fast"
-               if not args.fast and k in ("compile", "cache", "cache_mb") else
-               "without --predict" if not args.predict and k == "classifier" else None)
-        if why and value != p.get_default(k):
-            p.error(f"--{k.replace('_', '-')} does nothing {why}; leave it out")
+    args = parse(p, argv, lambda args, name: (
+        "with --predict: a classifier brings its own settings" if args.predict and name not in
+        ("predict", "classifier", "out", "device", "dtype", "fast", "verbose") else
+        "with --no-fast" if not args.fast and name in ("compile", "cache", "cache_mb") else
+        "without --predict" if not args.predict and name == "classifier" else None))
     args.lr = args.lr or (8e-4 if args.trainable == "lora" else 5e-5)
     return args
 

@@ -1,13 +1,12 @@
-"""The training loop's extras, each off by default so the default run stays the chapter's:
-gradient accumulation, class weights, appendix D's learning-rate schedule and gradient clipping,
-early stopping. train_classifier.py switches them on from its flags; skip this on a first reading.
-"""
+"""What the training loop's extras need beyond their line in the loop, each off by default so the
+default run stays the chapter's: the micro-batches of a step (gradient accumulation), class
+weights, appendix D's learning rate, early stopping, a loss that diverged."""
 import itertools
 import math
 
 import torch
 
-from utils import InputError, tracked
+from plumbing.cli import InputError, tracked
 
 
 def optimizer_steps(train_loader, accumulation_steps, epoch, show):
@@ -56,14 +55,6 @@ def appendix_d_lr(step, peak_lr, total_steps, warmup_steps=0, min_lr=None):
         return peak_lr
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def adjust(optimizer, model, step, lr_at, clip_grad_norm):
-    """Appendix D's additions before a step: its learning rate, and gradients clipped to a norm."""
-    for param_group in optimizer.param_groups:
-        param_group["lr"] = lr_at(step) if lr_at else param_group["lr"]
-    if clip_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=clip_grad_norm)
 
 
 class EarlyStopping:

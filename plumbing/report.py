@@ -1,4 +1,4 @@
-"""What a run of train_classifier.py shows: skip it on a first reading.
+"""What a run of train_classifier.py shows.
 
 Accuracy alone hides what a filter's user cares about most: how many real messages it flags.
 So each split also gets a confusion matrix (counts; rows: the true label, columns: the
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from formats import read_small
-from utils import InputError, Progress, atomic_write, run_main
+from plumbing.cli import InputError, Progress, run_main
+from plumbing.files import atomic_write, read_small
 
 MANY = 20  # labels past which the tables and the plot summarise instead of showing every cell
 
@@ -154,7 +154,8 @@ def save_metrics(history, out):
 
 def plot_metrics(history, path):
     """Losses, accuracies and the test confusion matrix in a PNG at path; False without
-    matplotlib (never a dependency: python report.py out/metrics.jsonl draws it later)."""
+    matplotlib (never a dependency: python -m plumbing.report out/metrics.jsonl
+    draws it later)."""
     try:  # the Figure class alone: no pyplot, no change to the user's plotting backend
         from matplotlib.figure import Figure
     except ImportError:
@@ -254,8 +255,8 @@ class TrainingLog:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="python report.py out/metrics.jsonl: metrics.png "
-                                "beside it, from a finished run (needs matplotlib)")
+    p = argparse.ArgumentParser(description="python -m plumbing.report out/metrics.jsonl: "
+                                "metrics.png beside it, from a finished run (needs matplotlib)")
     p.add_argument("metrics", type=Path, help="a metrics.jsonl that train_classifier.py wrote")
     path = p.parse_args(argv).metrics
     try:

@@ -1,7 +1,6 @@
 """Where GPT-2's files come from: where a user already has them, else downloaded, resumed and
-checked. Skip it on a first reading; docs/downloads.md says what is tried, in which order, and
-which of Hugging Face's conventions (HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN, its cache) we honour.
-"""
+checked. docs/downloads.md says what is tried, in which order, and which of Hugging Face's
+conventions (HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN, its cache) we honour."""
 import contextlib
 import functools
 import hashlib
@@ -20,9 +19,10 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from formats import CONFIG_BYTES, VOCAB_BYTES, encoding_from, read_config
 from model import ALIASES, model_name
-from utils import InputError, Progress, atomic_write, lock
+from plumbing.cli import InputError, Progress
+from plumbing.files import atomic_write, lock
+from plumbing.formats import CONFIG_BYTES, VOCAB_BYTES, encoding_from, read_config
 
 # The four released sizes: their hub repo (openai-community/...) and their name at OpenAI.
 REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",

@@ -1,6 +1,5 @@
 """Training in several processes under torchrun: nanoGPT's flags, the process group set up and
-taken down, gradients averaged. Skip it on a first reading: a plain run is rank 0 of 1.
-"""
+taken down, gradients averaged. A plain run is rank 0 of 1."""
 import datetime
 import os
 import sys
@@ -11,7 +10,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 
-from utils import InputError
+from plumbing.cli import InputError
 
 
 @contextmanager

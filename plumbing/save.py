@@ -1,6 +1,5 @@
 """A run's files in --out, written all at once or not at all, and the classifier read back,
-checked. Skip it on a first reading (docs/training.md says what --out holds and promises).
-"""
+checked (docs/training.md says what --out holds and promises)."""
 import contextlib
 import itertools
 import json
@@ -10,10 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from data import TRUNCATIONS, write_splits
-from formats import check_config, read_safetensors, write_safetensors
-from report import save_metrics
-from utils import InputError, lock
+from plumbing.cli import InputError
+from plumbing.files import atomic_write, lock
+from plumbing.formats import check_config, read_safetensors, write_safetensors
+from plumbing.report import save_metrics
 
 # The files a run writes in --out: the only ones it ever replaces or removes there.
 OWN_FILES = ("classifier.safetensors", "metrics.jsonl", "metrics.png",
@@ -74,6 +73,15 @@ def save_run(out, model, settings, splits, history):
     return f"saved in {out}: {', '.join(new)}{plot}"
 
 
+def write_splits(splits, folder):
+    """train/validation/test.tsv, to read or pass back as --data; a line break is a space."""
+    for name, examples in splits.items():
+        lines = (label + "\t" + text.replace("\r", " ").replace("\n", " ") + "\n"
+                 for label, text in examples)
+        with atomic_write(Path(folder) / f"{name}.tsv") as tmp:
+            tmp.write_text("".join(lines), encoding="utf-8", newline="\n")
+
+
 def swap_in(out, staged, new):
     """Move every OWN_FILES file in out aside into staged/old, then staged's new files into out,
     each a rename; on any failure (or Ctrl-C), undo the renames done, last first."""
@@ -107,10 +115,10 @@ SETTINGS = ("cfg", "labels", "max_length", "pooling", "truncate", "run", "weight
 TEXTS = ("pooling", "truncate", "structure")
 
 
-def read_classifier(path, poolings):
+def read_classifier(path, known):
     """(tensors, settings) from a classifier.safetensors that save_run wrote (path: the file or
-    its folder), read as data by read_safetensors; every setting checked before use, its pooling
-    against poolings, the ones the reading code has."""
+    its folder), read as data by read_safetensors; every setting checked before use, those named
+    in known ({"pooling": POOLINGS, ...}) against the values the reading code has."""
     path = path / "classifier.safetensors" if path.is_dir() else path
     if not path.exists():
         if path.with_name("classifier.pt").exists():
@@ -137,9 +145,9 @@ def read_classifier(path, poolings):
         if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"] <= 1024:
             raise ValueError(f"max_length {max_length!r} is not within the context length "
                              f"{cfg['context_length']}, which is at most GPT-2's 1,024")
-        for key, known in (("pooling", poolings), ("truncate", TRUNCATIONS)):
-            if settings[key] not in known:
-                raise ValueError(f"{key} {settings[key]!r} is not one of {', '.join(known)} (was "
+        for key, values in known.items():
+            if settings[key] not in values:
+                raise ValueError(f"{key} {settings[key]!r} is not one of {', '.join(values)} (was "
                                  "it trained by a fork?)")
         if not (type(settings["run"]) is dict and type(settings["weights_from"]) is dict):
             raise ValueError("its run or weights_from settings are not maps")

@@ -1,5 +1,5 @@
 """GPT-2's files, read and written by hand: safetensors, OpenAI's TensorFlow checkpoint,
-config.json and the byte-pair vocabulary. Skip it on a first reading.
+config.json and the byte-pair vocabulary.
 
 Any of them may come from anyone, so every read is bounded before it starts and every name,
 shape, byte range and checksum is checked: a damaged file is one error naming it, never a wrong
@@ -12,30 +12,16 @@ import json
 import math
 import os
 import re
-import stat
 
 import numpy as np
 import tiktoken
 import torch
 
-from utils import InputError, atomic_write
+from plumbing.cli import InputError
+from plumbing.files import atomic_write, read_small
 
 
 CONFIG_BYTES, VOCAB_BYTES = 1_000_000, 10_000_000  # the most a config.json, a vocab.json may have
-
-
-def read_small(path, limit):
-    """The bytes of a regular file of at most limit bytes, checked once open, not by its name:
-    never a device, a pipe (opened without waiting for a writer) or a huge file."""
-    try:
-        with open(path, "rb", opener=lambda name, flags: os.open(
-                name, flags | getattr(os, "O_NONBLOCK", 0))) as f:
-            data = f.read(limit + 1) if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
-    except OSError as e:
-        raise ValueError(f"{path} cannot be read ({e.strerror or e})") from None
-    if data is None or len(data) > limit:
-        raise ValueError(f"{path} is not a regular file of at most {limit:,} bytes")
-    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +398,7 @@ def read_config(path):
                                  f"{key} {SAME_MATH[key][0]!r} only")
             if key not in SAME_MATH and key not in SIZES and key not in HARMLESS:
                 raise ValueError(f"unknown key {key!r}: if it does not change the math, add it to "
-                                 "HARMLESS in formats.py")
+                                 "HARMLESS in plumbing/formats.py")
         sizes = {ours: hf[key] for key, ours in reversed(SIZES.items()) if key in hf}
         cfg = {"drop_rate": 0.0, "qkv_bias": True, **sizes}  # n_positions over n_ctx, ...
         check_config(cfg)  # before anything is allocated from these numbers

@@ -1,4 +1,4 @@
-"""The speed layer of train_classifier.py: skip it on a first reading.
+"""The speed layer of train_classifier.py: the same numbers with less work.
 
 train_classifier.Classifier gets its hidden states from SpeedLayer.hidden_states instead of
 model.hidden_states, and the chapter's functions cannot tell: the same input_batch in, the same
@@ -12,10 +12,9 @@ positions, never read, are NaN). What it saves, and why the numbers stay the sam
     it back costs far less than recomputing the blocks.
   - The last block at the last token only (--pooling last): pool() reads nothing else, so that
     block computes one query per text (its keys and values still come from every position).
-  - Optional torch.compile, fused AdamW, and bfloat16 (--dtype: Autocast, around either path).
+  - Optional torch.compile and fused AdamW (bfloat16 is plumbing/hardware.py's, on either path).
 Tests check that losses and weights with and without it agree to 1e-5 in float32.
 """
-import contextlib
 import itertools
 import shutil
 import tempfile
@@ -27,8 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from data import pad_batch
-from utils import InputError, Progress
+from plumbing.cli import InputError, Progress
 
 
 class SpeedLayer:
@@ -111,7 +109,8 @@ class SpeedLayer:
         device, end = self.model.tok_emb.weight.device, 0
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
-            input_batch, _ = pad_batch([(t, 0) for t in batch], self.pad_id)
+            input_batch = nn.utils.rnn.pad_sequence([torch.tensor(t) for t in batch], True,
+                                                    self.pad_id)  # (B, T), padded on the right
             out = self.run_bottom(input_batch.to(device)).float().cpu()  # (B, T, C)
             for row, t in enumerate(batch):
                 key = torch.tensor(t).numpy().tobytes()
@@ -165,11 +164,11 @@ def last_token_block(block, x, last):
     return x + block.drop_shortcut(block.ff(block.norm2(x)))
 
 
-def regrouped(data_loader, eval_iter, whole_up_to=5000, batch_size=64):
-    """What the loop measures after each epoch: every text of a split of up to 5,000, else those
-    of its first eval_iter batches; in batches of batch_size, shortest first: the same texts, so
-    the same accuracy, in half the time (measured: 2.1x on SMS). A batch reads the trained
-    block's weights once however many texts it holds, so small ones spend their time reading."""
+def accuracy_loader(data_loader, eval_iter, whole_up_to=5000, batch_size=64):
+    """What the loop measures after each epoch, as a loader: every text of a split of up to
+    5,000, else those of its first eval_iter batches; in batches of batch_size, shortest first:
+    the same texts, so the same accuracy, in half the time (measured: 2.1x on SMS). A batch reads
+    the trained block's weights once however many texts it holds: small ones spend it reading."""
     n = None if len(data_loader.dataset) <= whole_up_to else eval_iter
     items = sorted((data_loader.dataset[i] for batch in itertools.islice(
         data_loader.batch_sampler, n) for i in batch), key=lambda item: len(item[0]))
@@ -186,49 +185,3 @@ def adamw(params, fused, **settings):
         except RuntimeError:
             pass
     return torch.optim.AdamW(params, **settings)
-
-
-def use_bf16(dtype, device):
-    """(bfloat16 or not, why) for --dtype. auto: bfloat16 where the hardware multiplies it
-    natively, as torch detects it: a CUDA GPU of compute capability 8 or newer (a T4 or V100
-    would emulate it), a CPU with AMX or AVX512-BF16 (or BF16 on ARM); elsewhere float32, since
-    emulated bfloat16 is slower than float32."""
-    if dtype != "auto":
-        return dtype == "bfloat16", f"--dtype {dtype}"
-    if device.startswith("cuda"):
-        native = torch.cuda.get_device_capability(device)[0] >= 8
-        return native, "the GPU computes it natively" if native else "the GPU would emulate it"
-    feature = native_bf16_cpu() if device == "cpu" else None
-    return (True, f"the CPU multiplies it natively ({feature})") if feature else (
-        False, f"{'the CPU' if device == 'cpu' else device} has no native bfloat16")
-
-
-def native_bf16_cpu():
-    """The CPU feature that multiplies bfloat16 natively, as torch.cpu.get_capabilities() (torch
-    2.9 and newer) reports it, or None."""
-    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
-    return next((f for f in ("amx_bf16", "avx512_bf16", "sve_bf16", "bf16")
-                 if capabilities.get(f)), None)
-
-
-def autocast(bf16, device):
-    """bfloat16 autocast around forward passes, if asked for (older torch refuses autocast on
-    some devices even when off). Never around an optimizer step: autocast keeps its bfloat16
-    copies of trainable weights while the block lasts, so later steps would use stale ones."""
-    if bf16:
-        return torch.autocast(torch.device(device).type, torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-class Autocast(nn.Module):
-    """net, each forward pass under a new bfloat16 autocast region (--dtype), as PyTorch asks:
-    backward() and the optimizer step run outside it. The logits come back in float32 (as
-    autocast computes cross_entropy); the weights and the optimizer stay float32."""
-
-    def __init__(self, net, device):
-        super().__init__()
-        self.net, self.device = net, device
-
-    def forward(self, input_batch):  # (B, T) -> (B, T, num_classes), float32
-        with autocast(True, self.device):
-            return self.net(input_batch).float()

@@ -1,45 +1,8 @@
-"""What every script shares, none of it about GPT-2: how it fails, takes flags, writes files
-and shows progress. Skip it on a first reading.
-"""
-import argparse
-import errno
-import math
+"""How a script meets its user at the terminal: one-line errors, progress lines, lines of input."""
 import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
-from pathlib import Path
-
-if os.name == "nt":
-    import msvcrt
-else:
-    import fcntl
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help keeps a script's docstring layout and shows every default (in words if None)."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, argparse.SUPPRESS) or "(default" in action.help:
-            return action.help
-        return f"{action.help} (default: %(default)s)"
-
-
-def number(kind, low=0.0, inclusive=False, high=None):
-    """An argparse type: a finite number above low (or from low on, if inclusive), at most
-    high (for integers, 10**9 unless given: no count or size here needs more)."""
-    high = 10**9 if high is None and kind is int else high
-    def parse(text):
-        value = kind(text)
-        if not (math.isfinite(value) and (value >= low if inclusive else value > low)
-                and (high is None or value <= high)):
-            raise argparse.ArgumentTypeError(
-                f"must be a number {'>=' if inclusive else '>'} {low:g}"
-                f"{f' and <= {high}' if high is not None else ''}, got {text}")
-        return value
-    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
-    return parse
 
 
 class InputError(Exception):
@@ -108,51 +71,6 @@ def printable(text):
     """text to print: what is not printable (a control, the ESC of a terminal's escape sequences)
     as Python writes it, \\x1b (the rule data.py applies to labels: str.isprintable)."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-@contextmanager
-def atomic_write(dest, suffix=".tmp"):
-    """Yield a temporary path beside dest; it becomes dest only if the block completes, so an
-    interrupted run never leaves a half-written file that looks finished."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}{suffix}")  # pid: two runs never share one
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextmanager
-def lock(folder, busy):
-    """Hold an OS lock on folder for the block, waiting (with a note on stderr saying busy)
-    while another process holds it. The OS drops a lock when its process ends, so a killed run
-    leaves none behind. A file system without locks (some network ones) goes unlocked."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if os.name == "nt":  # Windows locks files, not folders: a file in it
-        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)
-        take = lambda: msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    else:
-        fd = os.open(folder, os.O_RDONLY)
-        take = lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    try:
-        note = f"waiting: {busy} {folder}"
-        while True:
-            try:
-                take()
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EDEADLK):
-                    break  # not held by another process: locks do not work here
-                if note:  # once
-                    print(note, file=sys.stderr)
-                    note = None
-                time.sleep(0.5)
-        yield
-    finally:
-        os.close(fd)
 
 
 class Progress:
@@ -229,3 +147,20 @@ def line_chunks(stream, size=1024, longest=1_000_000):
         raise InputError(f"standard input cannot be read ({e.strerror or e})") from None
     if chunk:
         yield chunk
+
+
+def label_lines(texts, classify):
+    """--predict's answers, a line each on standard output: label, probability and the text
+    (escaped, on one line), TAB-separated. texts: a list, or ["-"]: a text per line of standard
+    input, read and answered a chunk at a time (constant memory). classify(texts): (label,
+    probability) per text."""
+    chunks = line_chunks(sys.stdin) if texts == ["-"] else [texts]
+    # A progress line only when the answers go to a file: on one terminal the two would mix.
+    progress, done = Progress("classifying", 0, "texts", 1e9 if sys.stdout.isatty() else 2.0), 0
+    for chunk in chunks:
+        for text, (label, prob) in zip(chunk, classify(chunk)):
+            shown = printable(" ".join(text.replace("\t", " ").splitlines()))  # 3 fields, 1 line
+            print(f"{label}\t{prob:.3f}\t{shown}")
+        done += len(chunk)
+        progress.show(done)
+    progress.end()

@@ -1,0 +1,18 @@
+"""bench.py: the measurements' command line."""
+import bench
+
+from helpers import TestCase, tmpdir, run_cli
+
+
+class TestBench(TestCase):
+    def test_bench_flags_are_checked(self):
+        folder = tmpdir(self)
+        for args, message in ((["train", "--data", folder / "nope"], "no such file"),
+                              (["scale", "--sizes", "0"], "must be a number > 0"),
+                              (["generate", "--new-tokens", "-5"], "must be a number > 0"),
+                              (["serve", "--requests", "0"], "must be a number > 0")):
+            with self.subTest(args):
+                code, _, err = run_cli(bench.main, *args)
+                self.assertNotEqual(code, 0)
+                self.assertIn(message, err)
+                self.assertNotIn("Traceback", err)

@@ -1,0 +1,329 @@
+"""serve.py: the page in a real browser and the JSON API over loopback."""
+import _thread
+import contextlib
+import http.client
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from html import escape
+
+import bench
+import serve
+import train_classifier as tc
+from plumbing import cli, report, speed
+
+from helpers import TestCase, tmpdir, run_cli, Trains
+
+
+HTML_LABEL = '<script>document.title = "hacked"</script><img src=x onerror="document.title=1">'
+
+
+class TestServe(TestCase):
+    """One tiny classifier, trained by the Trains fixture on labels one of which is HTML, behind
+    one server on a free port (a short timeout), shared by the tests."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        fixture = Trains()
+        fixture.setUp()
+        cls.addClassCleanup(fixture.doCleanups)
+        rows = [f"{HTML_LABEL if i % 2 else 'ham'}\tmessage number {i} says "
+                f"{'apple' if i % 2 else 'zebra'}" for i in range(24)]
+        fixture.data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        fixture.train("--epochs", "1", "--max-length", "8")
+        cls.tok, cls.dir, cls.out = fixture.tok, fixture.dir, fixture.dir / "out"
+        net, cls.settings = tc.load_classifier(cls.out)
+        net.fast = speed.SpeedLayer(net.model, cls.tok.eot_token)
+        cls.net = bench.Counted(net)
+        cls.server = serve.Server(cls.net, cls.tok, cls.settings, port=0, timeout_s=1.5,
+                                  test_acc=report.final_record(cls.out)["test_acc"])
+        threading.Thread(target=cls.server.serve_forever, daemon=True).start()
+        cls.addClassCleanup(cls.server.server_close)
+        cls.addClassCleanup(cls.server.shutdown)
+        cls.port = cls.server.server_address[1]
+        cls.url = f"http://127.0.0.1:{cls.port}"
+
+    def request(self, method, path, body=None, headers=None):
+        """(status, headers, JSON or text) of one request on a connection of its own."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+            connection.request(method, path, data, headers or {})
+            answer = connection.getresponse()
+            text = answer.read().decode()
+        finally:
+            connection.close()
+        is_json = answer.headers["Content-Type"] == "application/json"
+        return answer.status, answer.headers, json.loads(text) if is_json else text
+
+    def classified(self, texts):
+        """What classify() says of texts: [(label, probability)]."""
+        s = self.settings
+        return tc.classify(self.net, self.tok, texts, s["labels"], s["max_length"], s["truncate"])
+
+    def assert_answers(self, entries, texts, tol=1e-5):
+        """entries (the API's answer) list every label for each text, highest first, with
+        classify()'s label and probability on top."""
+        self.assertEqual(len(entries), len(texts))
+        for entry, (label, prob) in zip(entries, self.classified(texts)):
+            self.assertEqual(sorted(e["label"] for e in entry), sorted(self.settings["labels"]))
+            self.assertEqual([e["score"] for e in entry],
+                             sorted((e["score"] for e in entry), reverse=True))
+            self.assertAlmostEqual(sum(e["score"] for e in entry), 1.0, places=5)
+            self.assertEqual(entry[0]["label"], label)
+            self.assertLess(abs(entry[0]["score"] - prob), tol)
+
+    def test_the_page_in_a_real_browser(self):
+        """Headless Chromium types two texts, clicks Classify and reads labels and probabilities
+        off the page: classify()'s. The HTML label shows as text, runs no script; a request
+        refused shows in words; Ctrl+Enter classifies too."""
+        browser = shutil.which("chromium") or shutil.which("chromium-browser")
+        driver_path = shutil.which("chromedriver")
+        missing = ("selenium (pip install selenium)" if not importlib.util.find_spec("selenium")
+                   else None if browser and driver_path else
+                   "Chromium and its driver (apt-get install chromium chromium-driver)")
+        if missing and os.environ.get("CI"):  # .ci/run installs them: missing there fails
+            self.fail(f"the browser test needs {missing}")
+        if missing:
+            self.skipTest(f"the browser test needs {missing}")
+        from selenium import webdriver
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+        from selenium.webdriver.support.ui import WebDriverWait
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--disable-dev-shm-usage",
+                     f"--user-data-dir={tmpdir(self)}"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
+        self.addCleanup(driver.quit)
+        wait = WebDriverWait(driver, 30)
+        driver.get(self.url + "/")
+        about = driver.find_element(By.ID, "about")
+        wait.until(lambda _: "Labels:" in about.text)
+        self.assertIn(HTML_LABEL, about.text)
+        self.assertIn(f"test accuracy {self.server.health['test_acc']:.1%}", about.text)
+        box = driver.find_element(By.ID, "texts")
+        self.assertEqual(box.get_attribute("value"), "\n".join(tc.EXAMPLES))
+        texts = ["Free entry to win a prize", "see you at the zebra crossing on the apple farm"]
+        box.clear()
+        box.send_keys(texts[0] + "\n" + texts[1])
+        driver.find_element(By.ID, "classify").click()
+        wait.until(lambda d: len(d.find_elements(By.CLASS_NAME, "result")) == 2)
+        results = driver.find_elements(By.CLASS_NAME, "result")
+        for result, text, (label, prob) in zip(results, texts, self.classified(texts)):
+            self.assertEqual(result.find_element(By.CLASS_NAME, "label").text, label)
+            shown = float(result.find_element(By.CLASS_NAME, "score").text.rstrip("%")) / 100
+            self.assertLess(abs(shown - prob), 0.0005 + 1e-9)  # shown to 0.1%
+            names = [e.text for e in result.find_elements(By.CLASS_NAME, "name")]
+            self.assertEqual(sorted(names), sorted(self.settings["labels"]))
+            cut = len(self.tok.encode_ordinary(text)) > self.settings["max_length"]
+            self.assertEqual(bool(result.find_elements(By.CLASS_NAME, "cut")), cut, text)
+        self.assertEqual(driver.title, "GPT-2 classifier")  # no label ran as a script
+        self.assertEqual(driver.find_elements(By.TAG_NAME, "img"), [])
+        driver.execute_script("arguments[0].value = arguments[1]", box,
+                              "\n".join(f"text {i}" for i in range(serve.MAX_TEXTS + 1)))
+        box.send_keys(Keys.CONTROL, Keys.ENTER)
+        error = driver.find_element(By.ID, "error")
+        wait.until(lambda _: error.text)
+        self.assertIn(f"{serve.MAX_TEXTS + 1} texts; send at most {serve.MAX_TEXTS}", error.text)
+        self.assertEqual(driver.find_elements(By.CLASS_NAME, "result"), [])
+
+    def test_the_api_answers_in_hugging_face_shape_and_says_which_texts_were_cut(self):
+        short, long = "free prize", "message number 3 says apple and then a great deal more text"
+        status, headers, one = self.request("POST", "/classify", {"inputs": short})
+        self.assertEqual((status, headers["X-Truncated"]), (200, ""))
+        self.assert_answers(one, [short])  # one text: a list of one entry too
+        status, headers, two = self.request("POST", "/classify", {"inputs": [long, short]})
+        self.assertEqual((status, headers["X-Truncated"]), (200, "0"))
+        self.assert_answers(two, [long, short])
+        self.assertEqual(self.request("POST", "/classify", {"inputs": []})[2], [])
+        status, headers, health = self.request("GET", "/health")
+        self.assertEqual(health["labels"], sorted(["ham", HTML_LABEL]))  # as it is, in JSON
+        self.assertEqual(health["settings"], {"model": str(self.dir / "tiny"), "max_length": 8,
+                                              "pooling": "last", "truncate": "start"})
+        final = json.loads((self.out / "metrics.jsonl").read_text("utf-8").splitlines()[-1])
+        self.assertEqual(health["test_acc"], final["test_acc"])
+        self.assertEqual(headers["X-Content-Type-Options"], "nosniff")
+        status, headers, page = self.request("GET", "/")
+        self.assertEqual((status, headers["Content-Type"]), (200, "text/html; charset=utf-8"))
+        self.assertIn("default-src 'none'; connect-src 'self';", page)  # no other host
+        self.assertNotIn("<script>document", page)  # labels reach it as JSON only,
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
+            self.assertNotIn(sink, page)  # and go in as text
+        self.assertIn(escape("\n".join(tc.EXAMPLES)), page)
+
+    def test_every_bad_request_gets_its_status_and_a_json_error(self):
+        for method, path, body, headers, status in (
+                ("POST", "/classify", b'{"inputs": ', None, 400),
+                ("POST", "/classify", b"\xff\xfe{", None, 400),
+                ("POST", "/classify", b"[" * 100_000, None, 400),
+                ("POST", "/classify", {"inputs": 5}, None, 400),
+                ("POST", "/classify", {"inputs": ["a", 1]}, None, 400),
+                ("POST", "/classify", {"inputs": ["a", ""]}, None, 400),
+                ("POST", "/classify", {"inputs": "a", "parameters": {}}, None, 400),
+                ("POST", "/classify", ["a"], None, 400),
+                ("POST", "/classify", b"2\r\n{}\r\n0\r\n\r\n", {"Transfer-Encoding": "chunked"},
+                 411),
+                ("POST", "/classify", {"inputs": ["a"] * (serve.MAX_TEXTS + 1)}, None, 413),
+                ("POST", "/classify", b"", {"Content-Length": str(serve.MAX_BODY + 1)}, 413),
+                ("GET", "/classify", None, None, 405), ("PUT", "/classify", b"{}", None, 405),
+                ("POST", "/", b"{}", None, 405), ("DELETE", "/health", None, None, 405),
+                ("GET", "/nope", None, None, 404), ("POST", "/classify/", b"{}", None, 404)):
+            with self.subTest(method=method, path=path, body=str(body)[:40], status=status):
+                got, answer_headers, answer = self.request(method, path, body, headers)
+                self.assertEqual(got, status)
+                self.assertEqual(answer_headers["Content-Type"], "application/json")
+                self.assertIsInstance(answer["error"], str)
+                if status == 405:
+                    self.assertIn(answer_headers["Allow"], ("GET", "POST"))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw:
+            raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")  # http.server's own errors are JSON too
+            self.assertIn(b'{"error": ', raw.recv(4096))
+        self.assertEqual(self.request("GET", "/health")[0], 200)
+
+    def test_a_host_header_naming_another_site_is_refused(self):
+        """A page of another site whose name its DNS points at 127.0.0.1 (DNS rebinding) sends
+        that name as its Host header: refused. Addresses and localhost are served."""
+        for headers, status in (({"Host": "evil.example"}, 403),
+                                ({"Host": f"evil.example:{self.port}"}, 403),
+                                ({"Host": "localhost.evil.example"}, 403),
+                                ({"Host": "[::1"}, 403),
+                                ({"Host": f"localhost:{self.port}"}, 200),
+                                ({"Host": f"LocalHost:{self.port}"}, 200),
+                                ({"Host": f"[::1]:{self.port}"}, 200),
+                                ({"Host": f"127.0.0.1:{self.port}"}, 200)):
+            for method, path, body in (("GET", "/", None), ("POST", "/classify", {"inputs": "a"})):
+                with self.subTest(headers=headers, path=path):
+                    got, _, answer = self.request(method, path, body, headers)
+                    self.assertEqual(got, status)
+                    if status == 403:
+                        self.assertIn("error", answer)
+
+    def test_a_slow_client_is_dropped_and_holds_no_one_up(self):
+        """One client sends nothing, one a byte every 0.1 s (which a socket's timeout alone
+        would never end): both are dropped after the server's timeout, and a request sent
+        meanwhile is answered at once."""
+        dropped, started = {}, time.monotonic()
+
+        def slow(name, trickle):
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.settimeout(0.1)
+                if trickle:
+                    sock.sendall(b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                 b"Content-Length: 1000\r\n\r\n")
+                while time.monotonic() - started < 8:
+                    try:
+                        if trickle:
+                            sock.sendall(b" ")
+                        if sock.recv(1000) == b"":
+                            break
+                    except socket.timeout:
+                        continue
+                    except OSError:  # reset: dropped with bytes unread
+                        break
+                dropped[name] = time.monotonic() - started
+
+        threads = [threading.Thread(target=slow, args=(name, name == "trickle"))
+                   for name in ("silent", "trickle")]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        status, _, answer = self.request("POST", "/classify", {"inputs": ["free prize"]})
+        answered = time.monotonic() - started
+        for thread in threads:
+            thread.join(10)
+        self.assertEqual(status, 200)
+        self.assert_answers(answer, ["free prize"])
+        timeout = self.server.timeout_s
+        self.assertLess(answered, timeout)
+        for name in ("silent", "trickle"):
+            self.assertGreater(dropped[name], timeout - 0.1, name)
+            self.assertLess(dropped[name], timeout + 3, name)
+
+    def test_eight_concurrent_clients_are_answered_in_one_forward_pass(self):
+        texts = [f"message number {i} says {'apple' if i % 3 else 'zebra'} and more" * (i % 4 + 1)
+                 for i in range(16)]
+        connections = [http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                       for _ in range(8)]
+        for connection in connections:
+            self.addCleanup(connection.close)
+            connection.connect()
+        deadline = time.monotonic() + 10
+        while len(self.server.clients) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)  # all eight accepted: the batcher waits for each of them
+        self.addCleanup(setattr, self.server, "wait_s", self.server.wait_s)
+        self.server.wait_s = 2.0  # long enough for eight on the busiest machine
+        answers, barrier, passes = {}, threading.Barrier(8), self.net.passes
+
+        def client(i, connection):
+            barrier.wait()
+            connection.request("POST", "/classify", json.dumps(
+                {"inputs": texts[2 * i:2 * i + 2]}).encode())
+            answer = connection.getresponse()
+            answers[i] = answer.status, json.loads(answer.read())
+
+        threads = [threading.Thread(target=client, args=(i, connection))
+                   for i, connection in enumerate(connections)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        self.assertEqual(self.net.passes - passes, 1)  # 16 texts: one batch of probabilities'
+        for i in range(8):
+            self.assertEqual(answers[i][0], 200)
+            self.assert_answers(answers[i][1], texts[2 * i:2 * i + 2])
+
+    def test_the_command_line_prints_its_address_and_stops_on_ctrl_c(self):
+        for host in ("127.0.0.1", "0.0.0.0"):  # 0.0.0.0: told to the user, talked to here only
+            with self.subTest(host=host):
+                out, err, seen = io.StringIO(), io.StringIO(), {}
+
+                def user():  # reads the address, asks /health, presses Ctrl-C
+                    deadline = time.monotonic() + 30
+                    while not (found := re.search(r":(\d+)/", out.getvalue())) \
+                            and time.monotonic() < deadline and "ended" not in seen:
+                        time.sleep(0.02)
+                    try:
+                        connection = http.client.HTTPConnection("127.0.0.1", int(found[1]), 10)
+                        connection.request("GET", "/health")
+                        seen["health"] = json.loads(connection.getresponse().read())
+                        connection.close()
+                    finally:
+                        if "ended" not in seen:
+                            _thread.interrupt_main()
+
+                thread = threading.Thread(target=user)
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    thread.start()
+                    try:
+                        cli.run_main(lambda: serve.main(["--classifier", str(self.out),
+                                                           "--host", host, "--port", "0"]))
+                    finally:
+                        seen["ended"] = True
+                    thread.join()
+                self.assertRegex(out.getvalue(), rf"^serving {re.escape(str(self.out))} on "
+                                 rf"http://{re.escape(host)}:[1-9]\d*/ \(Ctrl-C stops\)\n$")
+                self.assertEqual(seen["health"]["test_acc"], self.server.health["test_acc"])
+                warning = "lets anyone who can reach it use the classifier" in err.getvalue()
+                self.assertEqual(warning, host != "127.0.0.1")
+                self.assertTrue(err.getvalue().endswith("stopped\n"))
+        for args, code, message in (
+                (["--port", "70000"], 2, "must be a number >= 0 and <= 65535"),
+                (["--classifier", self.dir / "nothing"], 1, "no trained classifier at"),
+                (["--classifier", self.out, "--port", self.port], 1,
+                 f"cannot serve on 127.0.0.1 port {self.port}")):
+            with self.subTest(args=args):
+                got, _, err = run_cli(serve.main, *args)
+                self.assertEqual(got, code)
+                self.assertIn(message, err)
+                self.assertNotIn("Traceback", err)

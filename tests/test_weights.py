@@ -1,0 +1,45 @@
+"""plumbing/weights.py: weights that are not finite, look untrained, or match no size."""
+import contextlib
+import io
+
+import numpy as np
+import torch
+
+import load_gpt2
+from plumbing import cli, weights
+
+from helpers import (TestCase, tokenizer, tmpdir, random_hf_arrays, write_checkpoint,
+                     tiny_gpt2_folder)
+
+
+class TestWeights(TestCase):
+    def test_without_config_json_a_non_released_size_is_a_clear_error(self):
+        folder = write_checkpoint(tmpdir(self), random_hf_arrays(), 4, config=False)
+        with self.assertRaisesRegex(cli.InputError,
+                                    "no config.json and its tensors match no released"):
+            load_gpt2.load_gpt2(folder)
+
+    def test_weights_that_are_not_finite_are_refused(self):
+        arrays = random_hf_arrays()
+        arrays["h.1.mlp.c_fc.weight"][3, 5] = np.nan
+        folder = write_checkpoint(tmpdir(self), arrays, 4)
+        with self.assertRaisesRegex(cli.InputError, "trf_blocks.1.ff.layers.0.weight holds NaN"):
+            load_gpt2.load_gpt2(folder)
+
+    def test_weights_that_look_untrained_are_named_never_refused(self):
+        self.assertEqual(tokenizer().encode_ordinary(weights.SENTENCE), weights.SENTENCE_IDS)
+        folder = tiny_gpt2_folder(tmpdir(self))
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            model = load_gpt2.load_gpt2(folder)
+        self.assertIn(f"warning: {folder / 'model.safetensors'} looks untrained or damaged: its "
+                      "loss on a plain English sentence is", err.getvalue())
+        ids, optimizer = torch.tensor([weights.SENTENCE_IDS]), torch.optim.Adam(
+            model.parameters(), lr=1e-2)
+        for _ in range(20):  # a model that has learnt the sentence is left alone
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(ids)[0, :-1], ids[0, 1:]).backward()
+            optimizer.step()
+        self.assertIsNone(weights.untrained(model.eval()))
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            load_gpt2.load_gpt2(folder, pretrained=False)  # random on purpose: nothing to say
+        self.assertEqual(err.getvalue(), "")
