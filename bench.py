@@ -1,32 +1,14 @@
-"""The measurements behind the README's speed numbers, each a side-by-side ratio in one run.
+"""The measurements behind the docs' speed numbers, each a side-by-side ratio in one run
+(docs/results.md says what each measures and what it gave). DATA: the SMS Spam Collection file.
 
-    python bench.py train --data path/to/SMSSpamCollection [--dtype float32 bfloat16]
-        train_classifier.py's default 5-epoch run (gpt2-small shape, --init random: timing does
-        not depend on the weight values) in each --dtype, each phase's time, tokens/s and
-        estimated FLOP rate, how often their test predictions agree; then the textbook recipe on
-        the same data: every text padded to 120 tokens, all 12 blocks run every step, the class
-        read at the last position.
-    python bench.py predict --data path/to/SMSSpamCollection [--dtype float32 bfloat16]
-        messages per second for --predict - (10,000 SMS texts, batched by length) in each --dtype;
-        in float32 against one text at a time and against padding every batch to 120 tokens, as
-        the chapter does.
-    python bench.py scale --data path/to/SMSSpamCollection
-        IMDB-shaped texts (SMS messages glued to about 270 tokens) at three sizes: time of the
-        prefix fill and of each epoch, and peak memory, with the prefix cache in RAM, on disk, off.
-    python bench.py generate
-        200 new tokens with the KV cache against recomputing the whole prefix every step, and
-        against Hugging Face transformers' generate() when transformers is installed (it is never
-        a dependency of the project; pip install transformers to include it).
-    python bench.py formulas
-        the prefix fill's forward pass and generation with model.py's fused LayerNorm and GELU
-        against the book's formulas written out, alternating.
-    python bench.py memory
-        peak memory of load_gpt2() on a gpt2-xl-shaped float32 checkpoint (6.2 GB of zeros in
-        Hugging Face's layout, written to a temporary folder: needs that much free disk; Unix).
-    python bench.py serve --data path/to/SMSSpamCollection
-        serve.py under load: 1 client, then 8 at once, each sending one SMS text a request over
-        loopback to one server (gpt2-small shape, random weights): requests per second and
-        p50/p99 latency, and the texts per forward pass the batching made.
+    python bench.py train --data DATA [--dtype float32 bfloat16]  # the default run, phase by
+        # phase, in each dtype; then the textbook recipe (padded to 120, every block every step)
+    python bench.py predict --data DATA       # --predict - against one text at a time, padded
+    python bench.py scale --data DATA         # IMDB-shaped texts: prefix cache in RAM, disk, off
+    python bench.py generate                  # the KV cache against none (and transformers')
+    python bench.py formulas                  # model.py's fused calls against the book's formulas
+    python bench.py memory                    # peak memory loading a gpt2-xl-shaped checkpoint
+    python bench.py serve --data DATA         # serve.py with 1 client, then 8 at once
 """
 import argparse
 import http.client

@@ -1,10 +1,8 @@
 """From raw labelled text to padded batches (6.2-6.3): balance, split, tokenize, batch.
 
 The SMS Spam Collection by default; any labelled .tsv, .csv or .jsonl file (split 70/10/20 with a
-seed) or a folder of train/validation/test files, read by plumbing/labelled_files.py. Labels are
-strings, numbered in sorted order (numerically when every label is an integer). Token ids and
-lengths are all it hands on (it imports neither model.py nor load_gpt2.py).
-"""
+seed) or folder of train/validation/test files (plumbing/labelled_files.py reads them). Labels
+are strings, numbered in sorted order (numerically when all are integers)."""
 import functools
 import random
 from collections import Counter
@@ -61,10 +59,10 @@ def split(examples, seed, fractions=(0.7, 0.1)):
 
 
 def load_dataset(data=None, seed=123, balance_classes=None, text_column=None, label_column=None):
-    """({"train": [...], "validation": [...], "test": [...]}, label_names), plus "unused": the
-    examples balancing left out (SMS: 4,080 ham). data: None for the SMS Spam Collection, a
-    labelled file, or a folder. balance_classes: undersample to the rarest label (before the
-    split; a folder's train split only); by default only for a file named SMSSpamCollection."""
+    """({"train": [...], "validation": [...], "test": [...]}, label_names), plus "unused": what
+    balancing left out (SMS: 4,080 ham). data: None (the SMS Spam Collection), a file or a folder.
+    balance_classes: undersample to the rarest label (before the split; a folder's train split
+    only); by default only for a file named SMSSpamCollection."""
     read = functools.partial(read_examples, text_column=text_column, label_column=label_column)
     if data is not None and Path(data).is_dir():
         files = find_split_files(Path(data))

@@ -85,13 +85,10 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
              use_cache=True, generator=None, vocab_size=None):
     """(B, T) prompt ids -> (B, T + n) ids, n <= max_new_tokens (fewer if every row hit eos_id).
-
-    temperature 0 is greedy; top_k keeps the k likeliest tokens (clamped to the vocabulary);
-    top_p in (0, 1] keeps the smallest set whose probability reaches p. Past context_length
-    only the most recent context_length tokens are read. vocab_size: the tokenizer's, when
-    the model's is padded beyond it. Put the model in eval mode first (model.eval()), or
-    dropout makes every step random.
-    """
+    temperature 0 is greedy; top_k keeps the k likeliest tokens; top_p in (0, 1] the smallest set
+    whose probability reaches p. Past context_length only the last context_length tokens are read.
+    vocab_size: the tokenizer's, when the model's is padded beyond it. Call model.eval() first,
+    or dropout makes every step random."""
     new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
                       use_cache, generator, vocab_size))
     return torch.cat([idx, *new], dim=1)

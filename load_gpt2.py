@@ -20,15 +20,10 @@ from plumbing.weights import check_finite, infer_config, untrained
 
 
 def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
-    """A GPTModel in eval mode with OpenAI's weights; its cfg is model.cfg, and model.source
-    says where its weights came from (the file read, or "random weights").
-
-    name_or_dir: a size ("gpt2", "gpt2-medium", "774M", ...), a Hugging Face repo ORG/NAME
-    with GPT-2's architecture, or a folder (model.safetensors with an optional config.json, or
-    OpenAI's TensorFlow checkpoint with hparams.json). Files are found or downloaded once
-    (checkpoint_folder). Size names come first: a folder called "gpt2" needs "./gpt2".
-    pretrained=False: random weights of that size (GPT-2's initialisation).
-    """
+    """A GPTModel in eval mode with OpenAI's weights (pretrained=False: GPT-2's initialisation);
+    model.source says where they came from. name_or_dir: a size ("gpt2", "774M", ...; a folder
+    called "gpt2" needs "./gpt2"), a Hugging Face repo ORG/NAME, or a folder (model.safetensors
+    with an optional config.json, or OpenAI's TensorFlow checkpoint), found or downloaded once."""
     if str(name_or_dir) in ALIASES and not pretrained:  # nothing to read
         cfg, tensors, path = get_config(str(name_or_dir)), {}, None
     else:

@@ -1,9 +1,7 @@
-"""Serve a trained classifier as a web page and a JSON API, with the standard library alone.
+"""Serve a trained classifier as a web page and a JSON API (Hugging Face's shape), batched.
 
     python serve.py --classifier out --port 8000        # then open http://127.0.0.1:8000/
-    curl -d '{"inputs": ["Free entry!"]}' localhost:8000/classify
-
-Hugging Face's text-classification API, batched (Server.batch_forever); docs/serving.md.
+    curl -d '{"inputs": ["Free entry!"]}' localhost:8000/classify   # docs/serving.md
 """
 import argparse
 import http.server
@@ -203,7 +201,12 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--classifier", type=Path, default=Path("out"), help="the file or its folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (others: the network)")
+    p.add_argument("--port", type=number(int, 0, True, 65535), default=8000, help="0: a free one")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    args = p.parse_args(argv)
     net, settings = load_classifier(args.classifier, pick_device(args.device))
     tokenizer = get_tokenizer()  # GPT-2's: checked when the classifier was trained
     net.fast = SpeedLayer(net.model, tokenizer.eot_token, settings["pooling"])  # as --predict
@@ -220,15 +223,6 @@ def main(argv=None):
     except KeyboardInterrupt:  # how a server is stopped: no error
         print("stopped", file=sys.stderr)
     server.server_close()
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--classifier", type=Path, default=Path("out"), help="the file or its folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (others: the network)")
-    p.add_argument("--port", type=number(int, 0, True, 65535), default=8000, help="0: a free one")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    return p.parse_args(argv)
 
 
 if __name__ == "__main__":

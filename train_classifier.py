@@ -4,11 +4,8 @@
     python train_classifier.py --predict "Free entry!"  # label texts with the saved classifier
     torchrun --standalone --nproc_per_node=2 train_classifier.py   # several GPUs or processes
 
-Read it in the chapter's order: build_classifier (the new head and the freezing), pool and
-Classifier (the class read at each text's last token), calc_loss_batch, calc_accuracy_loader,
-evaluate_model, train_classifier_simple (the loop), classify, main. Skip the rest on a first
-reading: what sits below main (the speed layer switched on, --predict, the flags) and plumbing/,
-whose speed layer makes the same numbers many times faster.
+Read it top to bottom, in the chapter's order, from build_classifier to main; a first reading
+skips what sits below main (the speed layer switched on, --predict, the flags) and plumbing/.
 """
 import argparse
 import functools
@@ -84,11 +81,9 @@ def pool(hidden, lengths, pooling="last"):
     """(B, T, C) final hidden states and each text's length -> (B, C), what out_head classifies:
     pooling "last" (real token), "first" or "mean" (of the real tokens)."""
     if pooling == "last":
-        # The chapter reads model(input_batch)[:, -1, :], the last *position*. Our batches are
-        # padded on the right to their own longest text, so for every shorter text that position
-        # is padding. We read each row's last *real* token instead: causal attention lets it see
-        # its whole text and none of the padding after it, so a text gets the result it would
-        # get alone.
+        # The chapter reads model(input_batch)[:, -1, :], the last *position*: padding, for every
+        # text shorter than its batch's longest. We read each row's last *real* token: causal
+        # attention lets it see its whole text and no padding, so a text gets its result alone.
         return hidden[torch.arange(len(lengths)), lengths - 1]
     if pooling == "first":  # the bonus table's row 2: causal attention, so it saw only itself
         return hidden[:, 0]
@@ -168,11 +163,9 @@ def evaluate_model(model, train_loader, val_loader, device, eval_iter):
 def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
                             eval_freq, eval_iter, *, loss_fn=calc_loss_batch, accumulation_steps=1,
                             lr_at=None, clip_grad_norm=None, stopper=None, log=None):
-    """The chapter's loop (6.7), returning its five values: train and validation losses and
-    accuracies, examples seen. Our additions, each off by default, each a line where it acts:
-    loss_fn (class weights), gradient accumulation (nanoGPT's), lr_at (appendix D's learning
-    rate of a step), clip_grad_norm (appendix D), stopper (early stopping, from the bonus code);
-    log (TrainingLog) prints and keeps records."""
+    """The chapter's loop (6.7) and its five values: losses, accuracies, examples seen. Our extras,
+    off by default, each a line where it acts: loss_fn (class weights), accumulation_steps, lr_at
+    and clip_grad_norm (appendix D), stopper (early stopping); log prints and keeps records."""
     train_losses, val_losses, train_accs, val_accs = [], [], [], []
     examples_seen, global_step = 0, -1
     log = log or TrainingLog()
@@ -199,7 +192,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
                 train_losses.append(train_loss)
                 val_losses.append(val_loss)
                 log.losses(epoch, global_step, examples_seen, train_loss, val_loss, optimizer)
-                if stopper and stopper.stop(val_loss, model, epoch, global_step):  # early
+                if stopper and stopper.stop(val_loss, model, epoch, global_step):  # early stop
                     return train_losses, val_losses, train_accs, val_accs, examples_seen
         if log.master:
             # The chapter measures accuracy on eval_iter batches here; we take whole loaders

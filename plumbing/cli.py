@@ -46,10 +46,9 @@ def run_main(main, interrupted="interrupted"):
 
 
 def every_one_or_what_failed(*tries):
-    """The results of tries, (what, function) pairs, run in turn; or, if any fails, one InputError
-    naming every one that did, a line each: a first run offline learns all it lacks at once. After
-    a failure that is not something missing (a mistake: a bad file, a wrong name), the tries left
-    wait for its fix: a typo in --data costs no download of the weights."""
+    """The results of tries, (what, function) pairs, run in turn; or one InputError naming each
+    that failed, a line each: a first run offline learns all it lacks at once. After a mistake (not
+    something missing) the tries left wait for its fix: a typo in --data downloads no weights."""
     results, failed = [], []
     for what, attempt in tries:
         if not all(e.missing for _, e in failed):
@@ -150,10 +149,9 @@ def line_chunks(stream, size=1024, longest=1_000_000):
 
 
 def label_lines(texts, classify):
-    """--predict's answers, a line each on standard output: label, probability and the text
-    (escaped, on one line), TAB-separated. texts: a list, or ["-"]: a text per line of standard
-    input, read and answered a chunk at a time (constant memory). classify(texts): (label,
-    probability) per text."""
+    """--predict's answers on standard output: label, probability and text (escaped, one line),
+    TAB-separated; classify(texts) gives (label, probability) per text. texts: a list, or ["-"]:
+    a text per line of standard input, answered a chunk at a time (constant memory)."""
     chunks = line_chunks(sys.stdin) if texts == ["-"] else [texts]
     # A progress line only when the answers go to a file: on one terminal the two would mix.
     progress, done = Progress("classifying", 0, "texts", 1e9 if sys.stdout.isatty() else 2.0), 0

@@ -102,8 +102,7 @@ def folders(name_or_dir):
     repo, size, ours = source(name_or_dir)
     if not size:
         return [folder for folder in (ours, hf_snapshot(repo)) if folder]
-    # a size: OpenAI's files too, and the hub's cache under the old name (gpt2, not
-    # openai-community/gpt2)
+    # a size: OpenAI's files too, and the hub's cache under the old name (not openai-community/)
     return [folder for folder in (ours, ours.parent / "openai" / size, hf_snapshot(repo),
                                   hf_snapshot(repo.split("/")[1])) if folder]
 
@@ -184,12 +183,11 @@ def worth_retrying(e):
 
 
 def download(url, dest, sha256=None, size=None, headers=None, hint=""):
-    """Fetch url into dest. The bytes go to dest.part (one per destination): kept when a transfer
-    fails or is interrupted, and continued with an HTTP Range request by the next try or the next
-    run. A dropped connection, a timeout (or MIN_RATE) or a 5xx is tried again after a growing
-    pause. The file is hashed while it is written and checked against size and sha256 (or the
-    size first announced), and CHECKS, before it becomes dest, so a corrupt download is never
-    used. One process at a time per folder; another one waits. hint: what else the user can do."""
+    """Fetch url into dest. The bytes go to dest.part, kept when a transfer fails or is interrupted
+    and continued with an HTTP Range request by the next try or run. A dropped connection, a
+    timeout (or MIN_RATE) or a 5xx is tried again after a growing pause. The file is hashed as it
+    is written and checked (size, sha256 or the size first announced, CHECKS) before it becomes
+    dest. One process at a time per folder; another one waits. hint: what else the user can do."""
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     check, limit = CHECKS.get(dest.name, (None, LARGEST_BYTES))

@@ -1,8 +1,5 @@
-"""The command-line flags the training scripts share, each checked as it is read.
-
-train_classifier.py (and pretrain.py) add their own flags to these; parse reads them and holds
-to the rule that no setting is silently ignored; check_fits stops a run whose flags do not fit.
-"""
+"""The command-line flags the scripts share, each checked as it is read; parse's rule that none
+is silently ignored; check_fits, which stops a run whose flags do not fit its data and model."""
 import argparse
 import math
 from pathlib import Path

@@ -129,11 +129,10 @@ TF_DTYPES = {1: (np.float32, torch.float32), 19: (np.float16, torch.float16),
 
 
 def read_tf_checkpoint(folder, expected):
-    """{Hugging Face name: tensor} from OpenAI's TensorFlow checkpoint in folder, TensorFlow
-    not needed: model.ckpt.index is a table in LevelDB's format whose values are protobuf
-    entries giving each tensor's dtype, shape, byte range in model.ckpt.data-00000-of-00001
-    and CRC-32C. Every entry, range and checksum is checked; OpenAI's names are renamed, and
-    checked by expected(tensors as meta tensors, shapes without data) before the first CRC."""
+    """{Hugging Face name: tensor} from OpenAI's TensorFlow checkpoint in folder, without
+    TensorFlow: model.ckpt.index is a LevelDB table of protobuf entries (each tensor's dtype, shape,
+    byte range in the data file, CRC-32C), all checked; the renamed tensors are first checked by
+    expected(tensors as meta tensors, shapes without data), before any CRC."""
     index, data_file = folder / "model.ckpt.index", folder / "model.ckpt.data-00000-of-00001"
     try:
         pairs = list(itertools.islice(table_entries(np.frombuffer(

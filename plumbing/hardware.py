@@ -34,10 +34,9 @@ def pick_device(name=None):
 
 
 def use_bf16(dtype, device):
-    """(bfloat16 or not, why) for --dtype. auto: bfloat16 where the hardware multiplies it
-    natively, as torch detects it: a CUDA GPU of compute capability 8 or newer (a T4 or V100
-    would emulate it), a CPU with AMX or AVX512-BF16 (or BF16 on ARM); elsewhere float32, since
-    emulated bfloat16 is slower than float32."""
+    """(bfloat16 or not, why) for --dtype. auto: bfloat16 where the hardware multiplies it natively
+    (a CUDA GPU of compute capability 8+, not a T4 or V100; a CPU with AMX or AVX512-BF16, or BF16
+    on ARM); elsewhere float32, as emulated bfloat16 is slower."""
     if dtype != "auto":
         return dtype == "bfloat16", f"--dtype {dtype}"
     if device.startswith("cuda"):

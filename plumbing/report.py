@@ -1,11 +1,7 @@
-"""What a run of train_classifier.py shows.
-
-Accuracy alone hides what a filter's user cares about most: how many real messages it flags.
-So each split also gets a confusion matrix (counts; rows: the true label, columns: the
-prediction), precision, recall and F1 per label, and their macro averages. The examples that
-balancing left out are a free, realistic test of false positives. All of it is printed and kept
-in metrics.jsonl, and drawn in metrics.png when matplotlib is installed.
-"""
+"""What a run of train_classifier.py shows: accuracy, and what it hides from a filter's user (how
+many real messages it flags): a confusion matrix per split (rows: the true label), precision,
+recall and F1 per label and their macro averages, the false positives among the examples
+balancing left out. Printed, kept in metrics.jsonl, drawn in metrics.png with matplotlib."""
 import argparse
 import json
 import random
@@ -84,10 +80,9 @@ def format_table(name, true, predicted, labels):
 
 
 def unused_lines(unused, test, labels, n_examples):
-    """How the classifier treats the examples balancing left out: per label, how many it gives
-    another label. For two labels, where the unused ones are all of the common label (SMS: 4,080
-    ham), also the precision the filter would have at the data set's own ratio of labels.
-    unused, test: (true, predicted) pairs."""
+    """Per label, how many of the examples balancing left out get another label; for two labels
+    whose unused ones are all of one (SMS: 4,080 ham), also the precision the filter would have at
+    the data set's own ratio. unused, test: (true, predicted) pairs."""
     lines, (true, predicted) = [], unused
     if len(labels) > MANY:
         wrong = int((true != predicted).sum())
@@ -113,10 +108,9 @@ def unused_lines(unused, test, labels, n_examples):
 
 
 def final_report(model, sets, collate, labels, device, start, unused_texts=None, seed=0):
-    """Every split in full: accuracy, and for validation and test the confusion matrix with
-    precision, recall and F1 per label; what balancing left out (unused_texts: a sample of that
-    many, drawn with seed). Printed, and returned as the last record of metrics.jsonl; times count
-    from start, the run's."""
+    """Every split in full: accuracy, and for validation and test the confusion matrix, precision,
+    recall and F1 per label; what balancing left out (unused_texts: a sample of that many, drawn
+    with seed). Printed, and returned as metrics.jsonl's last record; times count from start."""
     record, pairs = {"final": True, "labels": labels}, {}
     for name, items in sets.items():
         if name == "unused" and unused_texts is not None and unused_texts < len(items):

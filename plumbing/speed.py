@@ -1,19 +1,15 @@
 """The speed layer of train_classifier.py: the same numbers with less work.
 
-train_classifier.Classifier gets its hidden states from SpeedLayer.hidden_states instead of
-model.hidden_states, and the chapter's functions cannot tell: the same input_batch in, the same
-numbers out where pool() reads them (for --pooling last, each text's last real token; the other
-positions, never read, are NaN). What it saves, and why the numbers stay the same:
+Classifier gets its hidden states from SpeedLayer.hidden_states instead of model.hidden_states:
+the same numbers where pool() reads them (for --pooling last, each text's last real token; the
+other positions, never read, are NaN). What it saves, and why the numbers stay the same:
   - Frozen-prefix cache. The frozen bottom (embeddings and the blocks below the first trainable
-    one) has no dropout and takes no gradient, so it maps a text to the same output every time.
-    It runs once per text, in length-sorted batches (almost no padding), and is kept; every step
-    and every epoch then runs only the trainable top. In float32: tokens x emb_dim x 4 bytes,
-    kept in RAM when that fits --cache-mb, otherwise in a memory-mapped temporary file: reading
-    it back costs far less than recomputing the blocks.
+    one) has no dropout and takes no gradient: a text's output is the same every time. It runs
+    once per text, in length-sorted batches, and is kept (float32, in RAM up to --cache-mb, else
+    in a memory-mapped temporary file); every step then runs only the trainable top.
   - The last block at the last token only (--pooling last): pool() reads nothing else, so that
     block computes one query per text (its keys and values still come from every position).
-  - Optional torch.compile and fused AdamW (bfloat16 is plumbing/hardware.py's, on either path).
-Tests check that losses and weights with and without it agree to 1e-5 in float32.
+  - Optional torch.compile and fused AdamW. Tests hold losses and weights to the plain path's.
 """
 import itertools
 import shutil
@@ -30,10 +26,9 @@ from plumbing.cli import InputError, Progress
 
 
 class SpeedLayer:
-    """model.hidden_states for a classifier from train_classifier.build_classifier, computed
-    with less work. cache: "auto" keeps the frozen bottom's outputs in RAM when they fit
-    cache_mb and in a temporary file in cache_dir (memory-mapped, deleted at exit) when not;
-    "ram", "disk", "off"."""
+    """model.hidden_states of a classifier build_classifier made, with less work. cache: "auto"
+    keeps the frozen bottom's outputs in RAM when they fit cache_mb, else in a temporary file in
+    cache_dir (memory-mapped, deleted at exit); "ram", "disk", "off"."""
 
     def __init__(self, model, pad_id, pooling="last", compile=False, texts=(), cache="auto",
                  cache_mb=2048, cache_dir="."):
@@ -165,10 +160,9 @@ def last_token_block(block, x, last):
 
 
 def accuracy_loader(data_loader, eval_iter, whole_up_to=5000, batch_size=64):
-    """What the loop measures after each epoch, as a loader: every text of a split of up to
-    5,000, else those of its first eval_iter batches; in batches of batch_size, shortest first:
-    the same texts, so the same accuracy, in half the time (measured: 2.1x on SMS). A batch reads
-    the trained block's weights once however many texts it holds: small ones spend it reading."""
+    """What the loop measures after each epoch, as a loader: a split's texts (past 5,000, its first
+    eval_iter batches') in batches of batch_size, shortest first: the same accuracy in half the
+    time (2.1x on SMS), as a batch reads the trained block's weights once, whatever its size."""
     n = None if len(data_loader.dataset) <= whole_up_to else eval_iter
     items = sorted((data_loader.dataset[i] for batch in itertools.islice(
         data_loader.batch_sampler, n) for i in batch), key=lambda item: len(item[0]))
