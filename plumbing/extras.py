@@ -79,11 +79,14 @@ class EarlyStopping:
         return False
 
 
-def stop_if_diverged(loss, step):
-    """A loss that is NaN or infinite ends the run in one line: at step 0 most likely a changed
-    read (the speed layer computes only what pool() reads), later a learning rate too large."""
+# Why a loss is not finite before any update, in train_classifier.py: the speed layer's read.
+FIRST_STEP = ("if you changed what pool() reads, run with --no-fast (the speed layer computes "
+              "only the positions pool() reads); else training diverged: try a smaller --lr")
+
+
+def stop_if_diverged(loss, step, at_step_0=FIRST_STEP):
+    """A loss that is NaN or infinite ends the run in one line: at step 0, before any update,
+    what at_step_0 says (the script's likeliest cause); later, a learning rate too large."""
     if not math.isfinite(loss.item()):
         raise InputError(f"the loss became {loss.item()} at step {step}: " + (
-            "if you changed what pool() reads, run with --no-fast (the speed layer computes only "
-            "the positions pool() reads); else training diverged: try a smaller --lr" if step
-            == 0 else "training diverged; try a smaller --lr"))
+            at_step_0 if step == 0 else "training diverged; try a smaller --lr"))

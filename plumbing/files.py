@@ -7,6 +7,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from plumbing.cli import InputError
+
 if os.name == "nt":
     import msvcrt
 else:
@@ -25,6 +27,37 @@ def read_small(path, limit):
     if data is None or len(data) > limit:
         raise ValueError(f"{path} is not a regular file of at most {limit:,} bytes")
     return data
+
+
+def read_texts(source, limit):
+    """The texts of source: a UTF-8 file, each .txt file of a folder (in name order), or standard
+    input ("-"); at most limit bytes in all, each read with what is left of that bound. What is
+    not text (missing, binary, too large, a folder without .txt files) is one InputError."""
+    folder = source != "-" and Path(source).is_dir()
+    paths = sorted(Path(source).glob("*.txt")) if folder else [source]
+    if not paths:
+        raise InputError(f"{source} holds no .txt files; give a text file or a folder of them")
+    texts, left = [], limit
+    for path in paths:
+        name = "standard input" if path == "-" else path
+        if path == "-" and sys.stdin is None:  # started with <&-
+            raise InputError("standard input is closed; pipe the text into it, or give a file")
+        if path != "-" and not Path(path).exists():
+            raise InputError(f"no text at {path}; give a text file, a folder of .txt files or -")
+        try:
+            raw = sys.stdin.buffer.read(left + 1) if path == "-" else read_small(path, left)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "\x00"
+        except ValueError as e:
+            raise InputError(f"{e}; at most {limit:,} bytes of text in all") from None
+        if len(raw) > left:
+            raise InputError(f"{name} holds over {left:,} bytes; at most {limit:,} in all")
+        if "\x00" in text:  # UTF-8 can hold NUL bytes, but no text does
+            raise InputError(f"{name} is not UTF-8 text (a binary file?); give a text file")
+        texts.append(text)
+        left -= len(raw)
+    return texts
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from plumbing import cli
 from plumbing.cli import InputError
-from plumbing.save import check_out
+from plumbing.save import OWN_FILES, check_out
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -90,9 +90,9 @@ def parse(p, argv=None, unused=lambda args, name: None):
     return args
 
 
-def check_fits(args, cfg, vocab_size, n_train, max_length, world_size):
-    """Stop before training, not after, when the flags, the data, the model and --out do not
-    fit."""
+def check_fits(args, cfg, vocab_size, n_train, max_length, world_size, own=OWN_FILES):
+    """Stop before training, not after, when the flags, the data, the model and --out (where the
+    run writes the files own names) do not fit."""
     if max_length > cfg["context_length"]:
         raise InputError(f"--max-length {max_length} exceeds the model's context length "
                          f"{cfg['context_length']}")
@@ -107,4 +107,4 @@ def check_fits(args, cfg, vocab_size, n_train, max_length, world_size):
         raise InputError("--patience needs one process: under torchrun only rank 0 evaluates")
     if (args.min_lr or 0) > args.lr:
         raise InputError(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}: it is the floor")
-    check_out(args.out)
+    check_out(args.out, own)

@@ -4,6 +4,7 @@ recall and F1 per label and their macro averages, the false positives among the 
 balancing left out. Printed, kept in metrics.jsonl, drawn in metrics.png with matplotlib."""
 import argparse
 import json
+import math
 import random
 import time
 from collections import Counter
@@ -154,6 +155,8 @@ def plot_metrics(history, path):
         from matplotlib.figure import Figure
     except ImportError:
         return False
+    if "validation_perplexity" in history[-1]:  # a language model's run (pretrain.py): losses
+        return plot_losses(history, path, Figure)
     evals, epochs = [r for r in history if "val_loss" in r], [r for r in history if "val_acc" in r]
     final = history[-1]
     fig = Figure(figsize=(15, 4.5))
@@ -186,6 +189,28 @@ def plot_metrics(history, path):
     return True
 
 
+def plot_losses(history, path, Figure):
+    """A language model's training and validation losses against the tokens seen (the chapter's
+    plot_losses), in a PNG at path."""
+    evals = [r for r in history if "val_loss" in r]
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    for key in ("train_loss", "val_loss"):
+        ax.plot([r["tokens_seen"] for r in evals], [r[key] for r in evals], label=key)
+    ax.set(xlabel="tokens seen", ylabel="loss")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return True
+
+
+def perplexity(loss):
+    """A language model's loss per token as a perplexity, exp(loss): as unsure as a uniform choice
+    among that many tokens (ln 50,257 = 10.8 nats: 50,257); inf, not an overflow, past 709."""
+    return math.inf if loss > 709 else math.exp(loss)
+
+
 def final_record(path):
     """The last record of the metrics.jsonl in a run's folder (path: it, or a file in it) if it is
     a finished run's, with its accuracies; else None. Only the file's last MB is read: the record
@@ -203,10 +228,12 @@ def final_record(path):
 class TrainingLog:
     """What a run prints (on the master process alone) and keeps for metrics.jsonl (history):
     every time counts from the run's start; examples per second, from the last line on (the
-    accuracy passes and the load and fill before the first step not counted)."""
+    accuracy passes and the load and fill before the first step not counted). unit: what the
+    loop counts, "examples" (a classifier's texts) or "tokens" (a language model's, whose loss,
+    per token, is also kept as a perplexity)."""
 
-    def __init__(self, master=True):
-        self.master, self.history, self.start = master, [], time.time()
+    def __init__(self, master=True, unit="examples"):
+        self.master, self.history, self.start, self.unit = master, [], time.time(), unit
         self.tick, self.seen, self.last = self.start, 0, {"epoch": 0, "step": -1}
         self.phases, self.marked = {}, self.start
 
@@ -220,13 +247,17 @@ class TrainingLog:
         if self.master:
             print(*lines)
 
-    def losses(self, epoch, step, examples_seen, train_loss, val_loss, optimizer):
-        lr, now = optimizer.param_groups[0]["lr"], time.time()
-        record = {"epoch": epoch, "step": step, "examples_seen": examples_seen, "lr": lr,
-                  "examples_per_s": (examples_seen - self.seen) / (now - self.tick),
+    def losses(self, epoch, step, seen, train_loss, val_loss, optimizer):
+        lr, now, unit = optimizer.param_groups[0]["lr"], time.time(), self.unit
+        record = {"epoch": epoch, "step": step, f"{unit}_seen": seen, "lr": lr,
+                  f"{unit}_per_s": (seen - self.seen) / (now - self.tick),
                   "train_loss": train_loss, "val_loss": val_loss, "elapsed_s": now - self.start}
+        if unit == "tokens":
+            record.update(train_perplexity=perplexity(train_loss),
+                          val_perplexity=perplexity(val_loss))
         self(f"Ep {epoch} (Step {step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
-             f" | lr {lr:.3g} | {record['examples_per_s']:.1f} ex/s | {record['elapsed_s']:.1f} s")
+             f" | lr {lr:.3g} | {record[f'{unit}_per_s']:.1f} {unit.replace('examples', 'ex')}/s"
+             f" | {record['elapsed_s']:.1f} s")
         self.end_of(record)
 
     def accuracies(self, epoch, step, examples_seen, train_accuracy, val_accuracy):
@@ -240,7 +271,7 @@ class TrainingLog:
     def end_of(self, record):  # the next ex/s counts from here: evaluations are not training
         self.history.append(record)
         self.last = {"epoch": record["epoch"], "step": record["step"]}
-        self.tick, self.seen = time.time(), record["examples_seen"]
+        self.tick, self.seen = time.time(), record[f"{self.unit}_seen"]
 
     def weights_from(self, stopper):
         """The epoch and step the trained weights are from: the best evaluation's if early

@@ -20,15 +20,17 @@ OWN_FILES = ("classifier.safetensors", "metrics.jsonl", "metrics.png",
 STAGED = "made-by-train_classifier.py"  # the mark of a save's own staging folder in --out
 
 
-def check_out(out):
-    """Before training: --out is a folder we can write to, with nothing in the way of OWN_FILES,
-    and no link that would take the split files outside it."""
+def check_out(out, own=OWN_FILES):
+    """Before training: --out is a folder we can write to, with nothing in the way of own (the
+    files the run writes), and no link that would take the split files outside it."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder (it holds the run's files)")
-    if (out / "splits").is_symlink() or (out / "splits").exists() and not (out / "splits").is_dir():
-        raise InputError(f"{out / 'splits'} is a link or a file, in the way of the run's split "
+    splits = out / "splits"
+    if "splits/train.tsv" in own and (splits.is_symlink() or splits.exists()
+                                      and not splits.is_dir()):
+        raise InputError(f"{splits} is a link or a file, in the way of the run's split "
                          "files; move it away")
-    for name in OWN_FILES:
+    for name in own:
         if (out / name).is_dir():
             raise InputError(f"{out / name} is a folder, in the way of this run's {name}; "
                              "move it away")
@@ -38,10 +40,28 @@ def check_out(out):
 
 
 def save_run(out, model, settings, splits, history):
-    """Write the run's files together, at the end: first into a folder of their own, then moved
-    into out, the files they replace moved aside first; if any move fails, all are undone. So out
-    never mixes two runs, a failed or interrupted save leaves it as it was, and only OWN_FILES
-    are ever replaced or removed. Saves into one out wait for each other. Returns a log line."""
+    """Write the run's files together, at the end (publish): so out never mixes two runs, a
+    failed or interrupted save leaves it as it was, and only OWN_FILES are ever replaced or
+    removed. Returns a log line."""
+    def write(staged):
+        write_splits(splits, staged / "splits")
+        metadata = {key: value if key in TEXTS else json.dumps(value, default=str)  # a Path: text
+                    for key, value in settings.items()}
+        write_safetensors(staged / "classifier.safetensors", model.state_dict(),
+                          {"format": "pt", **metadata})
+        save_metrics(history, staged)
+    new = publish(out, OWN_FILES, write, "the run")
+    plot = "" if "metrics.png" in new else " (pip install matplotlib for metrics.png)"
+    return f"saved in {out}: {', '.join(new)}{plot}"
+
+
+def publish(out, own, write, what):
+    """Files written together by write(folder): first into a folder of their own, then moved into
+    out, the files of own they replace moved aside first; if any move fails, all are undone. Only
+    the files named in own are ever replaced or removed; publishes into one out wait for each
+    other. Returns the names of own written."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; give a folder (it holds {what}'s files)")
     with lock(out, "another run is saving into"):
         for left in out.glob(".incomplete-*"):  # what a killed save left (none runs but ours),
             if not left.is_symlink() and (left / STAGED).is_file():  # marked so: never a user's
@@ -49,28 +69,21 @@ def save_run(out, model, settings, splits, history):
         staged, swapped = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out)), False
         try:  # (mkdtemp: a new folder, ours alone)
             (staged / STAGED).touch()
-            write_splits(splits, staged / "splits")
-            metadata = {key: value if key in TEXTS else
-                        json.dumps(value, default=str)  # a Path in the flags as text
-                        for key, value in settings.items()}
-            write_safetensors(staged / "classifier.safetensors", model.state_dict(),
-                              {"format": "pt", **metadata})
-            save_metrics(history, staged)
-            new = [name for name in OWN_FILES if (staged / name).is_file()]
-            swap_in(out, staged, new)
+            write(staged)
+            new = [name for name in own if (staged / name).is_file()]
+            swap_in(out, staged, own, new)
             swapped = True
         except OSError as e:
-            raise InputError(f"could not save the run in {out} ({e.strerror or e}); the files "
+            raise InputError(f"could not save {what} in {out} ({e.strerror or e}); the files "
                              "there are as they were") from None
         finally:  # the last run's files, moved aside: deleted once replaced, or once put back
             if swapped or not any(p.is_file() for p in (staged / "old").rglob("*")):
                 shutil.rmtree(staged, ignore_errors=True)
             else:  # the undo could not put them all back: kept, and said where (the user's now)
                 (staged / STAGED).unlink(missing_ok=True)
-                print(f"the last run's files that could not be put back are in {staged}/old",
+                print(f"the old files that could not be put back are in {staged}/old",
                       file=sys.stderr)
-    plot = "" if "metrics.png" in new else " (pip install matplotlib for metrics.png)"
-    return f"saved in {out}: {', '.join(new)}{plot}"
+    return new
 
 
 def write_splits(splits, folder):
@@ -82,8 +95,8 @@ def write_splits(splits, folder):
             tmp.write_text("".join(lines), encoding="utf-8", newline="\n")
 
 
-def swap_in(out, staged, new):
-    """Move every OWN_FILES file in out aside into staged/old, then staged's new files into out,
+def swap_in(out, staged, own, new):
+    """Move every file of own in out aside into staged/old, then staged's new files into out,
     each a rename; on any failure (or Ctrl-C), undo the renames done, last first."""
     done, made = [], []
 
@@ -94,7 +107,7 @@ def swap_in(out, staged, new):
         os.replace(source, dest)
         done.append((source, dest))
     try:
-        for name in OWN_FILES:
+        for name in own:
             if (out / name).is_file() or (out / name).is_symlink():  # a link moves, not its file
                 move(out / name, staged / "old" / name)
         for name in new:
