@@ -421,13 +421,18 @@ def encoding_from(path):
         raise InputError(f"{path} is not GPT-2's vocabulary ({e})") from None
 
 
+# GPT-2's bytes_to_unicode: encoder.json and merges.txt write each byte of a token as a printable
+# character, itself where it is one (but the space), else chr(256 + n) for the n-th of the others.
+PRINTABLE = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+BYTE_CHARS = {b: chr(b) for b in PRINTABLE} | {
+    b: chr(256 + i) for i, b in enumerate(b for b in range(256) if b not in PRINTABLE)}
+
+
 @functools.lru_cache(maxsize=4)  # the same bytes, read again by each run in one process
 def gpt2_encoding(raw):
     """The encoding of an encoder.json's bytes. Their tokens are bytes written as printable
-    characters (GPT-2's bytes_to_unicode): undone here."""
-    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    others = [b for b in range(256) if b not in printable]
-    byte = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+    characters (BYTE_CHARS): undone here."""
+    byte = {c: b for b, c in BYTE_CHARS.items()}
     vocab = json.loads(raw)
     ranks = {bytes(byte[c] for c in token): rank for token, rank in vocab.items()
              if token != "<|endoftext|>"}
