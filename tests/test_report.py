@@ -23,6 +23,20 @@ def pairs(counts):
 
 
 class TestReport(TestCase):
+    @unittest.skipIf(importlib.util.find_spec("matplotlib") is None, "matplotlib not installed")
+    def test_a_language_models_run_draws_its_losses_against_the_tokens_seen(self):
+        history = [{"epoch": 1, "step": s, "tokens_seen": 64 * (s + 1), "train_loss": 9.0 - s,
+                    "val_loss": 9.5 - s} for s in range(3)]
+        path = tmpdir(self) / "metrics.png"
+        final = {"final": True, "validation_perplexity": 1000.0}  # pretrain.py's last record
+        self.assertTrue(report.plot_metrics(history + [final], path))
+        self.assertGreater(path.stat().st_size, 1000)
+        with self.assertRaises(KeyError):  # a last record of neither kind: no labels to draw
+            report.plot_metrics(history + [{"final": True}], path)
+        self.assertAlmostEqual(report.perplexity(math.log(50257)), 50257, delta=1e-6)
+        self.assertEqual((report.perplexity(800), math.isnan(report.perplexity(math.nan))),
+                         (math.inf, True))
+
     def test_metrics_from_a_hand_made_confusion_matrix(self):
         counts = [[5, 1, 0, 0], [2, 3, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
         true, predicted = pairs(counts)
