@@ -9,6 +9,7 @@
     python bench.py formulas                  # model.py's fused calls against the book's formulas
     python bench.py memory                    # peak memory loading a gpt2-xl-shaped checkpoint
     python bench.py serve --data DATA         # serve.py with 1 client, then 8 at once
+    python bench.py pretrain --data DATA      # the classifier of a small shape, pretrained or not
 """
 import argparse
 import http.client
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import model as gpt
+import pretrain
 import serve
 import train_classifier
 from data import encode, load_dataset, sms_spam_file
@@ -42,6 +44,7 @@ from plumbing.cli import InputError, line_chunks, run_main
 from plumbing.flags import number
 from plumbing.hardware import Autocast
 from plumbing.labelled_files import read_examples
+from plumbing.report import final_record
 from plumbing.speed import SpeedLayer
 
 
@@ -435,11 +438,45 @@ def bench_serve(args):
           f"2x); their p99 is {runs[8]['p99'] / runs[1]['p50']:.2f}x the p50 of 1 (goal: < 2x)")
 
 
+def bench_pretrain(args):
+    """A small GPT-2 pretrained on the SMS training and unused splits' texts (never validation's or
+    test's), fine-tuned as train_classifier.py does, against the same random weights fine-tuned."""
+    print(f"machine: {machine()}")
+    data = str(args.data or sms_spam_file())
+    splits, _ = load_dataset(data, seed=123)  # train_classifier.py's seed: its splits
+    # Pretraining validates on the last 10% of these: unused ham.
+    texts = [text for name in ("train", "unused") for _, text in splits[name]]
+    (layers, width, context), runs = args.shape, {}
+    with tempfile.TemporaryDirectory() as folder:  # the shape: its config.json alone
+        folder = Path(folder)
+        (folder / "config.json").write_text(json.dumps(
+            {"n_layer": layers, "n_embd": width, "n_head": max(1, width // 64),
+             "n_positions": context, "vocab_size": 50257}), encoding="utf-8")
+        (folder / "sms.txt").write_text("<|endoftext|>".join(texts), encoding="utf-8")
+        pretrain.main([str(a) for a in (
+            "--data", folder / "sms.txt", "--model", folder, "--init", "random", "--context-length",
+            context, "--epochs", args.pretrain_epochs, "--batch-size", 8, "--eval-freq", 100,
+            "--out", folder / "lm")])
+        for name, model in (("random weights", [folder, "--init", "random"]),
+                            ("pretrained", [folder / "lm"])):
+            train_classifier.main([str(a) for a in ["--data", data, "--model", *model, "--out",
+                                                    folder / name, "--trainable", args.trainable]])
+            runs[name] = final_record(folder / name)
+        lm = final_record(folder / "lm")
+    print(f"\n{layers} layers, {width} wide, context {context}; pretrained {args.pretrain_epochs} "
+          f"epoch(s) on {len(texts):,} texts: validation perplexity "
+          f"{lm['validation_perplexity']:.1f}, {sum(lm['phases_s'].values()):.0f} s; fine-tuned "
+          f"--trainable {args.trainable}\n{'':<16}test accuracy  test macro F1  unused flagged")
+    for name, r in runs.items():  # the unused texts are ham: the first row of their matrix
+        print(f"{name:<16}{r['test_acc']:12.2%}  {r['test_metrics']['macro_f1']:13.2%}  "
+              f"{r['unused_confusion'][0][1] / sum(r['unused_confusion'][0]):13.2%}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["train", "predict", "scale", "generate", "memory", "serve",
-                                    "formulas"])
+                                    "formulas", "pretrain"])
     p.add_argument("--data", default=None, help="the SMS file (default: download it)")
     p.add_argument("--sizes", type=number(int), nargs="+", default=[24, 48, 96],
                    help="numbers of texts for 'scale'")
@@ -449,12 +486,16 @@ def main(argv=None):
                    default=["float32", "bfloat16"], help="for 'train' and 'predict'")
     p.add_argument("--requests", type=number(int), default=320,
                    help="requests for 'serve', with 1 client and again with 8")
+    p.add_argument("--shape", type=number(int), nargs=3, default=[4, 128, 64],
+                   metavar=("LAYERS", "WIDTH", "CONTEXT"), help="the model for 'pretrain'")
+    p.add_argument("--pretrain-epochs", type=number(int), default=1, help="for 'pretrain'")
+    p.add_argument("--trainable", default="last-1", help="what fine-tuning trains, for 'pretrain'")
     args = p.parse_args(argv)
     if args.data is not None and not Path(args.data).is_file():
         raise InputError(f"--data {args.data}: no such file; pass the SMS Spam Collection file")
     {"train": bench_train, "predict": bench_predict, "scale": bench_scale,
      "generate": bench_generate, "memory": bench_memory, "serve": bench_serve,
-     "formulas": bench_formulas}[args.what](args)
+     "formulas": bench_formulas, "pretrain": bench_pretrain}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -246,7 +246,7 @@ def parse_args(argv=None):
     a("--stride", type=number(int), help="tokens between windows' starts (default: no overlap)")
     a("--eval-iter", type=number(int), default=5, help="batches of each part behind those losses")
     a("--drop-rate", type=number(float, 0, True, 0.9), default=0.1, help="dropout while training")
-    a("--start-context", default="Every effort moves you", help="what each epoch's sample says")
+    a("--start-context", default="Every effort moves you", help="the prompt of each epoch's sample")
     args = parse(p, argv)
     args.lr, args.stride = args.lr or 4e-4, args.stride or args.context_length
     return args

@@ -10,7 +10,9 @@ class TestBench(TestCase):
         for args, message in ((["train", "--data", folder / "nope"], "no such file"),
                               (["scale", "--sizes", "0"], "must be a number > 0"),
                               (["generate", "--new-tokens", "-5"], "must be a number > 0"),
-                              (["serve", "--requests", "0"], "must be a number > 0")):
+                              (["serve", "--requests", "0"], "must be a number > 0"),
+                              (["pretrain", "--shape", "4", "0", "64"], "must be a number > 0"),
+                              (["pretrain", "--data", folder / "nope"], "no such file")):
             with self.subTest(args):
                 code, _, err = run_cli(bench.main, *args)
                 self.assertNotEqual(code, 0)
