@@ -25,7 +25,8 @@ def run(names):
     suite = (loader.loadTestsFromNames(names) if names else
              loader.discover(str(TESTS), top_level_dir=str(TESTS)))
     result = unittest.TextTestRunner(verbosity=2).run(suite)
-    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    failed = len({getattr(test, "test_case", test).id() for test, _ in  # a test, not its subtests
+                  result.failures + result.errors} | set(map(str, result.unexpectedSuccesses)))
     return result.testsRun - failed - len(result.skipped), failed, [r for _, r in result.skipped]
 
 

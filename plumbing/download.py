@@ -9,6 +9,7 @@ import itertools
 import os
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -228,6 +229,12 @@ def download(url, dest, sha256=None, size=None, headers=None, hint=""):
                                      "next run downloads it again") from None
             os.replace(part, dest)
     except NETWORK_ERRORS as e:
+        if isinstance(getattr(e, "reason", e), ssl.SSLCertVerificationError):  # a fix, not a miss
+            raise InputError(f"could not download {url}: this Python does not trust the server's "
+                             f"certificate ({why(e)}); if its certificate store is missing or old "
+                             "(on macOS: run Install Certificates.command in Python's folder), "
+                             "or a proxy brings its own, set SSL_CERT_FILE to a current CA bundle "
+                             "file") from None
         raise InputError(f"could not download {url} ({why(e)}); check the network, or download "
                          f"it another way and place it at {dest}{hint}", missing=True) from None
     except OSError as e:  # the network was fine; the disk was not
@@ -343,6 +350,8 @@ def why(e):
     """A network error in a few words, on one line."""
     if isinstance(e, urllib.error.HTTPError):
         return " ".join(f"HTTP {e.code} {e.reason}".split())
+    if isinstance(getattr(e, "reason", None), ssl.SSLCertVerificationError):
+        return e.reason.verify_message or "certificate verify failed"
     return " ".join(str(getattr(e, "reason", None) or e.__class__.__name__).split())
 
 

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -234,6 +235,12 @@ def assert_same_weights(test, a, b, tol=1e-5, inert=()):
             test.assertLess((p - b[name]).abs().max().item(), tol, name)
 
 
+def largest_change(a, b):
+    """The largest difference between two models' weights, whatever their head's shape."""
+    return max((p - b.state_dict()[name]).abs().max().item()
+               for name, p in a.state_dict().items())
+
+
 def inert_parameters(model, pooling="last"):
     """The parameters a classifier's output does not depend on at all, found by moving each one
     and seeing the outputs stay put: the key bias (it adds the same to every score of a query,
@@ -369,14 +376,17 @@ class FileServer:
       redirect: {path: url} answered with a 302 there, with extra headers (the hub's way);
       no_length: no Content-Length (the body ends when the connection does);
       slow_headers: seconds between the bytes of the status line and headers;
-      trickle: (n, s): the body's first n bytes at once, then a byte every s seconds, 40 at most.
+      trickle: (n, s): the body's first n bytes at once, then a byte every s seconds, 40 at most;
+      tls: HTTPS, with tests/fixtures/selfsigned.pem, a certificate for 127.0.0.1 that no client
+        trusts (made by openssl req -x509 -newkey rsa:2048 -nodes -days 36500 -subj /CN=127.0.0.1
+        -addext subjectAltName=IP:127.0.0.1).
     """
 
     def __init__(self, files, **switches):
         self.files, self.requests = files, []
         self.switch = {"cut_after": [], "fail": [], "corrupt": False, "ignore_range": False,
                        "lie": 0, "redirect": {}, "headers": {}, "no_length": False,
-                       "slow_headers": 0, "trickle": None, **switches}
+                       "slow_headers": 0, "trickle": None, "tls": False, **switches}
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -447,6 +457,12 @@ class FileServer:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
+        if self.switch["tls"]:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(ROOT / "tests" / "fixtures" / "selfsigned.pem")
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.server.handle_error = lambda *_: None  # the client refusing it: no traceback
+            self.url = self.url.replace("http:", "https:")
         # 0.05: how often serve_forever looks for close()'s shutdown (0.5 s by default)
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 

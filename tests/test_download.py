@@ -260,6 +260,16 @@ class TestDownloads(TestCase):
         self.assertIn(url, str(e.exception))
         self.assertIn(str(self.dest), str(e.exception))
 
+    def test_a_certificate_this_python_does_not_trust_is_named_with_its_fixes(self):
+        server = self.serve(tls=True)  # self-signed, as behind some proxies
+        with self.assertRaises(cli.InputError) as e:
+            download.first_that_works([lambda: self.download(server)], "the file", "the fix")
+        self.assertRegex(str(e.exception), r"this Python does not trust the server's certificate "
+                         r"\(self.signed certificate\); .*Install Certificates.command.* set "
+                         "SSL_CERT_FILE to a current CA bundle file")
+        self.assertFalse(e.exception.missing)  # a fix to make, not a file missing: said at once
+        self.assertEqual(server.requests, [])  # refused before any request was sent
+
     def test_offline_mode_makes_no_request(self):
         server = self.serve()
         for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):

@@ -52,18 +52,26 @@ class TestFlags(TestCase):
         cli.VERBOSE = False
 
     def test_flags_that_do_not_fit_the_data_or_model_stop_before_training(self):
-        cfg = {"context_length": 64, "vocab_size": 50257}
+        cfg = {"context_length": 2048, "vocab_size": 50257}
         args = SimpleNamespace(batch_size=8, accumulation_steps=2, min_lr=None, lr=1e-3,
-                               patience=None, out=tmpdir(self) / "out")
-        cases = ((dict(), 65, 1, 100, "--max-length 65 exceeds the model's context length 64"),
+                               patience=None, unused_texts=None, out=tmpdir(self) / "out")
+        texts = lambda n_train, unused=0: {"train": [([1], 0)] * n_train,
+                                           "unused": [([1], 0)] * unused}
+        cases = ((dict(), 2049, 1, 100, "--max-length 2049 exceeds the model's context length "
+                  "2048"),
+                 (dict(), 1025, 1, 100, "--max-length 1025 (by default the model's context "
+                  "length) is over 1,024, the longest text a classifier here may read"),
                  (dict(), 64, 2, 31, "--batch-size 8 x 2 process(es) x --accumulation-steps 2 is "
                   "more than the 31 texts of the training split"),
+                 (dict(unused_texts=0), 64, 1, 100, "--unused-texts does nothing: this data "
+                  "leaves no texts unused"),
                  (dict(patience=3), 64, 2, 100, "--patience needs one process"),
                  (dict(min_lr=1e-2), 64, 1, 100, "--min-lr 0.01 is above --lr 0.001"))
         for changes, max_length, world_size, n_train, message in cases:
             with self.subTest(message), self.assertRaisesRegex(cli.InputError, re.escape(message)):
                 flags.check_fits(SimpleNamespace(**{**vars(args), **changes}), cfg, 50257,
-                                 n_train, max_length, world_size)
-        flags.check_fits(args, cfg, 50257, 100, 64, 1)  # fits: no error
+                                 texts(n_train), max_length, world_size)
+        flags.check_fits(SimpleNamespace(**{**vars(args), "unused_texts": 5}), cfg, 50257,
+                         texts(100, unused=10), 64, 1)  # fits: no error
         with self.assertRaisesRegex(cli.InputError, "lacks GPT-2's"):
-            flags.check_fits(args, dict(cfg, vocab_size=1000), 50257, 100, 64, 1)
+            flags.check_fits(args, dict(cfg, vocab_size=1000), 50257, texts(100), 64, 1)
