@@ -24,7 +24,9 @@ def sms_spam_file():
     """Path of SMSSpamCollection, taken from the first zip of SMS_URLS that holds the right one."""
     folder = cache_dir() / "sms_spam"
     return zip_member(SMS_URLS, "SMSSpamCollection", SMS_SHA256, folder / "SMSSpamCollection",
-                      folder / "sms_spam_collection.zip")
+                      folder / "sms_spam_collection.zip", "the SMS Spam Collection (UCI's "
+                      "file SMSSpamCollection: 5,574 SMS)", "pass it, or a labelled file of "
+                      "yours, with --data PATH")
 
 
 def label_names(examples):

@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 
 from model import ALIASES, model_name
+from plumbing import cli
 from plumbing.cli import InputError, Progress
 from plumbing.files import atomic_write, lock
 from plumbing.formats import CONFIG_BYTES, VOCAB_BYTES, encoding_from, read_config
@@ -296,10 +297,10 @@ def fetch(transfer, part, headers, state):
             raise http.client.IncompleteRead(b"", total - state["hashed"])
 
 
-def zip_member(urls, member, sha256, dest, zip_path):
+def zip_member(urls, member, sha256, dest, zip_path, what, fix):
     """dest, the file member of a zip: taken by name (never extractall() on a downloaded
     archive) from the first of urls whose zip (kept at zip_path) holds it with this SHA-256.
-    A zip that does not is deleted."""
+    A zip that does not is deleted. what, fix: the file in words, and what else to do."""
     def take(url):
         if not zip_path.exists():
             download(url, zip_path)
@@ -322,8 +323,7 @@ def zip_member(urls, member, sha256, dest, zip_path):
             tmp.write_bytes(content)
         return dest
     return dest if dest.exists() else first_that_works(
-        [functools.partial(take, url) for url in urls], member, "pass a labelled file with --data "
-        "PATH")
+        [functools.partial(take, url) for url in urls], what, fix)
 
 
 def first_that_works(tries, what, fix):
@@ -339,7 +339,8 @@ def first_that_works(tries, what, fix):
     if len(errors) == 1 and not errors[0].missing:  # its own reason says it best
         raise errors[0]
     said = "; ".join(str(e) for e in errors if not e.missing)  # a source's own reason
-    reason = "HF_HUB_OFFLINE is set" if offline() else "--verbose lists the sources tried"
+    reason = ("HF_HUB_OFFLINE is set" if offline() else "the sources tried follow" if cli.VERBOSE
+              else "--verbose lists the sources tried")
     raise InputError(f"no source of {what} could be read ({reason}{': ' if said else ''}{said}); "
                      f"{fix}", "\n".join(f"    {line}" for e in errors for line in (
                          f"{e}\n{e.detail}" if e.detail else str(e)).split("\n")),

@@ -440,7 +440,7 @@ class TestDownloads(TestCase):
                         self.assertRaisesRegex(cli.InputError, "f.zip, from x, is not the zip "
                                                "it should be"):
                     download.zip_member(["x"], "SMSSpamCollection", "0" * 64, folder / "out",
-                                     folder / "f.zip")
+                                        folder / "f.zip", "the file", "the fix")
                 self.assertEqual(list(folder.iterdir()), [])
 
     def test_a_zip_without_the_file_is_a_clear_error(self):

@@ -437,7 +437,12 @@ class TestTrainClassifier(Trains):
         no_network.pop("TIKTOKEN_CACHE_DIR")  # the suite's vocabulary, the tiny model's weights
         code, _, err = run_cli(tc.main, "--out", self.dir / "o", "--model", self.model_dir,
                                env=no_network)  # the one thing missing: one line
-        self.assertEqual(said(err), ["error: no source of SMSSpamCollection could be read "
-                                     "(--verbose lists the sources tried); pass a labelled file "
-                                     "with --data PATH"])
+        self.assertEqual(said(err), ["error: no source of the SMS Spam Collection (UCI's file "
+                                     "SMSSpamCollection: 5,574 SMS) could be read (--verbose "
+                                     "lists the sources tried); pass it, or a labelled file of "
+                                     "yours, with --data PATH"])
+        code, _, err = run_cli(tc.main, "--out", self.dir / "o", "--model", self.model_dir,
+                               "--verbose", env=no_network)
+        self.assertIn("could be read (the sources tried follow); pass it, or a labelled", err)
+        self.assertNotIn("--verbose lists", err)
         self.assertNotIn("Traceback", err)
