@@ -16,7 +16,6 @@ import io
 import json
 import math
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,8 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (run_main takes over from there)
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
 
 import torch
 import torch.nn.functional as F

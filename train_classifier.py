@@ -11,11 +11,12 @@ import argparse
 import functools
 import itertools
 import os
-import signal
+import sys
 from pathlib import Path
 
-if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (run_main takes over from there)
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
 
 import torch
 import torch.nn as nn
@@ -324,7 +325,8 @@ def main(argv=None):
             return model
         log.mark("epochs")
         log.history.append(final_report(net, sets, collate, labels, device, log.start,
-                                        args.unused_texts, args.seed) | log.mark("final report"))
+                                        args.unused_texts, args.seed, model.untrained)
+                           | log.mark("final report"))
         texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
         for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels, max_length,
                                                        args.truncate)):
@@ -332,7 +334,8 @@ def main(argv=None):
         merge_lora(model)  # what is saved: a plain GPTModel with a new head
         settings = {"cfg": model.cfg, "labels": labels, "max_length": max_length,
                     "pooling": args.pooling, "truncate": args.truncate, "run": vars(args),
-                    "weights_from": log.weights_from(options["stopper"]), "structure": repr(model)}
+                    "weights_from": log.weights_from(options["stopper"]), "structure": repr(model),
+                    "untrained": model.untrained or ""}
         log(save_run(args.out, model, settings, splits, log.history))
     return model
 
@@ -408,6 +411,9 @@ def predict(args):
     standard input and answers in order (label_lines)."""
     device = pick_device(args.device)
     net, s = load_classifier(args.classifier or args.out / "classifier.safetensors", device)
+    if s["untrained"]:  # the answers of a classifier made from random weights mean little
+        print(f"warning: this classifier was fine-tuned from {s['untrained']}, not GPT-2's "
+              "trained ones: its answers mean little", file=sys.stderr)
     tokenizer = get_tokenizer()  # GPT-2's: checked when the classifier was trained
     net.fast = SpeedLayer(net.model, tokenizer.eot_token, s["pooling"]) if args.fast else None
     net = Autocast(net, device) if use_bf16(args.dtype, device)[0] else net

@@ -24,14 +24,13 @@ def predictions(items, collate, model, device, what="evaluating", batch_size=64)
     tokens, the work, so that its estimate holds although the batches grow."""
     model.eval()
     true, predicted, done = [], [], 0
-    progress = Progress(what, sum(len(ids) for ids, _ in items), "tokens")
-    for start in range(0, len(items), batch_size):
-        input_batch, target_batch = collate(items[start:start + batch_size])
-        predicted.append(model(input_batch.to(device)).argmax(dim=-1).cpu())
-        true.append(target_batch)
-        done += sum(len(ids) for ids, _ in items[start:start + batch_size])
-        progress.show(done)
-    progress.end()
+    with Progress(what, sum(len(ids) for ids, _ in items), "tokens") as progress:
+        for start in range(0, len(items), batch_size):
+            input_batch, target_batch = collate(items[start:start + batch_size])
+            predicted.append(model(input_batch.to(device)).argmax(dim=-1).cpu())
+            true.append(target_batch)
+            done += sum(len(ids) for ids, _ in items[start:start + batch_size])
+            progress.show(done)
     return torch.cat(true), torch.cat(predicted)
 
 
@@ -107,10 +106,12 @@ def unused_lines(unused, test, labels, n_examples):
     return lines
 
 
-def final_report(model, sets, collate, labels, device, start, unused_texts=None, seed=0):
+def final_report(model, sets, collate, labels, device, start, unused_texts=None, seed=0,
+                 untrained=None):
     """Every split in full: accuracy, and for validation and test the confusion matrix, precision,
     recall and F1 per label; what balancing left out (unused_texts: a sample of that many, drawn
-    with seed). Printed, and returned as metrics.jsonl's last record; times count from start."""
+    with seed). Printed, and returned as metrics.jsonl's last record; times count from start.
+    untrained: the GPT-2 fine-tuned had random weights, or ones that look it (said on the line)."""
     record, pairs = {"final": True, "labels": labels}, {}
     for name, items in sets.items():
         if name == "unused" and unused_texts is not None and unused_texts < len(items):
@@ -127,7 +128,8 @@ def final_report(model, sets, collate, labels, device, start, unused_texts=None,
             record[f"{name}_eval_s"] = time.time() - tick
     record["elapsed_s"] = time.time() - start
     print("final | " + " | ".join(f"{name} {record[f'{name}_acc']:.2%}" for name in pairs)
-          + f" | {record['elapsed_s']:.1f} s")
+          + f" | {record['elapsed_s']:.1f} s" + (f" | from {untrained}, not GPT-2's trained "
+                                                  "ones" if untrained else ""))
     for name in ("validation", "test"):
         record[f"{name}_metrics"] = class_metrics(*pairs[name], len(labels))
         print(format_table(name, *pairs[name], labels))

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from plumbing.cli import InputError
+from plumbing.cli import InputError, Progress
 from plumbing.files import atomic_write, lock
 from plumbing.formats import check_config, read_safetensors, write_safetensors
 from plumbing.report import save_metrics
@@ -45,7 +45,7 @@ def save_run(out, model, settings, splits, history):
     into out, the files they replace moved aside first; if any move fails, all are undone. So out
     never mixes two runs, a failed or interrupted save leaves it as it was, and only OWN_FILES
     are ever replaced or removed. Saves into one out wait for each other. Returns a log line."""
-    with lock(out, "another run is saving into"):
+    with lock(out, "another run is saving into"), Progress(f"saving in {out}"):
         for left in out.glob(".incomplete-*"):  # what a killed save left (none runs but ours),
             if not left.is_symlink() and (left / STAGED).is_file():  # marked so: never a user's
                 shutil.rmtree(left, ignore_errors=True)
@@ -115,8 +115,8 @@ def swap_in(out, staged, new):
 # What a classifier's metadata holds: each setting, with the value files from older versions get
 # (None: every version saved it); as JSON, but for TEXTS, plain text.
 SETTINGS = {"cfg": None, "labels": None, "max_length": None, "pooling": None, "truncate": None,
-            "run": None, "weights_from": "{}", "structure": ""}
-TEXTS = ("pooling", "truncate", "structure")
+            "run": None, "weights_from": "{}", "structure": "", "untrained": ""}
+TEXTS = ("pooling", "truncate", "structure", "untrained")
 
 
 def read_classifier(path, known):
@@ -133,7 +133,8 @@ def read_classifier(path, known):
                          "python train_classifier.py, or point --out or --classifier at it")
     if not path.is_file():
         raise InputError(f"{path} is not a regular file")
-    tensors, metadata = read_safetensors(path)
+    with Progress(f"reading {path}"):  # its SHA-256 checked
+        tensors, metadata = read_safetensors(path)
     unknown = sorted(set(metadata) - set(SETTINGS) - {"format", "sha256"})  # the file's own two
     if unknown:  # a fork's setting, which this code would ignore: its answers are not the fork's
         raise InputError(f"{path} holds a setting this code does not know, {unknown[0][:100]!r}: "

@@ -222,9 +222,14 @@ def run_cli(main, *args, stdin=b"", env=None):
     return code, out.getvalue(), err.getvalue()
 
 
+PROGRESS = re.compile(r": \d+ s$|\d s left$|/s$|\(\d+%\)$")  # the ends of cli.Progress's lines
+
+
 def said(err):
-    """The lines a run wrote to stderr, but for warnings (the tiny models look untrained)."""
-    return [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
+    """The lines a run wrote to stderr, but for warnings (the tiny models look untrained) and
+    progress lines (a phase that runs long, as on a busy machine, shows them)."""
+    return [line for line in err.strip().splitlines()
+            if not line.startswith("warning: ") and not PROGRESS.search(line)]
 
 
 def assert_same_weights(test, a, b, tol=1e-5, inert=()):
