@@ -77,7 +77,8 @@ class Handler(web.Handler):
                                 "at once")
         if not texts:  # a forward pass has a text or more
             return self.answer(200, [], headers=[("X-Truncated", "")])
-        s, n = self.server.settings, self.server.settings["max_length"]  # one more: cut or not
+        # A token more than max_length tells which texts are cut (X-Truncated); their sizes.
+        s, n = self.server.settings, self.server.settings["max_length"]
         tokens = encode(self.server.tokenizer, texts, n + 1, s["truncate"])
         self.server.jobs.put(job := Request(texts, [min(len(ids), n) for ids in tokens]))
         try:

@@ -79,11 +79,14 @@ def escaped(text):
 
 
 class Escaped(logging.Formatter):
+    """logging's own lines, for a library that set no handler up: escaped."""
+
     def format(self, record):
         return escaped(super().format(record))
 
 
 def format_warning(*args, python=warnings.formatwarning, **kwargs):
+    """A warning's lines, as Python writes them, escaped."""
     return escaped(python(*args, **kwargs))
 
 

@@ -175,14 +175,14 @@ def check_labels(path, examples):
     labels = {label for label, _ in examples}
     if len(labels) < 2:
         raise InputError(f"{path} has a single label; a classifier needs at least two")
-    if len(labels) > MAX_LABELS or max(map(len, labels)) > LABEL_CHARS:
-        raise InputError(f"{path} has {len(labels):,} labels, the longest of "
-                         f"{max(map(len, labels)):,} characters; a classifier may have "
-                         f"{MAX_LABELS:,} labels of {LABEL_CHARS} characters at most")
     if len(examples) >= 10 and len(labels) > len(examples) / 2:
         raise InputError(f"{path}: {len(examples)} examples carry {len(labels)} different "
                          "labels, so a text or id column was read as the label; put the label "
                          f"first, add a header line such as text,label, or use {COLUMN_FLAGS}")
+    if len(labels) > MAX_LABELS or max(map(len, labels)) > LABEL_CHARS:
+        raise InputError(f"{path} has {len(labels):,} labels, the longest of "
+                         f"{max(map(len, labels)):,} characters; a classifier may have "
+                         f"{MAX_LABELS:,} labels of {LABEL_CHARS} characters at most")
     return labels
 
 
