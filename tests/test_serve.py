@@ -445,10 +445,13 @@ class TestServe(TestCase):
         def ask(name):
             answers[name] = self.request("POST", "/classify", {"inputs": name}, port=port)
         with server.heavy:  # a forward pass that outlasts the grace
-            for name in ("first", "second"):
-                threads.append(threading.Thread(target=ask, args=(name,)))
+            for busy, name in enumerate(("first", "second"), 1):  # the first taken, the second
+                threads.append(threading.Thread(target=ask, args=(name,)))  # queued behind it
                 threads[-1].start()
-                time.sleep(0.3)
+                deadline = time.monotonic() + 30
+                while (server.busy < busy or not server.jobs.empty() and busy == 1) and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.01)
             server.shutdown()
             threads.append(threading.Thread(target=server.server_close, args=(0.2,)))
             threads[-1].start()
@@ -466,7 +469,7 @@ class TestServe(TestCase):
         """A real server reads a classifier file that is then replaced (as cp does it: in
         place) and cut: its answers and /health stay those it read. Then, with 8 clients
         busy, it gets SIGTERM (kill, systemd, Docker; Ctrl-C takes the same way, run_main's):
-        every request sent before is answered (200, or 503 past the grace), and it exits 0
+        every request it had read is answered (200, or 503 past the grace), and it exits 0
         printing one line. It once aborted: Python exited under a forward pass."""
         served = self.dir / "served" / "classifier.safetensors"
         served.parent.mkdir(exist_ok=True)
@@ -511,17 +514,19 @@ class TestServe(TestCase):
         deadline = time.monotonic() + 60
         while len(outcomes) < 16 and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(0.5)  # busy
         signalled = time.monotonic()
         child.send_signal(signal.SIGTERM)
         _, err = child.communicate(timeout=60)
         self.assertEqual((child.returncode, err), (0, "stopped\n"))
         for thread in threads:
             thread.join(30)
-        answered = [(status, answer) for sent, status, answer in outcomes if sent < signalled]
+        answered = [(status, answer) for sent, status, answer in outcomes  # read by then
+                    if sent < signalled - 0.2]
         self.assertGreaterEqual(len(answered), 16)
         for status, answer in answered:
             self.assertIn(status, (200, 503))
-            self.assertEqual(len(answer), 16) if status == 200 else self.assertIn("error", answer)
+            self.assertEqual(len(answer), 16 if status == 200 else 1)  # texts, or {"error": ...}
 
     @unittest.skipIf(sys.platform == "win32", "SIGINT to a child process is POSIX")
     def test_ctrl_c_while_torch_loads_ends_quietly(self):
