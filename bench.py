@@ -399,7 +399,8 @@ def bench_serve(args):
         connection = http.client.HTTPConnection(*server.server_address[:2])
         for text in texts:
             start = time.perf_counter()
-            connection.request("POST", "/classify", json.dumps({"inputs": text}).encode())
+            connection.request("POST", "/classify", json.dumps({"inputs": text}).encode(),
+                               {"Content-Type": "application/json"})
             answer = connection.getresponse()
             if answer.status != 200:
                 raise InputError(f"the server answered {answer.status}: {answer.read()[:200]}")

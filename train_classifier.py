@@ -31,7 +31,7 @@ from model import GPTModel
 from plumbing.cli import InputError, every_one_or_what_failed, label_lines, printable, run_main
 from plumbing.ddp import distributed, first_on_each_machine, gradient_sync, processes
 from plumbing.extras import (EarlyStopping, appendix_d_lr, class_weights, optimizer_steps,
-                             stop_if_diverged, text_mean_loss)
+                             stop_if_diverged, text_mean_loss, weights_flag)
 from plumbing.flags import HelpFormatter, check_fits, number, parse, training_flags
 from plumbing.hardware import Autocast, autocast, pick_device, use_bf16
 from plumbing.report import TrainingLog, final_report
@@ -356,6 +356,8 @@ def classifier_and_options(args, model, tokenizer, sets, labels, device, log, tr
         f"{'bfloat16' if bf16 else 'float32'} ({why}), {sum(map(torch.numel, params)):,} of "
         f"{sum(map(torch.numel, model.parameters())):,} parameters train ({args.trainable}, "
         f"--pooling {args.pooling})")
+    # The class weights before the fill, which may take minutes: a wrong count is told at once.
+    weights = class_weights(args.class_weights, sets["train"], labels, device, log)
     fast = None
     if args.fast:  # the same hidden states where pool() reads them, with less work
         texts = [ids for split in ("train", "validation", "test") for ids, _ in sets[split]]
@@ -365,7 +367,6 @@ def classifier_and_options(args, model, tokenizer, sets, labels, device, log, tr
         log(f"speed layer: {fast.note}")
     net = Classifier(model, tokenizer.eot_token, args.pooling, fast)
     net = Autocast(net, device) if bf16 else net  # --dtype: each forward pass in bfloat16
-    weights = class_weights(args.class_weights, sets["train"], labels, device, log)
     total_steps = args.epochs * (len(train_loader) // args.accumulation_steps)  # a process's
     options = {
         "loss_fn": functools.partial(calc_loss_batch, class_weights=weights),
@@ -440,8 +441,9 @@ def parse_args(argv=None):
     a("--lora-alpha", type=number(float), default=16, help="LoRA scale: updates x alpha / rank")
     a("--pooling", choices=POOLINGS, default="last",
       help="what the class is read from: the last real token, the first, or the mean of all real")
-    a("--class-weights", help="weight each text's loss by its class: balanced (n / (k * n_class) "
-      "on the training split), or W1,W2,... in the labels' order (default: unweighted)")
+    a("--class-weights", type=weights_flag, help="weight each text's loss by its class: balanced "
+      "(n / (k * n_class) on the training split), or W1,W2,... in the labels' order (default: "
+      "unweighted)")
     a("--patience", type=number(int), default=None, help="stop once the validation loss, the mean "
       "of each text's over the whole split (not the logged mean of batches, which depends on how "
       "they are cut), has not improved for N evaluations; keep the best weights (default: off)")

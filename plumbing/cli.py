@@ -1,10 +1,12 @@
 """How a script meets its user at the terminal: one-line errors, progress lines, lines of input."""
 import contextlib
+import logging
 import os
 import signal
 import sys
 import threading
 import time
+import warnings
 
 
 class InputError(Exception):
@@ -27,6 +29,8 @@ def run_main(main, interrupted="interrupted"):
         started.end()
     for stop in (signal.SIGINT, signal.SIGTERM):  # as KeyboardInterrupt: what is written is undone
         signal.signal(stop, signal.default_int_handler)
+    warnings.formatwarning = format_warning  # a library's warnings and log lines: escaped
+    logging.lastResort.setFormatter(Escaped())
     if sys.stdout is None:  # started with >&-
         sys.exit("error: standard output is closed, so the results have nowhere to go")
     if hasattr(sys.stdout, "reconfigure"):  # not in a notebook
@@ -38,11 +42,13 @@ def run_main(main, interrupted="interrupted"):
         sys.exit(1)
     except (InputError, OSError) as e:  # OSError: a file or folder that cannot be read or written
         detail = f"\n{e.detail}" if VERBOSE and getattr(e, "detail", None) else ""
-        sys.exit("error: " + "\n".join(map(printable, (str(e) + detail).split("\n"))))
+        sys.exit("error: " + "\n".join(shortened(printable(line))
+                                       for line in (str(e) + detail).split("\n")))
     except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError
         if not isinstance(e, MemoryError) and "memory" not in str(e):
             raise
-        sys.exit(f"error: out of memory ({str(e).splitlines()[0][:150]}); use a smaller "
+        why = str(e).split("\n")[0][:150]  # Python's own MemoryError says nothing
+        sys.exit(f"error: out of memory{f' ({printable(why)})' if why else ''}; use a smaller "
                  "--batch-size or model, or --cache disk")
     except KeyboardInterrupt:
         print(f"\n{interrupted}", file=sys.stderr)  # a new line: a progress line may be open
@@ -82,6 +88,36 @@ def every_one_or_what_failed(*tries):
             f"\n  - {e}" for _, e in failed), "\n".join(
                 e.detail for _, e in failed if getattr(e, "detail", None)) or None)
     return results
+
+
+def escaped(text):
+    """text, each line printable: what a library warns or logs may name a label (matplotlib: a
+    glyph missing from its font)."""
+    return "\n".join(map(printable, text.split("\n")))
+
+
+class Escaped(logging.Formatter):
+    """logging's own lines, for a library that set no handler up: escaped."""
+
+    def format(self, record):
+        return escaped(super().format(record))
+
+
+def format_warning(*args, python=warnings.formatwarning, **kwargs):
+    """A warning's lines, as Python writes them, escaped."""
+    return escaped(python(*args, **kwargs))
+
+
+def quoted(text, most=100):
+    """text quoted for an error line, cut to most characters: a line of a file may be a MB."""
+    return repr(text[:most]) + ("..." if len(text) > most else "")
+
+
+def shortened(line, most=1000):
+    """An error line of at most about most characters: what a file quoted in it adds, cut from
+    its middle (its start says what failed, its end what to do)."""
+    cut = len(line) - most
+    return line if cut <= 0 else f"{line[:most // 2]} [{cut:,} characters] {line[-most // 2:]}"
 
 
 def printable(text):

@@ -9,12 +9,23 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
+
 import torch
 
 from plumbing.cli import InputError, Progress, run_main
 from plumbing.files import atomic_write, read_small
+from plumbing.labelled_files import valid_labels
 
 MANY = 20  # labels past which the tables and the plot summarise instead of showing every cell
+# metrics.jsonl, read back (to draw it, or for the page of serve.py): what a run can write, and
+# each number a reader takes from it, with its range
+METRICS_BYTES, METRICS_LINES = 16_000_000, 100_000
+RANGES = {"epoch": (0, 10**9), "examples_seen": (0, 10**15), "train_loss": (0, 10**9),
+          "val_loss": (0, 10**9), **{f"{split}_acc": (0, 1) for split in (
+              "train", "val", "validation", "test", "unused")}}
 
 
 @torch.no_grad()
@@ -188,18 +199,52 @@ def plot_metrics(history, path):
     return True
 
 
+def read_records(path, last=False):
+    """The records of a metrics.jsonl (the last alone, if last), each checked before use
+    (check_record); ValueError if any is not what a run writes. The file's size, its lines and
+    their depth are bounded before they are read."""
+    lines = read_small(path, METRICS_BYTES).decode().splitlines()
+    if len(lines) > METRICS_LINES:
+        raise ValueError(f"it has over {METRICS_LINES:,} lines")
+    try:  # parse_constant: no NaN or Infinity, which JSON itself cannot hold
+        records = [json.loads(line, parse_constant=lambda name: None)
+                   for line in (lines[-1:] if last else lines)]
+    except RecursionError:
+        raise ValueError("a line is nested too deep") from None
+    for record in records:
+        check_record(record)
+    return records
+
+
+def check_record(record):
+    """A record of metrics.jsonl, as a reader takes it: a JSON object whose numbers (RANGES) are
+    in range or null, whose labels are a classifier's, and whose test confusion matrix, if any,
+    is one of counts, labels x labels, for MANY labels at most (as a run writes it)."""
+    if type(record) is not dict:
+        raise ValueError("a line is not a JSON object")
+    for key, (low, high) in RANGES.items():
+        value = record.get(key)  # type(): not true, not 10**400 (no float holds it)
+        if not (value is None or type(value) in (int, float) and low <= value <= high):
+            raise ValueError(f"{key} is not a number from {low} to {high:,}")
+    labels, counts = record.get("labels"), record.get("test_confusion")
+    if labels is not None and not valid_labels(labels):
+        raise ValueError("its labels are not a classifier's: 2 to 10,000 printable names")
+    if counts is not None and not (
+            labels and len(labels) <= MANY and type(counts) is list and len(counts) == len(labels)
+            and all(type(row) is list and len(row) == len(labels) and all(
+                type(n) is int and 0 <= n <= 10**15 for n in row) for row in counts)):
+        raise ValueError(f"test_confusion is not a matrix of counts, one row and column for "
+                         f"each of at most {MANY} labels")
+
+
 def final_record(path):
     """The last record of the metrics.jsonl in a run's folder (path: it, or a file in it) if it is
-    a finished run's, with its accuracies; else None. Only the file's last MB is read: the record
-    is far smaller."""
+    a finished run's, checked; else None."""
     try:
-        with open((path if path.is_dir() else path.parent) / "metrics.jsonl", "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 2**20))
-            # parse_constant: no NaN or Infinity, which JSON itself cannot hold
-            record = json.loads(f.read().splitlines()[-1], parse_constant=lambda name: None)
-    except (OSError, ValueError, IndexError):  # no file, or not one a run wrote
+        record = read_records((path if path.is_dir() else path.parent) / "metrics.jsonl", True)
+    except ValueError:  # no file, or not one a run wrote
         return None
-    return record if isinstance(record, dict) and record.get("final") is True else None
+    return record[0] if record and record[0].get("final") is True else None
 
 
 class TrainingLog:
@@ -256,9 +301,11 @@ def main(argv=None):
     p.add_argument("metrics", type=Path, help="a metrics.jsonl that train_classifier.py wrote")
     path = p.parse_args(argv).metrics
     try:
-        history = [json.loads(line) for line in read_small(path, 10**8).decode().splitlines()]
+        history = read_records(path)
+        if not (history and history[-1].get("final") is True and "labels" in history[-1]):
+            raise ValueError("its last line is not a finished run's, with its labels")
         drawn = plot_metrics(history, path.with_name("metrics.png"))
-    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:
+    except (ValueError, KeyError, TypeError, IndexError) as e:
         raise InputError(f"{path} is not a metrics.jsonl of train_classifier.py ({e})") from None
     if not drawn:
         raise InputError("metrics.png needs matplotlib: pip install matplotlib, then run again")

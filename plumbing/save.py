@@ -9,9 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from plumbing.cli import InputError, Progress
+from plumbing.cli import InputError, Progress, quoted
 from plumbing.files import atomic_write, lock
 from plumbing.formats import check_config, read_safetensors, write_safetensors
+from plumbing.labelled_files import LABEL_CHARS, MAX_LABELS, valid_labels
 from plumbing.report import save_metrics
 
 # A text costs context² compute: no classifier reads texts longer than GPT-2's 1,024 tokens (all
@@ -133,8 +134,8 @@ def read_classifier(path, known):
                          "python train_classifier.py, or point --out or --classifier at it")
     if not path.is_file():
         raise InputError(f"{path} is not a regular file")
-    with Progress(f"reading {path}"):  # its SHA-256 checked
-        tensors, metadata = read_safetensors(path)
+    with Progress(f"reading {path}"):  # into memory, not a file that may change; checked
+        tensors, metadata = read_safetensors(path, in_memory=True)
     unknown = sorted(set(metadata) - set(SETTINGS) - {"format", "sha256"})  # the file's own two
     if unknown:  # a fork's setting, which this code would ignore: its answers are not the fork's
         raise InputError(f"{path} holds a setting this code does not know, {unknown[0][:100]!r}: "
@@ -144,9 +145,9 @@ def read_classifier(path, known):
         settings = {key: metadata[key] if key in TEXTS else json.loads(metadata[key])
                     for key in SETTINGS}
         labels, max_length, cfg = settings["labels"], settings["max_length"], settings["cfg"]
-        if not (type(labels) is list and len(labels) >= 2 and len(set(labels)) == len(labels)
-                and all(type(label) is str and label.isprintable() and label for label in labels)):
-            raise ValueError("its labels are not two or more different printable names")
+        if not valid_labels(labels):
+            raise ValueError(f"its labels are not 2 to {MAX_LABELS:,} different printable names "
+                             f"of {LABEL_CHARS} characters at most")
         check_config(cfg)
         if cfg["vocab_size"] <= 50256 or "sha256" not in metadata:  # <|endoftext|> pads batches
             raise ValueError("its vocabulary lacks GPT-2's, or it holds no SHA-256")
@@ -177,5 +178,5 @@ def check_structure(model, settings, path):
     for mine, saved in itertools.zip_longest(ours, theirs, fillvalue="(nothing)"):
         if mine != saved:
             raise InputError(f"{path} was trained with another model: its file has "
-                             f"{saved.strip()!r} where this code builds {mine.strip()!r}; load "
-                             "it with the code that trained it")
+                             f"{quoted(saved.strip())} where this code builds "
+                             f"{quoted(mine.strip())}; load it with the code that trained it")

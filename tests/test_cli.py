@@ -1,8 +1,10 @@
 """plumbing/cli.py: progress lines, escaped text, one-line errors."""
 import contextlib
 import io
+import logging
 import time
 import unittest.mock
+import warnings
 
 from plumbing import cli
 
@@ -76,5 +78,30 @@ class TestUtils(TestCase):
         with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit) as e:
             cli.run_main(allocate)
         self.assertTrue(e.exception.code.startswith("error: out of memory ([enforce fail"))
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(SystemExit) as e:
+            cli.run_main(lambda: (_ for _ in ()).throw(MemoryError()))  # Python's says nothing
+        self.assertEqual(e.exception.code, "error: out of memory; use a smaller --batch-size or "
+                                           "model, or --cache disk")
         with self.assertRaisesRegex(RuntimeError, "a bug"):  # other errors stay tracebacks
             cli.run_main(lambda: (_ for _ in ()).throw(RuntimeError("a bug")))
+
+    def test_what_reaches_the_terminal_is_bounded_and_escaped(self):
+        """An error line quoting a file's line of 5 MB is cut in its middle (what failed and
+        what to do are kept); a library's warning or log line that names a label is escaped,
+        as matplotlib's name a glyph missing from the font."""
+        with self.assertRaises(SystemExit) as e:
+            cli.run_main(lambda: (_ for _ in ()).throw(
+                cli.InputError(f"a.txt has {'x' * 5_000_000}; fix it")))
+        self.assertRegex(e.exception.code, r"^error: a.txt has x{400,} \[4,99\d,\d{3} characters\] "
+                                           r"x{400,}; fix it$")
+        self.assertLess(len(e.exception.code), 1100)
+
+        def library():
+            warnings.warn("Glyph 27 (\x1b[2J) missing from font(s) DejaVu Sans.")
+            logging.getLogger("matplotlib.mathtext").warning("no glyph for %s", "\x1b[2J")
+        with contextlib.redirect_stderr(io.StringIO()) as err, warnings.catch_warnings():
+            warnings.simplefilter("always")
+            cli.run_main(library)
+        self.assertIn("Glyph 27 (\\x1b[2J) missing", err.getvalue())
+        self.assertIn("no glyph for \\x1b[2J", err.getvalue())
+        self.assertNotIn("\x1b", err.getvalue())
