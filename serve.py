@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from html import escape
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,6 +38,10 @@ PASS_TOKENS = 512  # but for the tokens (padded) it may always hold: 8 short tex
 TIMEOUT_S, WAIT_S = 10.0, 0.005  # to send a request (or the next); to wait for others to join
 GRACE_S = 3.0  # on Ctrl-C: for the requests in flight, before those left are answered 503
 ROUTES = {"/": "GET", "/health": "GET", "/classify": "POST"}
+MORE_EXAMPLES = [  # on the page of a spam filter, buttons beside the chapter's two
+    "URGENT! Your mobile has won a £2,000 prize. Call 09061701461 now to claim, T&Cs apply",
+    "Running 10 min late, save me a seat and order me a coffee",
+    "Your parcel is held at the depot: pay the £1.99 fee at parcel-redelivery.info today"]
 PAGE = Path(__file__).with_name("serve.html")  # read when a server starts
 SCORE = -1.2345678901234567e-100  # no score is written longer: what an answer's bound counts
 
@@ -125,12 +128,14 @@ class Server(web.Server):
         model = settings["run"].get("model")  # a folder's name, not the path to it
         model = Path(model).name if isinstance(model, str) and Path(model).is_absolute() else model
         self.health = {"status": "ok", "labels": settings["labels"], "test_acc": test_acc,
+                       "untrained": settings.get("untrained") or None,  # the page says so
                        "settings": {"model": model, **{key: settings[key] for key in (
                            "max_length", "pooling", "truncate")}}}
         self.label_json = [json.dumps(label) for label in settings["labels"]]
         longest = len(self.ranked([[SCORE] * len(self.label_json)])) + 2  # and ", "
         self.most_texts = max(1, min(MAX_TEXTS, MAX_ANSWER // longest))
-        self.page = PAGE.read_bytes().replace(b"{examples}", escape("\n".join(EXAMPLES)).encode())
+        self.page = PAGE.read_bytes().replace(b"{examples}", json.dumps(  # </script> cannot close
+            EXAMPLES + MORE_EXAMPLES).replace("<", "\\u003c").encode())  # it: < is \u003c
         threading.Thread(target=self.batch_forever, daemon=True).start()
 
     def ranked(self, probs):

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import unittest.mock
-from html import escape
 
 import torch
 
@@ -127,12 +126,17 @@ class TestServe(TestCase):
         self.addCleanup(driver.quit)
         wait = WebDriverWait(driver, 30)
         driver.get(self.url + "/")
-        about = driver.find_element(By.ID, "about")
-        wait.until(lambda _: "Labels:" in about.text)
-        self.assertIn(HTML_LABEL, about.text)
+        about, meaning = driver.find_element(By.ID, "about"), driver.find_element(By.ID, "meaning")
+        wait.until(lambda _: "Labels:" in meaning.text)
+        self.assertIn(HTML_LABEL, meaning.text)  # not a spam filter: its labels, no examples
+        self.assertEqual(driver.find_elements(By.CSS_SELECTOR, "#examples button"), [])
         self.assertIn(f"test accuracy {self.server.health['test_acc']:.1%}", about.text)
+        self.assertEqual(driver.find_element(By.ID, "banner").text, "Fine-tuned from weights "
+                         "that look untrained, not GPT-2's trained ones: its answers mean little. "
+                         "Train it from GPT-2's weights for a real filter.")  # the tiny model's
+        self.assertEqual(driver.find_element(By.ID, "curl").text, "curl --json '{\"inputs\": "
+                         f"[\"Free entry!\"]}}' {self.url}/classify")
         box = driver.find_element(By.ID, "texts")
-        self.assertEqual(box.get_attribute("value"), "\n".join(tc.EXAMPLES))
         texts = ["Free entry to win a prize", "see you at the zebra crossing on the apple farm"]
         box.clear()
         box.send_keys(texts[0] + "\n" + texts[1])
@@ -156,6 +160,27 @@ class TestServe(TestCase):
         wait.until(lambda _: error.text)
         self.assertIn(f"{serve.MAX_TEXTS + 1} texts; send at most {serve.MAX_TEXTS}", error.text)
         self.assertEqual(driver.find_elements(By.CLASS_NAME, "result"), [])
+        # The same network called a spam filter: its examples as buttons, verdicts in colour
+        spam = serve.Server(self.net, self.tok, dict(self.settings, labels=["ham", "spam"]),
+                            port=0, timeout_s=1.5)
+        threading.Thread(target=spam.serve_forever, daemon=True).start()
+        self.addCleanup(spam.server_close)
+        self.addCleanup(spam.shutdown)
+        driver.get(f"http://127.0.0.1:{spam.server_address[1]}/")
+        wait.until(lambda d: d.title == "Spam filter")
+        self.assertIn("; spam: an unwanted one", driver.find_element(By.ID, "meaning").text)
+        buttons = driver.find_elements(By.CSS_SELECTOR, "#examples button")
+        self.assertEqual([b.get_attribute("title") for b in buttons],
+                         tc.EXAMPLES + serve.MORE_EXAMPLES)
+        buttons[0].click()
+        wait.until(lambda d: d.find_elements(By.CLASS_NAME, "result"))
+        self.assertEqual(driver.find_element(By.ID, "texts").get_attribute("value"),
+                         tc.EXAMPLES[0])
+        result = driver.find_element(By.CLASS_NAME, "result")
+        label = result.find_element(By.CLASS_NAME, "label").text
+        self.assertEqual(result.get_attribute("class"), f"result {label}")
+        self.assertEqual(result.find_element(By.CLASS_NAME, "verdict").value_of_css_property(
+            "color"), {"spam": "rgba(198, 40, 40, 1)", "ham": "rgba(46, 125, 50, 1)"}[label])
         # A page of another origin: a form posts JSON as text/plain (which needs no leave), a
         # script asks to post it as JSON (the browser asks the server first: 405). Neither is
         # classified; the form's answer says why.
@@ -196,7 +221,8 @@ class TestServe(TestCase):
         self.assertNotIn("<script>document", page)  # labels reach it as JSON only,
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
             self.assertNotIn(sink, page)  # and go in as text
-        self.assertIn(escape("\n".join(tc.EXAMPLES)), page)
+        self.assertIn(json.dumps(tc.EXAMPLES)[1:-1], page)  # JSON, for the buttons
+        self.assertEqual(health["untrained"], "weights that look untrained")
 
     def test_every_bad_request_gets_its_status_and_a_json_error(self):
         for method, path, body, headers, status in (
