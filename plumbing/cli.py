@@ -128,8 +128,8 @@ def printable(text):
 
 # A phase longer than QUIET_S seconds shows a line at least every EVERY_S seconds in a log (redrawn
 # every 0.2 s on a terminal), its rate measured over the last RATE_WINDOW_S seconds; a thread
-# looks every TICK_S.
-QUIET_S, EVERY_S, RATE_WINDOW_S, TICK_S = 2.0, 4.0, 30.0, 1.0
+# looks every TICK_S. So no phase is quiet for 5 s, even on a busy machine.
+QUIET_S, EVERY_S, RATE_WINDOW_S, TICK_S = 1.0, 3.5, 30.0, 0.5
 
 
 class Progress:

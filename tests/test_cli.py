@@ -17,6 +17,8 @@ class TestUtils(TestCase):
         err = io.StringIO()
         with unittest.mock.patch.object(cli.time, "time", lambda: clock[0]), \
                 unittest.mock.patch.object(cli.sys, "stderr", err), \
+                unittest.mock.patch.object(cli, "QUIET_S", 2.0), \
+                unittest.mock.patch.object(cli, "EVERY_S", 4.0), \
                 unittest.mock.patch.object(cli, "TICK_S", 1e9):  # no drawing between show()s
             with cli.Progress("caching", 10, "texts") as progress:
                 for t, done in ((101, 1), (102.5, 3), (103, 4), (108, 8), (109, 10)):
