@@ -348,6 +348,7 @@ HARMLESS = {  # dropout (training only; fine-tuning sets its own), ids, bookkeep
     "label2id", "_num_labels", "output_past", "gradient_checkpointing", "n_special",
     "predict_special_tokens", "attn_implementation", "_attn_implementation",
     "reorder_and_upcast_attn",  # float16 rounding only; GPTModel computes in float32
+    "problem_type", "finetuning_task",  # a classifier's (plumbing/hub_format.py checks them)
     "tie_word_embeddings"}  # lm_head.weight is read when the file holds it
 
 
@@ -406,6 +407,23 @@ def read_config(path):
         raise InputError(f"{path} is not a usable GPT-2 config ({e})") from None
 
 
+def read_tokenizer_config(path):
+    """(model_max_length or None, "start" or "end") of transformers' tokenizer_config.json: the
+    most tokens its tokenizer keeps when asked to truncate (1e30 and the like: None, no limit),
+    and which end of a text it keeps (truncation_side "right" cuts the end: the start is kept)."""
+    try:
+        tok = json.loads(read_small(path, CONFIG_BYTES))
+        length, side = tok.get("model_max_length"), tok.get("truncation_side", "right")
+        if side not in ("right", "left"):
+            raise ValueError(f"truncation_side {side!r} is neither right nor left")
+        if tok.get("add_prefix_space") is True:  # GPT-2's tokenizer here never does
+            raise ValueError("its tokenizer adds a space before every text (add_prefix_space)")
+        return (length if type(length) is int and 1 <= length < 2**31 else None,
+                "start" if side == "right" else "end")
+    except (ValueError, AttributeError, TypeError, RecursionError) as e:
+        raise InputError(f"{path} is not a usable tokenizer_config.json ({e})") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # encoder.json and vocab.json, GPT-2's byte-pair vocabulary, for when tiktoken cannot get it:
 # OpenAI's pattern, and the SHA-256 of its 50,256 tokens in rank order (rank, length, bytes).
@@ -414,9 +432,16 @@ GPT2_RANKS_SHA256 = "3688d51d64f4f960692ec9745abe1ddb9699fb637fe608cceaf8917b065
 
 
 def encoding_from(path):
-    """tiktoken's GPT-2 encoding, built from an encoder.json or vocab.json file."""
+    """tiktoken's GPT-2 encoding, built from an encoder.json or vocab.json file, or from the
+    vocabulary in a tokenizer.json (the tokenizers library's, which transformers reads first)."""
     try:
-        return gpt2_encoding(read_small(path, VOCAB_BYTES))
+        raw = read_small(path, VOCAB_BYTES)
+        tok = json.loads(raw)
+        if isinstance(tok, dict) and isinstance(tok.get("model"), dict):  # a tokenizer.json
+            if (tok.get("pre_tokenizer") or {}).get("add_prefix_space") is True:
+                raise ValueError("it adds a space before every text (add_prefix_space)")
+            raw = json.dumps(tok["model"]["vocab"]).encode()
+        return gpt2_encoding(raw)
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
         raise InputError(f"{path} is not GPT-2's vocabulary ({e})") from None
 
