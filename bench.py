@@ -39,7 +39,7 @@ from generate import generate
 from load_gpt2 import get_tokenizer, load_gpt2
 from model import GPTModel, get_config
 from plumbing.cli import InputError, line_chunks, run_main
-from plumbing.flags import number
+from plumbing.flags import number, parse
 from plumbing.hardware import Autocast
 from plumbing.labelled_files import read_examples
 from plumbing.speed import SpeedLayer
@@ -435,6 +435,10 @@ def bench_serve(args):
           f"2x); their p99 is {runs[8]['p99'] / runs[1]['p50']:.2f}x the p50 of 1 (goal: < 2x)")
 
 
+USES = {"data": ("train", "predict", "scale", "serve"), "sizes": ("scale",),  # flag: the benches
+        "new_tokens": ("generate",), "dtype": ("train", "predict"), "requests": ("serve",)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -449,7 +453,8 @@ def main(argv=None):
                    default=["float32", "bfloat16"], help="for 'train' and 'predict'")
     p.add_argument("--requests", type=number(int), default=320,
                    help="requests for 'serve', with 1 client and again with 8")
-    args = p.parse_args(argv)
+    args = parse(p, argv, lambda args, name: name in USES and args.what not in USES[name] and
+                 f"with bench.py {args.what}" or None)
     if args.data is not None and not Path(args.data).is_file():
         raise InputError(f"--data {args.data}: no such file; pass the SMS Spam Collection file")
     {"train": bench_train, "predict": bench_predict, "scale": bench_scale,

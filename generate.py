@@ -108,7 +108,10 @@ def main(argv=None):
     p.add_argument("--seed", type=number(int, 0, inclusive=True, high=2**32 - 1), default=None,
                    help="fix the random choices (default: different each run)")
     p.add_argument("--ignore-eos", action="store_true", help="go on past <|endoftext|>")
-    args = parse(p, argv)
+    greedy = lambda args, name: args.temperature == 0 and (  # no sampling: no k, p or seed
+        name in ("top_k", "top_p") or name == "seed" and args.init == "pretrained")
+    args = parse(p, argv, lambda args, name: "with --temperature 0 (greedy)" if greedy(args, name)
+                 else None)
     top_k = args.top_k or None
     try:
         check_settings(args.max_new_tokens, args.temperature, top_k, args.top_p)

@@ -11,6 +11,7 @@ skips what sits below main (the speed layer switched on, --predict, the flags) a
 import argparse
 import functools
 import itertools
+import os
 import signal
 from pathlib import Path
 
@@ -28,9 +29,9 @@ from load_gpt2 import get_tokenizer, gpt2_state_dict, load_gpt2
 from lora import merge_lora, replace_linear_with_lora
 from model import GPTModel
 from plumbing.cli import InputError, every_one_or_what_failed, label_lines, printable, run_main
-from plumbing.ddp import distributed, first_on_each_machine, gradient_sync
+from plumbing.ddp import distributed, first_on_each_machine, gradient_sync, processes
 from plumbing.extras import (EarlyStopping, appendix_d_lr, class_weights, optimizer_steps,
-                             stop_if_diverged)
+                             stop_if_diverged, text_mean_loss)
 from plumbing.flags import HelpFormatter, check_fits, number, parse, training_flags
 from plumbing.hardware import Autocast, autocast, pick_device, use_bf16
 from plumbing.hub_format import export_classifier, read_classifier as read_hub_classifier
@@ -46,6 +47,10 @@ EXAMPLES = [  # the chapter's two examples
 
 # ---------------------------------------------------------------------------------------------
 # Chapter 6, step by step
+
+# What build_classifier can train: a new choice is a branch there and a name here.
+TRAINABLE = ("head", "last-N", "all", "lora")
+
 
 def build_classifier(model, num_classes, trainable="last-1", lora_rank=16, lora_alpha=16):
     """GPT-2 -> a num_classes-way classifier (chapter 6.5), changed in place and returned.
@@ -108,7 +113,12 @@ class Classifier(nn.Module):
 
     def forward(self, input_batch):  # (B, T) -> (B, num_classes)
         # <|endoftext|> pads a batch and never comes out of encode_ordinary: it marks the ends.
-        lengths = (input_batch != self.pad_id).sum(dim=1)  # (B,)
+        real = input_batch != self.pad_id  # (B, T)
+        if (real[:, 1:] > real[:, :-1]).any():  # left padding: pool() would read a pad token
+            raise ValueError("a row of the batch has padding before a real token: batches are "
+                             "padded on the right here (pad_batch), so each text ends at its "
+                             "last real token")
+        lengths = real.sum(dim=1)  # (B,)
         if self.fast is None:
             hidden = self.model.hidden_states(input_batch)  # (B, T, C), after final_norm
         else:  # for "last", NaN at every position but each text's last real token
@@ -181,7 +191,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
                     loss = loss_fn(input_batch, target_batch, model, device)
                     stop_if_diverged(loss, global_step)
                     (loss / accumulation_steps).backward()  # the mean over the step's batches
-                examples_seen += input_batch.shape[0]
+                examples_seen += input_batch.shape[0] * processes()  # under torchrun: all
             if lr_at:  # appendix D: a linear warmup, then a cosine decay
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = lr_at(global_step)
@@ -194,11 +204,11 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
                 train_losses.append(train_loss)
                 val_losses.append(val_loss)
                 log.losses(epoch, global_step, examples_seen, train_loss, val_loss, optimizer)
-                if stopper and stopper.stop(val_loss, model, epoch, global_step):  # early stop
+                if stopper and stopper.stop(model, epoch, global_step):  # early stopping
                     return train_losses, val_losses, train_accs, val_accs, examples_seen
         if log.master:
-            # The chapter measures accuracy on eval_iter batches here; we take whole loaders
-            # unless they are large (IMDB-sized), their texts in larger batches (plumbing/speed.py).
+            # The chapter measures accuracy on eval_iter batches here; we take whole splits (of
+            # every process) unless they are large, in larger batches (plumbing/speed.py).
             train_accuracy = calc_accuracy_loader(accuracy_loader(train_loader, eval_iter), model,
                                                   device)
             val_accuracy = calc_accuracy_loader(accuracy_loader(val_loader, eval_iter), model,
@@ -216,9 +226,16 @@ def classify(model, tokenizer, texts, label_names, max_length, truncate="start",
         raise TypeError(f"classify(model, tokenizer, texts, label_names, max_length) takes the "
                         f"model first, not a {type(model).__name__} (the book's classify_review "
                         "takes the text first)")
+    if not (isinstance(label_names, (list, tuple)) and all(type(n) is str for n in label_names)):
+        raise TypeError(f"label_names must be the list of the classes' names, not "
+                        f"{label_names!r} (the book's classify_review takes the device there)")
     one = isinstance(texts, str)
-    results = [(label_names[int(p.argmax())], float(p.max())) for p in probabilities(
-        model, tokenizer, [texts] if one else texts, max_length, truncate, batch_size)]
+    probs = probabilities(model, tokenizer, [texts] if one else texts, max_length, truncate,
+                          batch_size)
+    if len(probs) and probs.size(1) != len(label_names):
+        raise ValueError(f"label_names names {len(label_names)} classes; the model has "
+                         f"{probs.size(1)}")
+    results = [(label_names[int(p.argmax())], float(p.max())) for p in probs]
     return results[0] if one else results
 
 
@@ -286,7 +303,7 @@ def main(argv=None):
         max_length = args.max_length or model.cfg["context_length"]
         sets = {name: encode_examples(tokenizer, examples, labels, max_length, args.truncate)
                 for name, examples in splits.items()}
-        check_fits(args, model.cfg, tokenizer.n_vocab, len(sets["train"]), max_length, world_size)
+        check_fits(args, model.cfg, tokenizer.n_vocab, sets, max_length, world_size)
         log.mark("load")
         collate = functools.partial(pad_batch, pad_id=tokenizer.eot_token)
         # A seeded shuffle each epoch, and under torchrun each process's share of every batch.
@@ -303,7 +320,7 @@ def main(argv=None):
         build_classifier(model, len(labels), args.trainable, args.lora_rank,
                          args.lora_alpha).to(device)
         net, optimizer, options = classifier_and_options(args, model, tokenizer, sets, labels,
-                                                         device, log, len(train_loader))
+                                                         device, log, train_loader, val_loader)
         log.mark("fill")
         # Fine-tuning (6.7), then the accuracy on every split.
         torch.manual_seed(args.seed)
@@ -333,7 +350,8 @@ def main(argv=None):
 GPT2_EOT = 50256  # <|endoftext|>, which pads every batch
 
 
-def classifier_and_options(args, model, tokenizer, sets, labels, device, log, batches):
+def classifier_and_options(args, model, tokenizer, sets, labels, device, log, train_loader,
+                           val_loader):
     """main's Classifier (with the speed layer and bfloat16 unless turned off), AdamW,
     and the loop's options: the forks the flags switch on, each built here in one line."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -352,25 +370,47 @@ def classifier_and_options(args, model, tokenizer, sets, labels, device, log, ba
     net = Classifier(model, tokenizer.eot_token, args.pooling, fast)
     net = Autocast(net, device) if bf16 else net  # --dtype: each forward pass in bfloat16
     weights = class_weights(args.class_weights, sets["train"], labels, device, log)
-    total_steps = args.epochs * (batches // args.accumulation_steps)  # a process's, as it steps
+    total_steps = args.epochs * (len(train_loader) // args.accumulation_steps)  # a process's
     options = {
         "loss_fn": functools.partial(calc_loss_batch, class_weights=weights),
         "accumulation_steps": args.accumulation_steps,
         "lr_at": functools.partial(appendix_d_lr, peak_lr=args.lr, total_steps=total_steps,
                                    warmup_steps=args.warmup_steps, min_lr=args.min_lr),
         "clip_grad_norm": args.clip_grad_norm,
-        "stopper": EarlyStopping(args.patience) if args.patience else None, "log": log}
+        "stopper": EarlyStopping(args.patience, lambda model: text_mean_loss(
+            model, val_loader, device)) if args.patience else None, "log": log}
     return net, adamw(params, args.fast, lr=args.lr, weight_decay=args.weight_decay), options
 
 
 def check_trainable(trainable, n_layers=None):
-    """--trainable's value, checked: as a flag (n_layers None), then against the model."""
+    """--trainable's value, one of TRAINABLE, checked: as a flag (n_layers None), then against
+    the model."""
     n = trainable.removeprefix("last-")
-    if trainable not in ("head", "all", "lora") and not (
+    if trainable not in TRAINABLE and not (
             trainable.startswith("last-") and n.isdecimal() and 1 <= int(n) <= (n_layers or 10**9)):
-        raise InputError(f"--trainable {trainable!r}: use head, all, lora or last-N"
-                         + (f" with 1 <= N <= {n_layers}" if n_layers else ""))
+        raise InputError(f"--trainable {trainable!r}: use one of {', '.join(TRAINABLE)}"
+                         + (f" (last-N: 1 <= N <= {n_layers})" if n_layers else ""))
     return trainable
+
+
+def does_nothing(args, name):
+    """Why a flag does nothing beside the others given, or None: parse refuses it if it is set."""
+    if args.predict and name not in ("predict", "classifier", "out", "device", "dtype", "fast",
+                                     "verbose"):
+        return "with --predict: a classifier brings its own settings"
+    if args.export and name not in ("export", "classifier", "out", "verbose"):
+        return "with --export: a classifier brings its own settings"
+    return {"classifier": not (args.predict or args.export) and "without --predict or --export",
+            "out": (args.predict or args.export) and args.classifier and
+            "with --classifier, which names the classifier",
+            "lora_rank": args.trainable != "lora" and "without --trainable lora",
+            "lora_alpha": args.trainable != "lora" and "without --trainable lora",
+            "compile": not args.fast and "with --no-fast",
+            "cache": not args.fast and "with --no-fast",
+            "cache_mb": (not args.fast and "with --no-fast" or args.cache != "auto" and
+                         f"with --cache {args.cache}: it is --cache auto's budget"),
+            "backend": "RANK" not in os.environ and "outside torchrun",
+            "dist_timeout": "RANK" not in os.environ and "outside torchrun"}.get(name) or None
 
 
 def predict(args):
@@ -408,17 +448,18 @@ def parser():
     a("--balance", action=argparse.BooleanOptionalAction, default=None,
       help="undersample every label to the rarest; the left-out examples are then tested on their "
       "own (default: only for a file named SMSSpamCollection)")
-    a("--trainable", type=check_trainable, default="last-1",
-      help="head, last-N (last N blocks + final_norm + head), all, or lora (low-rank updates of "
-      "every Linear layer, appendix E)")
+    a("--trainable", type=check_trainable, default="last-1", help=f"{', '.join(TRAINABLE)}: the "
+      "new head, or it with the last N blocks and final_norm, or all, or low-rank updates of "
+      "every Linear layer (appendix E)")
     a("--lora-rank", type=number(int, high=4096), default=16, help="rank of the LoRA updates")
     a("--lora-alpha", type=number(float), default=16, help="LoRA scale: updates x alpha / rank")
     a("--pooling", choices=POOLINGS, default="last",
       help="what the class is read from: the last real token, the first, or the mean of all real")
     a("--class-weights", help="weight each text's loss by its class: balanced (n / (k * n_class) "
       "on the training split), or W1,W2,... in the labels' order (default: unweighted)")
-    a("--patience", type=number(int), default=None, help="stop once the validation loss has not "
-      "improved for N evaluations, keeping the best weights (default: train every epoch)")
+    a("--patience", type=number(int), default=None, help="stop once the validation loss, the mean "
+      "of each text's over the whole split (not the logged mean of batches, which depends on how "
+      "they are cut), has not improved for N evaluations; keep the best weights (default: off)")
     a("--max-length", type=number(int), help="tokens kept a text (default: the model's context)")
     a("--truncate", choices=TRUNCATIONS, default="start", help="what a longer text keeps")
     a("--unused-texts", type=number(int, inclusive=True), help="at the end, test only N of the "
@@ -442,14 +483,7 @@ def parser():
 
 
 def parse_args(argv=None):
-    args = parse(parser(), argv, lambda args, name: (
-        "with --predict: a classifier brings its own settings" if args.predict and name not in
-        ("predict", "classifier", "out", "device", "dtype", "fast", "verbose") else
-        "with --export: a classifier brings its own settings" if args.export and name not in
-        ("export", "classifier", "out", "verbose") else
-        "with --no-fast" if not args.fast and name in ("compile", "cache", "cache_mb") else
-        "without --predict or --export" if not (args.predict or args.export) and
-        name == "classifier" else None))
+    args = parse(parser(), argv, does_nothing)
     args.lr = args.lr or (8e-4 if args.trainable == "lora" else 5e-5)
     return args
 

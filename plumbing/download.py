@@ -9,6 +9,7 @@ import itertools
 import os
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ import zlib
 from pathlib import Path
 
 from model import ALIASES, model_name
+from plumbing import cli
 from plumbing.cli import InputError, Progress
 from plumbing.files import atomic_write, lock
 from plumbing.formats import (CONFIG_BYTES, VOCAB_BYTES, encoding_from, read_config,
@@ -242,6 +244,12 @@ def download(url, dest, sha256=None, size=None, headers=None, hint=""):
                                      "next run downloads it again") from None
             os.replace(part, dest)
     except NETWORK_ERRORS as e:
+        if isinstance(getattr(e, "reason", e), ssl.SSLCertVerificationError):  # a fix, not a miss
+            raise InputError(f"could not download {url}: this Python does not trust the server's "
+                             f"certificate ({why(e)}); if its certificate store is missing or old "
+                             "(on macOS: run Install Certificates.command in Python's folder), "
+                             "or a proxy brings its own, set SSL_CERT_FILE to a current CA bundle "
+                             "file") from None
         raise InputError(f"could not download {url} ({why(e)}); check the network, or download "
                          f"it another way and place it at {dest}{hint}", missing=True) from None
     except OSError as e:  # the network was fine; the disk was not
@@ -303,10 +311,10 @@ def fetch(transfer, part, headers, state):
             raise http.client.IncompleteRead(b"", total - state["hashed"])
 
 
-def zip_member(urls, member, sha256, dest, zip_path):
+def zip_member(urls, member, sha256, dest, zip_path, what, fix):
     """dest, the file member of a zip: taken by name (never extractall() on a downloaded
     archive) from the first of urls whose zip (kept at zip_path) holds it with this SHA-256.
-    A zip that does not is deleted."""
+    A zip that does not is deleted. what, fix: the file in words, and what else to do."""
     def take(url):
         if not zip_path.exists():
             download(url, zip_path)
@@ -329,8 +337,7 @@ def zip_member(urls, member, sha256, dest, zip_path):
             tmp.write_bytes(content)
         return dest
     return dest if dest.exists() else first_that_works(
-        [functools.partial(take, url) for url in urls], member, "pass a labelled file with --data "
-        "PATH")
+        [functools.partial(take, url) for url in urls], what, fix)
 
 
 def first_that_works(tries, what, fix):
@@ -346,7 +353,8 @@ def first_that_works(tries, what, fix):
     if len(errors) == 1 and not errors[0].missing:  # its own reason says it best
         raise errors[0]
     said = "; ".join(str(e) for e in errors if not e.missing)  # a source's own reason
-    reason = "HF_HUB_OFFLINE is set" if offline() else "--verbose lists the sources tried"
+    reason = ("HF_HUB_OFFLINE is set" if offline() else "the sources tried follow" if cli.VERBOSE
+              else "--verbose lists the sources tried")
     raise InputError(f"no source of {what} could be read ({reason}{': ' if said else ''}{said}); "
                      f"{fix}", "\n".join(f"    {line}" for e in errors for line in (
                          f"{e}\n{e.detail}" if e.detail else str(e)).split("\n")),
@@ -357,6 +365,8 @@ def why(e):
     """A network error in a few words, on one line."""
     if isinstance(e, urllib.error.HTTPError):
         return " ".join(f"HTTP {e.code} {e.reason}".split())
+    if isinstance(getattr(e, "reason", None), ssl.SSLCertVerificationError):
+        return e.reason.verify_message or "certificate verify failed"
     return " ".join(str(getattr(e, "reason", None) or e.__class__.__name__).split())
 
 

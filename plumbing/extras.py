@@ -5,6 +5,7 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 
 from plumbing.cli import InputError, tracked
 
@@ -58,14 +59,17 @@ def appendix_d_lr(step, peak_lr, total_steps, warmup_steps=0, min_lr=None):
 
 
 class EarlyStopping:
-    """--patience: stop once the validation loss has not improved for `patience` evaluations in a
-    row, and put back the trainable weights of the best one; at says which epoch and step."""
+    """--patience: stop once measure(model), the validation loss, has not improved for `patience`
+    evaluations in a row, and put back the trainable weights of the best one; at says which epoch
+    and step."""
 
-    def __init__(self, patience):
-        self.patience, self.best, self.waited, self.kept, self.at = patience, math.inf, 0, {}, None
+    def __init__(self, patience, measure):
+        self.patience, self.measure = patience, measure
+        self.best, self.waited, self.kept, self.at = math.inf, 0, {}, None
 
-    def stop(self, val_loss, model, epoch, step):
+    def stop(self, model, epoch, step):
         params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        val_loss = self.measure(model)
         if val_loss < self.best:
             self.best, self.waited, self.at = val_loss, 0, {"epoch": epoch, "step": step}
             self.kept = {name: p.detach().clone() for name, p in params.items()}
@@ -77,6 +81,20 @@ class EarlyStopping:
                     p.copy_(self.kept[name])
             return True
         return False
+
+
+@torch.no_grad()
+def text_mean_loss(model, data_loader, device):
+    """The mean of every text's loss over a whole loader: unlike the book's mean of batch means,
+    the same number however the texts are cut into batches (what early stopping decides on)."""
+    model.eval()
+    total, n = 0.0, 0
+    for input_batch, target_batch in data_loader:
+        logits = model(input_batch.to(device)).float()  # (B, num_classes)
+        total += F.cross_entropy(logits, target_batch.to(device), reduction="sum").item()
+        n += len(target_batch)
+    model.train()
+    return total / n
 
 
 def stop_if_diverged(loss, step):

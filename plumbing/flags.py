@@ -6,7 +6,7 @@ from pathlib import Path
 
 from plumbing import cli
 from plumbing.cli import InputError
-from plumbing.save import check_out
+from plumbing.save import LONGEST_CONTEXT, check_out
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -90,19 +90,27 @@ def parse(p, argv=None, unused=lambda args, name: None):
     return args
 
 
-def check_fits(args, cfg, vocab_size, n_train, max_length, world_size):
-    """Stop before training, not after, when the flags, the data, the model and --out do not
-    fit."""
+def check_fits(args, cfg, vocab_size, sets, max_length, world_size):
+    """Stop before training, not after, when the flags, the data (sets: each split's texts), the
+    model and --out do not fit."""
     if max_length > cfg["context_length"]:
         raise InputError(f"--max-length {max_length} exceeds the model's context length "
                          f"{cfg['context_length']}")
+    if max_length > LONGEST_CONTEXT:
+        raise InputError(f"--max-length {max_length} (by default the model's context length) is "
+                         f"over {LONGEST_CONTEXT:,}, the longest text a classifier here may read; "
+                         f"give --max-length {LONGEST_CONTEXT} or less")
     if cfg["vocab_size"] < vocab_size:
         raise InputError(f"the model's vocabulary of {cfg['vocab_size']} tokens lacks "
                          "GPT-2's (50,257, <|endoftext|> pads the batches); use a GPT-2 checkpoint")
+    n_train = len(sets["train"])
     if n_train < args.batch_size * world_size * args.accumulation_steps:
         raise InputError(f"--batch-size {args.batch_size} x {world_size} process(es) x "
                          f"--accumulation-steps {args.accumulation_steps} is more than the "
                          f"{n_train} texts of the training split; use smaller ones")
+    if getattr(args, "unused_texts", None) is not None and not sets.get("unused"):
+        raise InputError("--unused-texts does nothing: this data leaves no texts unused (only "
+                         "--balance does); leave it out")
     if getattr(args, "patience", None) and world_size > 1:
         raise InputError("--patience needs one process: under torchrun only rank 0 evaluates")
     if (args.min_lr or 0) > args.lr:

@@ -14,6 +14,9 @@ from plumbing.files import atomic_write, lock
 from plumbing.formats import check_config, read_safetensors, write_safetensors
 from plumbing.report import save_metrics
 
+# A text costs context² compute: no classifier reads texts longer than GPT-2's 1,024 tokens (all
+# four sizes' context), when it is trained and when it is read back (and served).
+LONGEST_CONTEXT = 1024
 # The files a run writes in --out: the only ones it ever replaces or removes there.
 OWN_FILES = ("classifier.safetensors", "metrics.jsonl", "metrics.png",
              *(f"splits/{name}.tsv" for name in ("train", "validation", "test", "unused")))
@@ -120,9 +123,10 @@ def swap_in(out, staged, own, new):
         raise
 
 
-# What a classifier's metadata holds: its settings as JSON, but for these, plain text.
-SETTINGS = ("cfg", "labels", "max_length", "pooling", "truncate", "run", "weights_from",
-            "structure")
+# What a classifier's metadata holds: each setting, with the value files from older versions get
+# (None: every version saved it); as JSON, but for TEXTS, plain text.
+SETTINGS = {"cfg": None, "labels": None, "max_length": None, "pooling": None, "truncate": None,
+            "run": None, "weights_from": "{}", "structure": ""}
 TEXTS = ("pooling", "truncate", "structure")
 
 
@@ -141,7 +145,11 @@ def read_classifier(path, known):
     if not path.is_file():
         raise InputError(f"{path} is not a regular file")
     tensors, metadata = read_safetensors(path)
-    metadata = {"weights_from": "{}", "structure": "", **metadata}  # older versions saved neither
+    unknown = sorted(set(metadata) - set(SETTINGS) - {"format", "sha256"})  # the file's own two
+    if unknown:  # a fork's setting, which this code would ignore: its answers are not the fork's
+        raise InputError(f"{path} holds a setting this code does not know, {unknown[0][:100]!r}: "
+                         "a changed copy of these scripts saved it; use that copy to load it")
+    metadata = {**{key: old for key, old in SETTINGS.items() if old is not None}, **metadata}
     try:
         settings = {key: metadata[key] if key in TEXTS else json.loads(metadata[key])
                     for key in SETTINGS}
@@ -165,10 +173,10 @@ def check_settings(settings, known):
     check_config(cfg)
     if cfg["vocab_size"] <= 50256:  # <|endoftext|> pads batches
         raise ValueError("its vocabulary lacks GPT-2's")
-    # A text costs context² compute: no context longer than GPT-2's 1,024 (all four sizes')
-    if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"] <= 1024:
+    if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"] or \
+            max_length > LONGEST_CONTEXT:
         raise ValueError(f"max_length {max_length!r} is not within the context length "
-                         f"{cfg['context_length']}, which is at most GPT-2's 1,024")
+                         f"{cfg['context_length']} and {LONGEST_CONTEXT:,}")
     for key, values in known.items():
         if settings[key] not in values:
             raise ValueError(f"{key} {settings[key]!r} is not one of {', '.join(values)} (was "

@@ -10,7 +10,12 @@ class TestBench(TestCase):
         for args, message in ((["train", "--data", folder / "nope"], "no such file"),
                               (["scale", "--sizes", "0"], "must be a number > 0"),
                               (["generate", "--new-tokens", "-5"], "must be a number > 0"),
-                              (["serve", "--requests", "0"], "must be a number > 0")):
+                              (["serve", "--requests", "0"], "must be a number > 0"),
+                              (["generate", "--data", folder], "--data does nothing with bench.py "
+                               "generate; leave it out"),
+                              (["serve", "--sizes", "8"], "--sizes does nothing with bench.py "
+                               "serve"),
+                              (["memory", "--dtype", "float32"], "--dtype does nothing")):
             with self.subTest(args):
                 code, _, err = run_cli(bench.main, *args)
                 self.assertNotEqual(code, 0)

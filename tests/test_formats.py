@@ -13,8 +13,8 @@ import numpy as np
 import load_gpt2
 from plumbing import cli, formats
 
-from helpers import (ENCODER_JSON, NO_ENCODER_JSON, TF_FIXTURE, TestCase, tmpdir,
-                     random_hf_arrays, write_checkpoint, Sources)
+from helpers import (TF_FIXTURE, TestCase, encoder_json, tmpdir, random_hf_arrays,
+                     write_checkpoint, Sources)
 
 
 def varint(n):
@@ -104,9 +104,8 @@ class TestFormats(TestCase):
         with self.assertRaisesRegex(cli.InputError, "not a regular file of at most 1,000,000"):
             load_gpt2.load_gpt2(folder)
 
-    @unittest.skipUnless(ENCODER_JSON.exists(), NO_ENCODER_JSON)
     def test_transformers_tokenizer_files_are_read_and_checked(self):
-        folder, vocab = tmpdir(self), json.loads(ENCODER_JSON.read_bytes())
+        folder, vocab = tmpdir(self), json.loads(encoder_json())
         pre = {"type": "ByteLevel", "add_prefix_space": False}
         (folder / "tokenizer.json").write_text(json.dumps(
             {"version": "1.0", "pre_tokenizer": pre, "model": {"type": "BPE", "vocab": vocab}}))
