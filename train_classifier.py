@@ -401,8 +401,8 @@ def does_nothing(args, name):
     if args.export and name not in ("export", "classifier", "out", "verbose"):
         return "with --export: a classifier brings its own settings"
     return {"classifier": not (args.predict or args.export) and "without --predict or --export",
-            "out": (args.predict or args.export) and args.classifier and
-            "with --classifier, which names the classifier",
+            "out": args.classifier and (args.predict or args.export) and
+            f"with --classifier, which --{'predict' if args.predict else 'export'} reads",
             "lora_rank": args.trainable != "lora" and "without --trainable lora",
             "lora_alpha": args.trainable != "lora" and "without --trainable lora",
             "compile": not args.fast and "with --no-fast",
