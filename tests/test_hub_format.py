@@ -94,15 +94,17 @@ class TestLanguageModel(TestCase):
         self.assertIn("lm_head.weight", load_gpt2.read_safetensors(
             self.dir / "untied" / "model.safetensors")[0])
 
-    @needs_transformers
     def test_the_tokenizer_files_are_gpt2s_byte_for_byte(self):
-        from transformers import AutoTokenizer
         files = hub_format.tokenizer_files(self.tok)
         self.assertEqual(files["vocab.json"], encoder_json())  # OpenAI's, as the hub's repos copy
         merges = files["merges.txt"]  # OpenAI's vocab.bpe, which the hub's merges.txt copies:
         self.assertEqual((hashlib.sha256(merges).hexdigest(), len(merges)),
                          ("1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
                           456318))
+
+    @needs_transformers
+    def test_transformers_tokenizer_reads_texts_as_ours_does(self):
+        from transformers import AutoTokenizer
         theirs = quietly(AutoTokenizer.from_pretrained, self.written(self.model))
         for text in TEXTS:
             self.assertEqual(theirs(text)["input_ids"], self.tok.encode_ordinary(text), text)
