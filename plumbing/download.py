@@ -33,8 +33,7 @@ REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
 OPENAI = ("https://openaipublic.blob.core.windows.net/gpt-2/models/{size}/",
           "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2/{size}/")  # the book's backup
 TF_FILES = ("hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001")
-FIX = ("set HF_ENDPOINT to a mirror, or --model DIR with model.safetensors; --init random runs "
-       "without them")
+INSTEAD = "--model DIR with model.safetensors; --init random runs without them"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,10 +115,10 @@ def folders(name_or_dir):
                                   hf_snapshot(repo.split("/")[1])) if folder]
 
 
-def checkpoint_folder(name_or_dir, pretrained=True):
+def checkpoint_folder(name_or_dir, pretrained=True, instead=INSTEAD):
     """The folder that holds name_or_dir's weights (or only its config, pretrained=False):
     found on disk (folders()), else downloaded: from the hub, then for the four sizes OpenAI's
-    original files, then the book's backup copy of them."""
+    original files, then the book's backup copy of them. instead: what else a user can do."""
     for folder in folders(name_or_dir):
         if (folder / "config.json").exists() and not pretrained or \
                 (folder / "model.safetensors").is_file() or all(
@@ -131,8 +130,8 @@ def checkpoint_folder(name_or_dir, pretrained=True):
     repo, size, ours = source(name_or_dir)
     if offline():
         raise InputError(f"{repo} is not in {' or '.join(map(str, folders(name_or_dir)))}, and "
-                         "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it; unset "
-                         "it, or --init random runs without them", missing=True)
+                         f"HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it; unset "
+                         f"it, or {instead}", missing=True)
 
     def from_hub():
         if not size:  # is it a GPT-2, with GPT-2's vocabulary? Asked before its weights come
@@ -152,7 +151,8 @@ def checkpoint_folder(name_or_dir, pretrained=True):
             download(url.format(size=size) + name, folder / name)
         return folder
     return first_that_works([from_hub] + [functools.partial(from_openai, url)
-                                          for url in OPENAI if size], f"{repo}'s weights", FIX)
+                                          for url in OPENAI if size], f"{repo}'s weights",
+                             f"set HF_ENDPOINT to a mirror, or {instead}")
 
 
 def vocab_file(name_or_dir):

@@ -317,7 +317,7 @@ def classifier_folder(path):
         repo, size, _ = source(str(path))  # a size or ORG/NAME; else an InputError
     except InputError:
         return None
-    return None if size else checkpoint_folder(repo)
+    return None if size else checkpoint_folder(repo, instead="--classifier DIR with its files")
 
 
 def read_classifier(path, known, state_dict):
