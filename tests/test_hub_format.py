@@ -3,8 +3,8 @@
 import _thread
 import contextlib
 import copy
-import functools
 import errno
+import functools
 import hashlib
 import http.client
 import importlib.util
@@ -40,10 +40,16 @@ TEXTS = ["Free entry! Win £1,000 now", "ok", "  two spaces,\nthen a new line\t 
          "A longer text " * 9 + "that ends here."]
 
 
-def quietly(load, *args, **kwargs):
-    """A transformers call without its progress bars and notes on the console."""
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        return load(*args, **kwargs)
+def quietly(call, *args, **kwargs):
+    """A transformers call without its progress bars, notes and warnings on the console."""
+    from transformers.utils import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            return call(*args, **kwargs)
+    finally:
+        logging.set_verbosity(level)
 
 
 class TestLanguageModel(TestCase):
@@ -173,11 +179,11 @@ def transformers_classifier(folder, labels=("negative", "neutral", "positive"), 
     if pad_token:
         tok.add_special_tokens({"pad_token": pad_token})  # an existing token, or a new one
     torch.manual_seed(seed)
-    model = GPT2ForSequenceClassification(GPT2Config(
-        n_embd=C, n_layer=L, n_head=2, n_positions=T, num_labels=len(labels),
+    model = quietly(GPT2ForSequenceClassification, quietly(
+        GPT2Config, n_embd=C, n_layer=L, n_head=2, n_positions=T, num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
         pad_token_id=tok.pad_token_id, **config))
-    model.resize_token_embeddings(len(tok))  # 50,258 with a new pad token
+    quietly(model.resize_token_embeddings, len(tok))  # 50,258 with a new pad token
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(std=0.3)
