@@ -1,6 +1,9 @@
-"""transformers' GPT-2 format, written and read: a GPT2LMHeadModel or GPT2ForSequenceClassification
-folder as the hub's repos hold one (config.json, model.safetensors, GPT-2's tokenizer files, a
-model card), and such a classifier read for --classifier (docs/hub.md says what is honoured)."""
+"""transformers' GPT-2 format, written and read: the hub's folders of GPT-2 and its classifier.
+
+A GPT2LMHeadModel or GPT2ForSequenceClassification folder as the hub's repos hold one (config.json,
+model.safetensors, GPT-2's tokenizer files, a model card), and such a classifier read back for
+--classifier. docs/hub.md says what is honoured and what is refused.
+"""
 import functools
 import hashlib
 import json
