@@ -16,7 +16,6 @@ import io
 import json
 import math
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,8 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (run_main takes over from there)
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
 
 import torch
 import torch.nn.functional as F
@@ -399,7 +399,8 @@ def bench_serve(args):
         connection = http.client.HTTPConnection(*server.server_address[:2])
         for text in texts:
             start = time.perf_counter()
-            connection.request("POST", "/classify", json.dumps({"inputs": text}).encode())
+            connection.request("POST", "/classify", json.dumps({"inputs": text}).encode(),
+                               {"Content-Type": "application/json"})
             answer = connection.getresponse()
             if answer.status != 200:
                 raise InputError(f"the server answered {answer.status}: {answer.read()[:200]}")

@@ -12,11 +12,12 @@ import argparse
 import functools
 import itertools
 import os
-import signal
+import sys
 from pathlib import Path
 
-if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (run_main takes over from there)
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
 
 import torch
 import torch.nn as nn
@@ -31,7 +32,7 @@ from model import GPTModel
 from plumbing.cli import InputError, every_one_or_what_failed, label_lines, printable, run_main
 from plumbing.ddp import distributed, first_on_each_machine, gradient_sync, processes
 from plumbing.extras import (EarlyStopping, appendix_d_lr, class_weights, optimizer_steps,
-                             stop_if_diverged, text_mean_loss)
+                             stop_if_diverged, text_mean_loss, weights_flag)
 from plumbing.flags import HelpFormatter, check_fits, number, parse, training_flags
 from plumbing.hardware import Autocast, autocast, pick_device, use_bf16
 from plumbing.hub_format import export_classifier, read_classifier as read_hub_classifier
@@ -331,7 +332,8 @@ def main(argv=None):
             return model
         log.mark("epochs")
         log.history.append(final_report(net, sets, collate, labels, device, log.start,
-                                        args.unused_texts, args.seed) | log.mark("final report"))
+                                        args.unused_texts, args.seed, model.untrained)
+                           | log.mark("final report"))
         texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
         for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels, max_length,
                                                        args.truncate)):
@@ -339,7 +341,8 @@ def main(argv=None):
         merge_lora(model)  # what is saved: a plain GPTModel with a new head
         settings = {"cfg": model.cfg, "labels": labels, "max_length": max_length,
                     "pooling": args.pooling, "truncate": args.truncate, "run": vars(args),
-                    "weights_from": log.weights_from(options["stopper"]), "structure": repr(model)}
+                    "weights_from": log.weights_from(options["stopper"]), "structure": repr(model),
+                    "untrained": model.untrained or ""}
         log(save_run(args.out, model, settings, splits, log.history))
     return model
 
@@ -360,6 +363,8 @@ def classifier_and_options(args, model, tokenizer, sets, labels, device, log, tr
         f"{'bfloat16' if bf16 else 'float32'} ({why}), {sum(map(torch.numel, params)):,} of "
         f"{sum(map(torch.numel, model.parameters())):,} parameters train ({args.trainable}, "
         f"--pooling {args.pooling})")
+    # The class weights before the fill, which may take minutes: a wrong count is told at once.
+    weights = class_weights(args.class_weights, sets["train"], labels, device, log)
     fast = None
     if args.fast:  # the same hidden states where pool() reads them, with less work
         texts = [ids for split in ("train", "validation", "test") for ids, _ in sets[split]]
@@ -369,7 +374,6 @@ def classifier_and_options(args, model, tokenizer, sets, labels, device, log, tr
         log(f"speed layer: {fast.note}")
     net = Classifier(model, tokenizer.eot_token, args.pooling, fast)
     net = Autocast(net, device) if bf16 else net  # --dtype: each forward pass in bfloat16
-    weights = class_weights(args.class_weights, sets["train"], labels, device, log)
     total_steps = args.epochs * (len(train_loader) // args.accumulation_steps)  # a process's
     options = {
         "loss_fn": functools.partial(calc_loss_batch, class_weights=weights),
@@ -418,6 +422,9 @@ def predict(args):
     standard input and answers in order (label_lines)."""
     device = pick_device(args.device)
     net, s = load_classifier(args.classifier or args.out / "classifier.safetensors", device)
+    if s["untrained"]:  # the answers of a classifier made from random weights mean little
+        print(f"warning: this classifier was fine-tuned from {s['untrained']}, not GPT-2's "
+              "trained ones: its answers mean little", file=sys.stderr)
     tokenizer = get_tokenizer()  # GPT-2's: checked when the classifier was trained
     net.fast = SpeedLayer(net.model, tokenizer.eot_token, s["pooling"]) if args.fast else None
     net = Autocast(net, device) if use_bf16(args.dtype, device)[0] else net
@@ -455,8 +462,9 @@ def parser():
     a("--lora-alpha", type=number(float), default=16, help="LoRA scale: updates x alpha / rank")
     a("--pooling", choices=POOLINGS, default="last",
       help="what the class is read from: the last real token, the first, or the mean of all real")
-    a("--class-weights", help="weight each text's loss by its class: balanced (n / (k * n_class) "
-      "on the training split), or W1,W2,... in the labels' order (default: unweighted)")
+    a("--class-weights", type=weights_flag, help="weight each text's loss by its class: balanced "
+      "(n / (k * n_class) on the training split), or W1,W2,... in the labels' order (default: "
+      "unweighted)")
     a("--patience", type=number(int), default=None, help="stop once the validation loss, the mean "
       "of each text's over the whole split (not the logged mean of batches, which depends on how "
       "they are cut), has not improved for N evaluations; keep the best weights (default: off)")

@@ -292,8 +292,8 @@ def fetch(transfer, part, headers, state):
                              f"{state['limit']:,} one may have; it is not downloaded")
         if start:
             print(f"resuming {name} at {start / 1e9:.1f} of {total / 1e9:.1f} GB", file=sys.stderr)
-        progress = Progress(f"downloading {name}", total / 1e6, "MB", 0)
-        with open(part, "ab" if start else "wb") as f:
+        with open(part, "ab" if start else "wb") as f, \
+                Progress(f"downloading {name}", total / 1e6, "MB", 0) as progress:
             while chunk := response.read1(1 << 20):  # what has come: progress shows a slow one
                 if state["hashed"] + len(chunk) > (state["size"] or state["limit"]):
                     break
@@ -302,7 +302,6 @@ def fetch(transfer, part, headers, state):
                 state["hashed"] += len(chunk)
                 transfer.got += len(chunk)
                 progress.show(state["hashed"] / 1e6)
-        progress.end()
         if chunk:  # it stopped early: more than announced; the disk holds no more than that
             part.unlink()
             raise InputError(f"{url} sends more than the {state['size'] or state['limit']:,} bytes "

@@ -1,13 +1,16 @@
 """What the training loop's extras need beyond their line in the loop, each off by default so the
 default run stays the chapter's: the micro-batches of a step (gradient accumulation), class
 weights, appendix D's learning rate, early stopping, a loss that diverged."""
+import argparse
 import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 
-from plumbing.cli import InputError, tracked
+from plumbing.cli import InputError, quoted, tracked
+
+WEIGHT_RATIO = 10**6  # the most one class weight may be of another: more trains on one label
 
 
 def optimizer_steps(train_loader, accumulation_steps, epoch, show):
@@ -20,26 +23,39 @@ def optimizer_steps(train_loader, accumulation_steps, epoch, show):
         yield step
 
 
+def weights_flag(text):
+    """--class-weights, checked as it is read: balanced, or W1,W2,... (one per label, counted
+    once the labels are known), each finite and above 0, none over WEIGHT_RATIO times another."""
+    if text == "balanced":
+        return text
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        weights = []
+    if not (weights and all(0 < w < math.inf for w in weights)
+            and max(weights) <= WEIGHT_RATIO * min(weights)):
+        raise argparse.ArgumentTypeError(
+            f"use balanced, or numbers above 0 separated by commas, one per label, none over "
+            f"{WEIGHT_RATIO:,} times another; got {quoted(text)}")
+    return weights
+
+
 def class_weights(flag, train, labels, device, log):
-    """--class-weights as a (num_classes,) tensor, or None. "balanced": n / (k * n_class) over
-    the training split. Given weights are scaled the same way, to average 1 over its texts: a
-    batch then counts for its size, so accumulated micro-batches are exactly a bigger batch."""
+    """--class-weights (weights_flag's) as a (num_classes,) tensor, or None. "balanced": n / (k *
+    n_class) over the training split. Given weights are scaled the same way, to average 1 over its
+    texts: a batch then counts for its size, so accumulated micro-batches are exactly a bigger
+    batch."""
     if flag is None:
         return None
     counts = torch.bincount(torch.tensor([y for _, y in train]), minlength=len(labels)).double()
     if flag == "balanced":
         weights = len(train) / (len(labels) * counts.clamp(min=1))
+    elif len(flag) != len(labels):
+        raise InputError(f"--class-weights gives {len(flag)} weights for the {len(labels)} labels "
+                         f"{labels}; give one per label, in that order")
     else:
-        try:
-            weights = torch.tensor([float(w) for w in flag.split(",")], dtype=torch.float64)
-        except ValueError:
-            weights = torch.tensor([math.nan])
-        if not (torch.isfinite(weights).all() and (weights > 0).all()):
-            raise InputError(f"--class-weights {flag!r}: weights are numbers above 0, one per "
-                             f"label of {labels}, or balanced")
-        if len(weights) != len(labels):
-            raise InputError(f"--class-weights {flag!r} gives {len(weights)} weights for the "
-                             f"{len(labels)} labels {labels}; give one per label, in that order")
+        weights = torch.tensor(flag, dtype=torch.float64)
+    weights = weights / weights.max()  # at most 1 each: the sum below cannot overflow
     weights = weights * len(train) / (weights * counts).sum()
     log(f"class weights: {', '.join(f'{y} {w:.3g}' for y, w in zip(labels, weights.tolist()))} "
         "(the loss trained on is weighted; the losses and accuracies printed are not)")

@@ -31,16 +31,17 @@ DTYPES = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16)
           "BF16": (np.int16, torch.bfloat16)}
 
 
-def read_safetensors(path):
+def read_safetensors(path, in_memory=False):
     """({name: tensor}, {key: text}) from a .safetensors file: an 8-byte little-endian header
     length N, N bytes of JSON ({name: {dtype, shape, data_offsets}}, and "__metadata__", a map of
     strings), then the raw little-endian data. The tensors are views of a memory map, so even
-    gpt2-xl is never read into RAM twice. Every entry is checked before anything is mapped."""
+    gpt2-xl is never read into RAM twice; in_memory, of a copy in memory that no change to the
+    file reaches (a server's weights). Every entry is checked before anything is used."""
     def damaged(why):
         return InputError(f"{path} is damaged or not a safetensors file ({why}); if it was "
                           "downloaded, delete it and download it again")
-    size = path.stat().st_size
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         n = int.from_bytes(f.read(8), "little")
         if size < 8 or n > min(size - 8, 100_000_000):  # the format caps headers at 100 MB
             raise damaged(f"the header claims {n} bytes but the file has {size}")
@@ -48,14 +49,16 @@ def read_safetensors(path):
             header = json.loads(f.read(n))
         except (ValueError, RecursionError):
             raise damaged("the header is not JSON") from None
+        data_size = size - 8 - n
+        if in_memory and f.readinto(data := np.empty(data_size, np.uint8)) != data_size:
+            raise damaged("it was cut while it was read")  # a change: the SHA-256 tells
     if not isinstance(header, dict) or len(header) > 100_000:  # GPT-2 xl has 580 tensors
         raise damaged("the header is not a JSON object of at most 100,000 tensors")
     metadata = header.pop("__metadata__", {})
     if not (isinstance(metadata, dict) and all(type(v) is str for v in metadata.values())):
         raise damaged("its __metadata__ is not a map of strings")
-    data_size = size - 8 - n
-    # Copy-on-write map: writable views (torch wants those) that never touch the file.
-    data = np.memmap(path, np.uint8, mode="c", offset=8 + n) if data_size else np.empty(0, np.uint8)
+    if not in_memory:  # copy-on-write: writable views (torch wants those) never touch the file
+        data = np.memmap(path, np.uint8, "c", 8 + n) if data_size else np.empty(0, np.uint8)
     def sizes(xs, least, most, high):  # type(): neither true nor 32.9 is a size
         return type(xs) is list and least <= len(xs) <= most and all(
             type(x) is int and 0 <= x <= high for x in xs)

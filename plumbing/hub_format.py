@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from plumbing.cli import InputError
+from plumbing.cli import InputError, Progress
 from plumbing.download import cache_snapshot, checkpoint_folder, source
 from plumbing.files import read_small
 from plumbing.formats import (BYTE_CHARS, CONFIG_BYTES, encoding_from, read_config,
@@ -251,6 +251,9 @@ def model_card(settings, record, defaults):
         step = ", ".join(f"{key} {value}" for key, value in settings["weights_from"].items())
         training = (f"Data: {data}. Command: `{training_command(run, defaults)}`. The weights are "
                     f"those of {step or 'its last step'}.")
+        if settings.get("untrained"):  # --init random, say: the card must not hide it
+            training += (f" It was fine-tuned from {settings['untrained']}, not GPT-2's trained "
+                         "weights: its answers mean little.")
     else:
         training = f"Converted from the transformers classifier {public(run.get('model'))}."
     return CARD.format(
@@ -342,7 +345,8 @@ def read_classifier(path, known, state_dict):
         raise InputError(f"{folder} holds no model.safetensors (a pytorch_model.bin is never "
                          "opened here: it may hold code); save the model with transformers' "
                          "save_pretrained, which writes one")
-    tensors = read_safetensors(weights)[0]
+    with Progress(f"reading {weights}"):  # into memory, not a file that may change
+        tensors = read_safetensors(weights, in_memory=True)[0]
     score, pad = tensors.get("score.weight"), hf.get("pad_token_id")
     n = len(score) if score is not None and score.dim() == 2 else 0
     id2label = hf.get("id2label") or {str(i): f"LABEL_{i}" for i in range(n)}  # transformers'
@@ -371,7 +375,7 @@ def read_classifier(path, known, state_dict):
     settings = {"cfg": cfg, "labels": [id2label[str(i)] for i in range(n)],
                 "max_length": min(length or cfg["context_length"], cfg["context_length"]),
                 "pooling": "last", "truncate": truncate, "run": {"model": str(path)},
-                "weights_from": {}, "structure": ""}
+                "weights_from": {}, "structure": "", "untrained": ""}
     try:
         check_settings(settings, known)
     except ValueError as e:

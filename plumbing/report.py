@@ -9,12 +9,23 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
+
 import torch
 
 from plumbing.cli import InputError, Progress, run_main
 from plumbing.files import atomic_write, read_small
+from plumbing.labelled_files import valid_labels
 
 MANY = 20  # labels past which the tables and the plot summarise instead of showing every cell
+# metrics.jsonl, read back (to draw it, or for the page of serve.py): what a run can write, and
+# each number a reader takes from it, with its range
+METRICS_BYTES, METRICS_LINES = 16_000_000, 100_000
+RANGES = {"epoch": (0, 10**9), "examples_seen": (0, 10**15), "train_loss": (0, 10**9),
+          "val_loss": (0, 10**9), **{f"{split}_acc": (0, 1) for split in (
+              "train", "val", "validation", "test", "unused")}}
 
 
 @torch.no_grad()
@@ -24,14 +35,13 @@ def predictions(items, collate, model, device, what="evaluating", batch_size=64)
     tokens, the work, so that its estimate holds although the batches grow."""
     model.eval()
     true, predicted, done = [], [], 0
-    progress = Progress(what, sum(len(ids) for ids, _ in items), "tokens")
-    for start in range(0, len(items), batch_size):
-        input_batch, target_batch = collate(items[start:start + batch_size])
-        predicted.append(model(input_batch.to(device)).argmax(dim=-1).cpu())
-        true.append(target_batch)
-        done += sum(len(ids) for ids, _ in items[start:start + batch_size])
-        progress.show(done)
-    progress.end()
+    with Progress(what, sum(len(ids) for ids, _ in items), "tokens") as progress:
+        for start in range(0, len(items), batch_size):
+            input_batch, target_batch = collate(items[start:start + batch_size])
+            predicted.append(model(input_batch.to(device)).argmax(dim=-1).cpu())
+            true.append(target_batch)
+            done += sum(len(ids) for ids, _ in items[start:start + batch_size])
+            progress.show(done)
     return torch.cat(true), torch.cat(predicted)
 
 
@@ -107,10 +117,12 @@ def unused_lines(unused, test, labels, n_examples):
     return lines
 
 
-def final_report(model, sets, collate, labels, device, start, unused_texts=None, seed=0):
+def final_report(model, sets, collate, labels, device, start, unused_texts=None, seed=0,
+                 untrained=None):
     """Every split in full: accuracy, and for validation and test the confusion matrix, precision,
     recall and F1 per label; what balancing left out (unused_texts: a sample of that many, drawn
-    with seed). Printed, and returned as metrics.jsonl's last record; times count from start."""
+    with seed). Printed, and returned as metrics.jsonl's last record; times count from start.
+    untrained: the GPT-2 fine-tuned had random weights, or ones that look it (said on the line)."""
     record, pairs = {"final": True, "labels": labels}, {}
     for name, items in sets.items():
         if name == "unused" and unused_texts is not None and unused_texts < len(items):
@@ -127,7 +139,8 @@ def final_report(model, sets, collate, labels, device, start, unused_texts=None,
             record[f"{name}_eval_s"] = time.time() - tick
     record["elapsed_s"] = time.time() - start
     print("final | " + " | ".join(f"{name} {record[f'{name}_acc']:.2%}" for name in pairs)
-          + f" | {record['elapsed_s']:.1f} s")
+          + f" | {record['elapsed_s']:.1f} s" + (f" | from {untrained}, not GPT-2's trained "
+                                                  "ones" if untrained else ""))
     for name in ("validation", "test"):
         record[f"{name}_metrics"] = class_metrics(*pairs[name], len(labels))
         print(format_table(name, *pairs[name], labels))
@@ -186,18 +199,52 @@ def plot_metrics(history, path):
     return True
 
 
+def read_records(path, last=False):
+    """The records of a metrics.jsonl (the last alone, if last), each checked before use
+    (check_record); ValueError if any is not what a run writes. The file's size, its lines and
+    their depth are bounded before they are read."""
+    lines = read_small(path, METRICS_BYTES).decode().splitlines()
+    if len(lines) > METRICS_LINES:
+        raise ValueError(f"it has over {METRICS_LINES:,} lines")
+    try:  # parse_constant: no NaN or Infinity, which JSON itself cannot hold
+        records = [json.loads(line, parse_constant=lambda name: None)
+                   for line in (lines[-1:] if last else lines)]
+    except RecursionError:
+        raise ValueError("a line is nested too deep") from None
+    for record in records:
+        check_record(record)
+    return records
+
+
+def check_record(record):
+    """A record of metrics.jsonl, as a reader takes it: a JSON object whose numbers (RANGES) are
+    in range or null, whose labels are a classifier's, and whose test confusion matrix, if any,
+    is one of counts, labels x labels, for MANY labels at most (as a run writes it)."""
+    if type(record) is not dict:
+        raise ValueError("a line is not a JSON object")
+    for key, (low, high) in RANGES.items():
+        value = record.get(key)  # type(): not true, not 10**400 (no float holds it)
+        if not (value is None or type(value) in (int, float) and low <= value <= high):
+            raise ValueError(f"{key} is not a number from {low} to {high:,}")
+    labels, counts = record.get("labels"), record.get("test_confusion")
+    if labels is not None and not valid_labels(labels):
+        raise ValueError("its labels are not a classifier's: 2 to 10,000 printable names")
+    if counts is not None and not (
+            labels and len(labels) <= MANY and type(counts) is list and len(counts) == len(labels)
+            and all(type(row) is list and len(row) == len(labels) and all(
+                type(n) is int and 0 <= n <= 10**15 for n in row) for row in counts)):
+        raise ValueError(f"test_confusion is not a matrix of counts, one row and column for "
+                         f"each of at most {MANY} labels")
+
+
 def final_record(path):
     """The last record of the metrics.jsonl in a run's folder (path: it, or a file in it) if it is
-    a finished run's, with its accuracies; else None. Only the file's last MB is read: the record
-    is far smaller."""
+    a finished run's, checked; else None."""
     try:
-        with open((path if path.is_dir() else path.parent) / "metrics.jsonl", "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 2**20))
-            # parse_constant: no NaN or Infinity, which JSON itself cannot hold
-            record = json.loads(f.read().splitlines()[-1], parse_constant=lambda name: None)
-    except (OSError, ValueError, IndexError):  # no file, or not one a run wrote
+        record = read_records((path if path.is_dir() else path.parent) / "metrics.jsonl", True)
+    except ValueError:  # no file, or not one a run wrote
         return None
-    return record if isinstance(record, dict) and record.get("final") is True else None
+    return record[0] if record and record[0].get("final") is True else None
 
 
 class TrainingLog:
@@ -254,9 +301,11 @@ def main(argv=None):
     p.add_argument("metrics", type=Path, help="a metrics.jsonl that train_classifier.py wrote")
     path = p.parse_args(argv).metrics
     try:
-        history = [json.loads(line) for line in read_small(path, 10**8).decode().splitlines()]
+        history = read_records(path)
+        if not (history and history[-1].get("final") is True and "labels" in history[-1]):
+            raise ValueError("its last line is not a finished run's, with its labels")
         drawn = plot_metrics(history, path.with_name("metrics.png"))
-    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:
+    except (ValueError, KeyError, TypeError, IndexError) as e:
         raise InputError(f"{path} is not a metrics.jsonl of train_classifier.py ({e})") from None
     if not drawn:
         raise InputError("metrics.png needs matplotlib: pip install matplotlib, then run again")

@@ -9,9 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from plumbing.cli import InputError
+from plumbing.cli import InputError, Progress, quoted
 from plumbing.files import atomic_write, lock
 from plumbing.formats import check_config, read_safetensors, write_safetensors
+from plumbing.labelled_files import LABEL_CHARS, MAX_LABELS, valid_labels
 from plumbing.report import save_metrics
 
 # A text costs context² compute: no classifier reads texts longer than GPT-2's 1,024 tokens (all
@@ -63,7 +64,7 @@ def publish(out, own, write, what):
     other. Returns the names of own written."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; give a folder (it holds {what}'s files)")
-    with lock(out, "another run is saving into"):
+    with lock(out, "another run is saving into"), Progress(f"saving in {out}"):
         for left in out.glob(".incomplete-*"):  # what a killed save left (none runs but ours),
             if not left.is_symlink() and (left / STAGED).is_file():  # marked so: never a user's
                 shutil.rmtree(left, ignore_errors=True)
@@ -126,8 +127,8 @@ def swap_in(out, staged, own, new):
 # What a classifier's metadata holds: each setting, with the value files from older versions get
 # (None: every version saved it); as JSON, but for TEXTS, plain text.
 SETTINGS = {"cfg": None, "labels": None, "max_length": None, "pooling": None, "truncate": None,
-            "run": None, "weights_from": "{}", "structure": ""}
-TEXTS = ("pooling", "truncate", "structure")
+            "run": None, "weights_from": "{}", "structure": "", "untrained": ""}
+TEXTS = ("pooling", "truncate", "structure", "untrained")
 
 
 def read_classifier(path, known):
@@ -144,7 +145,8 @@ def read_classifier(path, known):
                          "python train_classifier.py, or point --out or --classifier at it")
     if not path.is_file():
         raise InputError(f"{path} is not a regular file")
-    tensors, metadata = read_safetensors(path)
+    with Progress(f"reading {path}"):  # into memory, not a file that may change; checked
+        tensors, metadata = read_safetensors(path, in_memory=True)
     unknown = sorted(set(metadata) - set(SETTINGS) - {"format", "sha256"})  # the file's own two
     if unknown:  # a fork's setting, which this code would ignore: its answers are not the fork's
         raise InputError(f"{path} holds a setting this code does not know, {unknown[0][:100]!r}: "
@@ -167,9 +169,9 @@ def check_settings(settings, known):
     """Raise ValueError unless a classifier's settings (SETTINGS, read from a file) are ones the
     code here can use: those named in known against the values it has."""
     labels, max_length, cfg = settings["labels"], settings["max_length"], settings["cfg"]
-    if not (type(labels) is list and len(labels) >= 2 and len(set(labels)) == len(labels)
-            and all(type(label) is str and label.isprintable() and label for label in labels)):
-        raise ValueError("its labels are not two or more different printable names")
+    if not valid_labels(labels):
+        raise ValueError(f"its labels are not 2 to {MAX_LABELS:,} different printable names "
+                         f"of {LABEL_CHARS} characters at most")
     check_config(cfg)
     if cfg["vocab_size"] <= 50256:  # <|endoftext|> pads batches
         raise ValueError("its vocabulary lacks GPT-2's")
@@ -195,5 +197,5 @@ def check_structure(model, settings, path):
     for mine, saved in itertools.zip_longest(ours, theirs, fillvalue="(nothing)"):
         if mine != saved:
             raise InputError(f"{path} was trained with another model: its file has "
-                             f"{saved.strip()!r} where this code builds {mine.strip()!r}; load "
-                             "it with the code that trained it")
+                             f"{quoted(saved.strip())} where this code builds "
+                             f"{quoted(mine.strip())}; load it with the code that trained it")

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -222,9 +223,31 @@ def run_cli(main, *args, stdin=b"", env=None):
     return code, out.getvalue(), err.getvalue()
 
 
+def ctrl_c_while_torch_loads(test, *args):
+    """Run python -v ARGS (a script, or -m and a module) and press Ctrl-C (a real SIGINT) as it
+    starts to import torch: it must end at once and quietly, as a shell shows it (status 130),
+    not with a KeyboardInterrupt's traceback."""
+    child = subprocess.Popen([sys.executable, "-v", *args], cwd=ROOT, text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    test.addCleanup(child.kill)
+    for line in child.stderr:  # -v: a line as each module is imported
+        if line.startswith("import 'torch."):
+            break
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    test.assertNotIn("Traceback", err)
+    test.assertEqual(child.returncode, -signal.SIGINT)  # what a shell shows as 130
+
+
+PROGRESS = re.compile(r": \d+ s$|\d s left$|/s$|\(\d+%\)$")  # the ends of cli.Progress's lines
+
+
 def said(err):
-    """The lines a run wrote to stderr, but for warnings (the tiny models look untrained)."""
-    return [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
+    """The lines a run wrote to stderr, but for warnings (the tiny models look untrained) and
+    progress lines (a phase that runs long, as on a busy machine, shows them)."""
+    return [line for line in err.strip().splitlines()
+            if not line.startswith("warning: ") and not PROGRESS.search(line)]
 
 
 def assert_same_weights(test, a, b, tol=1e-5, inert=()):

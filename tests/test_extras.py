@@ -31,13 +31,22 @@ class TestExtras(Trains):
         assert_same_weights(self, small.state_dict(), big.state_dict(), inert=inert_parameters(big))
         plain, _ = self.train(*weighted[2:], "--batch-size", "8", out="plain")
         self.assertGreater(largest_change(plain, big), 1e-4)
-        for bad, message in (("2,1,3", " gives 3 weights for the 2 labels ['ham', 'spam']"),
-                             ("2,-1", ": weights are numbers above 0"),
-                             ("2,x", ": weights are numbers above 0")):
-            code, _, err = run_cli(tc.main, "--model", self.model_dir, "--data", self.data, "--out",
-                                   self.dir / "bad", "--class-weights", bad)
-            self.assertEqual((code, len(said(err))), (1, 1), err)
-            self.assertIn(f"--class-weights {bad!r}{message}", err)
+        train = [(0, 0)] * 3 + [(0, 1)]  # (ids, label) pairs: 3 ham, 1 spam
+        for flag, weights in (("1e308,1e308", [1, 1]), ("1,3", [2 / 3, 2])):  # once inf: NaN loss
+            got = extras.class_weights(extras.weights_flag(flag), train, ["ham", "spam"], "cpu",
+                                       lambda line: None)
+            self.assertEqual(got.tolist(), torch.tensor(weights, dtype=torch.float32).tolist())
+        code, _, err = run_cli(tc.main, "--model", self.model_dir, "--data", self.data, "--out",
+                               self.dir / "bad", "--class-weights", "2,1,3")
+        self.assertEqual((code, len(said(err))), (1, 1), err)  # the count, before any pass
+        self.assertIn("--class-weights gives 3 weights for the 2 labels ['ham', 'spam']", err)
+        for bad in ("2,-1", "2,x", "nan,1", "inf,1", "1e-300,1e300", ",", "0,1"):
+            with self.subTest(bad):  # as the flags are read: named even beside a wrong flag
+                code, _, err = run_cli(tc.main, "--batch-size", "1000", "--class-weights", bad)
+                self.assertEqual(code, 2)
+                self.assertIn("argument --class-weights: use balanced, or numbers above 0 "
+                              f"separated by commas, one per label, none over 1,000,000 times "
+                              f"another; got {bad!r}", err)
 
     def test_early_stopping_keeps_the_best_weights_and_says_whose(self):
         folder = self.dir / "folder"  # validation labels against the pattern: its loss only rises

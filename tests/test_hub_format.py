@@ -377,8 +377,10 @@ class TestImport(TestCase):
                 while not (found := re.search(r":(\d+)/", out.getvalue())):
                     time.sleep(0.02)
                 connection = http.client.HTTPConnection("127.0.0.1", int(found[1]), timeout=30)
-                connection.request("POST", "/classify", json.dumps({"inputs": texts}))
-                seen["answer"] = json.loads(connection.getresponse().read())
+                connection.request("POST", "/classify", json.dumps({"inputs": texts}),
+                                   {"Content-Type": "application/json"})
+                answer = connection.getresponse()
+                seen["answer"] = (answer.status, json.loads(answer.read()))
                 connection.close()
             finally:
                 _thread.interrupt_main()
@@ -387,9 +389,10 @@ class TestImport(TestCase):
             thread.start()
             cli.run_main(lambda: serve.main(["--classifier", str(classifier), "--port", "0"]))
             thread.join()
-        labels = tc.load_classifier(classifier)[1]["labels"]
+        labels, (status, answer) = tc.load_classifier(classifier)[1]["labels"], seen["answer"]
+        self.assertEqual(status, 200, answer)
         return torch.tensor([[next(e["score"] for e in entry if e["label"] == label)
-                              for label in labels] for entry in seen["answer"]])
+                              for label in labels] for entry in answer])
 
     def test_pad_tokens_as_transformers_takes_them(self):
         texts, config = CLASSIFIER_TEXTS, json.loads((self.folder / "config.json").read_text())
@@ -432,7 +435,7 @@ class TestImport(TestCase):
             ({"id2label": {"0": "a"}}, {"score.weight": tensors["score.weight"][:1]}, {},
              "it has one output (a regression or a sigmoid score)"),
             ({"id2label": {"0": "a", "1": "a", "2": "c"}}, {}, {},
-             "its labels are not two or more different printable names"),
+             "its labels are not 2 to 10,000 different printable names"),
             ({"n_embd": 32}, {}, {}, "has shape (50257, 16), expected (50257, 32)"),
             ({"model_type": "bert"}, {}, {}, "model_type 'bert' changes the model's math"),
             ({}, {}, {"tokenizer.json": json.dumps({"model": {"vocab": other}})},

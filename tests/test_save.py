@@ -21,7 +21,7 @@ import model as gpt
 import train_classifier as tc
 from plumbing import cli, files, formats, save
 
-from helpers import ROOT, run_cli, Trains
+from helpers import ROOT, ctrl_c_while_torch_loads, run_cli, Trains
 
 
 class TestNothingLost(Trains):
@@ -113,17 +113,7 @@ class TestNothingLost(Trains):
 
     @unittest.skipIf(sys.platform == "win32", "SIGINT to a child process is POSIX")
     def test_ctrl_c_while_torch_loads_ends_quietly(self):
-        child = subprocess.Popen([sys.executable, "-v", "train_classifier.py", "--help"], cwd=ROOT,
-                                 text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        self.addCleanup(child.kill)
-        for line in child.stderr:  # -v: a line as each module is imported
-            if line.startswith("import 'torch."):
-                break
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=30)
-        self.assertNotIn("Traceback", err)
-        self.assertEqual(child.returncode, -signal.SIGINT)  # what a shell shows as 130
+        ctrl_c_while_torch_loads(self, "train_classifier.py", "--help")
 
     def test_the_way_must_be_clear_before_training(self):
         (self.dir / "blocked" / "classifier.safetensors").mkdir(parents=True)
@@ -150,10 +140,14 @@ class TestNothingLost(Trains):
             "holds a setting this code does not know, 'threshold': a changed copy":  # a fork's
                 bad(threshold="0.9"),
             "max_length 'x' is not within": bad(max_length='"x"'),
-            "labels are not two or more different printable names": bad(labels='["a", "a"]'),
-            "labels are not two or more different printable names ": bad(labels='"ab"'),
-            "labels are not two or more different printable names  ":
+            "labels are not 2 to 10,000 different printable names": bad(labels='["a", "a"]'),
+            "labels are not 2 to 10,000 different printable names ": bad(labels='"ab"'),
+            "labels are not 2 to 10,000 different printable names  ":
                 bad(labels='["a", "b\\u001b[2J"]'),  # a terminal escape
+            "labels are not 2 to 10,000 different printable names of 100 characters at most":
+                bad(labels=json.dumps([f"label {i}" for i in range(10_001)])),  # in every answer
+            " labels are not 2 to 10,000 different printable names of 100 characters at most":
+                bad(labels=json.dumps(["a", "b" * 101])),
             "trained with another model: its file has '(out_head): Linear(in_features=16, "
             "out_features=2, bias=True)' where this code builds '(out_head): Linear("
             "in_features=16, out_features=3": bad(labels='["a", "b", "c"]'),
@@ -164,11 +158,13 @@ class TestNothingLost(Trains):
             f"{head} holds NaN": (nan_head, metadata),
             "Missing key(s) in state_dict": ({k: v for k, v in tensors.items()
                                                if k != "final_norm.scale"}, metadata)}
+        cases["trained with another model: its file has 'xxxxx"] = bad(structure="x" * 5 * 10**6)
         for message, (crafted, meta) in cases.items():
             with self.subTest(message):
                 formats.write_safetensors(self.dir / "bad.safetensors", crafted, meta)
-                with self.assertRaisesRegex(cli.InputError, re.escape(message.strip())):
+                with self.assertRaisesRegex(cli.InputError, re.escape(message.strip())) as e:
                     tc.load_classifier(self.dir / "bad.safetensors")
+                self.assertLess(len(str(e.exception)), 600)  # what it quotes cut to a sentence
         older = {k: v for k, v in metadata.items() if k not in ("structure", "weights_from")}
         formats.write_safetensors(self.dir / "old.safetensors", tensors, older)  # last version's
         with contextlib.redirect_stderr(io.StringIO()) as err:

@@ -1,4 +1,5 @@
-"""plumbing/weights.py: weights that are not finite, look untrained, or match no size."""
+"""plumbing/weights.py: weights that are not finite, look untrained (said wherever the results
+show), or match no size."""
 import contextlib
 import io
 
@@ -6,10 +7,11 @@ import numpy as np
 import torch
 
 import load_gpt2
+import train_classifier as tc
 from plumbing import cli, weights
 
 from helpers import (TestCase, tokenizer, tmpdir, random_hf_arrays, write_checkpoint,
-                     tiny_gpt2_folder)
+                     tiny_gpt2_folder, run_cli, Trains)
 
 
 class TestWeights(TestCase):
@@ -45,3 +47,21 @@ class TestWeights(TestCase):
         with contextlib.redirect_stderr(io.StringIO()) as err:
             load_gpt2.load_gpt2(folder, pretrained=False)  # random on purpose: nothing to say
         self.assertEqual(err.getvalue(), "")
+
+
+class TestUntrainedWeightsFollowTheModel(Trains):
+    def test_the_summary_the_classifier_and_predict_name_them(self):
+        _, log = self.train("--epochs", "1")  # the tiny model's weights look untrained
+        final = next(line for line in log.splitlines() if line.startswith("final |"))
+        self.assertTrue(final.endswith("| from weights that look untrained, not GPT-2's trained "
+                                       "ones"), final)
+        self.assertEqual(tc.load_classifier(self.out)[1]["untrained"],
+                         "weights that look untrained")
+        code, out, err = run_cli(tc.main, "--out", self.out, "--predict", "Free entry")
+        self.assertEqual((code, err.splitlines()[0]), (0, "warning: this classifier was "
+                         "fine-tuned from weights that look untrained, not GPT-2's trained ones: "
+                         "its answers mean little"))
+        self.assertEqual(len(out.splitlines()), 1)
+        _, log = self.train("--epochs", "1", "--init", "random", out="random")
+        self.assertIn("| from random weights, not GPT-2's trained ones", log)
+        self.assertEqual(tc.load_classifier(self.dir / "random")[1]["untrained"], "random weights")
