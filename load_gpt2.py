@@ -29,7 +29,7 @@ def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
         cfg, tensors, path = get_config(str(name_or_dir)), {}, None
     else:
         folder = checkpoint_folder(name_or_dir, pretrained)
-        for vocab in (folder / "encoder.json", folder / "vocab.json"):
+        for vocab in (folder / "encoder.json", folder / "vocab.json", folder / "tokenizer.json"):
             if vocab.is_file():  # texts are tokenized with GPT-2's: a model of another is refused
                 encoding_from(vocab)
         path = folder / "model.safetensors"

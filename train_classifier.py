@@ -2,6 +2,7 @@
 
     python train_classifier.py                         # gpt2-small on the SMS Spam Collection
     python train_classifier.py --predict "Free entry!"  # label texts with the saved classifier
+    python train_classifier.py --export hub            # the classifier in transformers' format
     torchrun --standalone --nproc_per_node=2 train_classifier.py   # several GPUs or processes
 
 Read it top to bottom, in the chapter's order, from build_classifier to main; a first reading
@@ -25,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data import TRUNCATIONS, encode, encode_examples, load_dataset, pad_batch
-from load_gpt2 import get_tokenizer, load_gpt2
+from load_gpt2 import get_tokenizer, gpt2_state_dict, load_gpt2
 from lora import merge_lora, replace_linear_with_lora
 from model import GPTModel
 from plumbing.cli import InputError, every_one_or_what_failed, label_lines, printable, run_main
@@ -34,7 +35,8 @@ from plumbing.extras import (EarlyStopping, appendix_d_lr, class_weights, optimi
                              stop_if_diverged, text_mean_loss, weights_flag)
 from plumbing.flags import HelpFormatter, check_fits, number, parse, training_flags
 from plumbing.hardware import Autocast, autocast, pick_device, use_bf16
-from plumbing.report import TrainingLog, final_report
+from plumbing.hub_format import export_classifier, read_classifier as read_hub_classifier
+from plumbing.report import TrainingLog, final_record, final_report
 from plumbing.save import check_structure, read_classifier, save_run
 from plumbing.speed import SpeedLayer, accuracy_loader, adamw
 from plumbing.weights import check_finite
@@ -261,14 +263,17 @@ def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_s
 
 
 def load_classifier(path, device="cpu"):
-    """(classifier, settings) from a classifier.safetensors that save_run wrote: the model built
-    as build_classifier builds it (a forked head must be the one that trained), in a Classifier
-    with the pooling it trained with; settings: what the file says of the run."""
-    tensors, settings = read_classifier(Path(path), {"pooling": POOLINGS,
-                                                     "truncate": TRUNCATIONS})
+    """(classifier, settings) from a classifier.safetensors that save_run wrote, or from
+    transformers' GPT2ForSequenceClassification (a folder, ORG/NAME: plumbing/hub_format.py): the
+    model built as build_classifier builds it (a forked head must be the one that trained), in a
+    Classifier with the pooling it trained with; settings: what the file says of the run."""
+    known = {"pooling": POOLINGS, "truncate": TRUNCATIONS}
+    hub = read_hub_classifier(path, known, gpt2_state_dict)  # None: not transformers' format
+    tensors, settings = hub or read_classifier(Path(path), known)
     with torch.device("meta"):  # no memory for weights about to be replaced
         model = build_classifier(GPTModel(settings["cfg"]), len(settings["labels"]), "head")
-    check_structure(model, settings, path)
+    if not hub:  # transformers' has one structure, which this code builds
+        check_structure(model, settings, path)
     try:
         model.load_state_dict({k: v.float() for k, v in tensors.items()}, assign=True)
     except RuntimeError as e:  # names or shapes that do not match: one line, not torch's many
@@ -282,6 +287,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.predict:
         return predict(args)
+    if args.export:
+        return export(args)
     with distributed(pick_device(args.device), args.backend, args.dist_timeout) as (
             ddp, rank, world_size, device):
         log = TrainingLog(master=rank == 0)
@@ -395,8 +402,11 @@ def does_nothing(args, name):
     if args.predict and name not in ("predict", "classifier", "out", "device", "dtype", "fast",
                                      "verbose"):
         return "with --predict: a classifier brings its own settings"
-    return {"classifier": not args.predict and "without --predict",
-            "out": args.predict and args.classifier and "with --classifier, which --predict reads",
+    if args.export and name not in ("export", "classifier", "out", "verbose"):
+        return "with --export: a classifier brings its own settings"
+    return {"classifier": not (args.predict or args.export) and "without --predict or --export",
+            "out": args.classifier and (args.predict or args.export) and
+            f"with --classifier, which --{'predict' if args.predict else 'export'} reads",
             "lora_rank": args.trainable != "lora" and "without --trainable lora",
             "lora_alpha": args.trainable != "lora" and "without --trainable lora",
             "compile": not args.fast and "with --no-fast",
@@ -423,7 +433,18 @@ def predict(args):
     return net
 
 
-def parse_args(argv=None):
+def export(args):
+    """--export DIR: the classifier as transformers' GPT2ForSequenceClassification, with its
+    tokenizer files and model card, exactly (docs/hub.md). One trained with LoRA was saved with
+    its updates merged: it is exported as any other."""
+    path = args.classifier or args.out / "classifier.safetensors"
+    net, settings = load_classifier(path)
+    print(export_classifier(args.export, net.model, settings, get_tokenizer(), final_record(path),
+                            vars(parser().parse_args([]))))
+    return net
+
+
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     training_flags(p, epochs=5, batch_size=8, lr="5e-5, or 8e-4 with lora", eval_freq=50)
     a = p.add_argument
@@ -461,9 +482,16 @@ def parse_args(argv=None):
     a("--cache-mb", type=number(float, inclusive=True), default=2048, help="its RAM budget, in MB")
     a("--predict", nargs="+", metavar="TEXT", help="label these texts with the saved classifier "
       "and exit; - reads one text per line from standard input")
-    a("--classifier", type=Path, default=None, help="for --predict: a classifier.safetensors, or "
-      "a folder holding one (default: the one in --out)")
-    args = parse(p, argv, does_nothing)
+    a("--export", type=Path, metavar="DIR", help="write the saved classifier into DIR as "
+      "transformers' GPT2ForSequenceClassification, with a model card, and exit (docs/hub.md)")
+    a("--classifier", type=Path, default=None, help="for --predict and --export: a "
+      "classifier.safetensors or its folder, or transformers' GPT2ForSequenceClassification: its "
+      "folder or hub repo ORG/NAME (default: the one in --out)")
+    return p
+
+
+def parse_args(argv=None):
+    args = parse(parser(), argv, does_nothing)
     args.lr = args.lr or (8e-4 if args.trainable == "lora" else 5e-5)
     return args
 

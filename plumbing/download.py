@@ -24,7 +24,8 @@ from model import ALIASES, model_name
 from plumbing import cli
 from plumbing.cli import InputError, Progress
 from plumbing.files import atomic_write, lock
-from plumbing.formats import CONFIG_BYTES, VOCAB_BYTES, encoding_from, read_config
+from plumbing.formats import (CONFIG_BYTES, VOCAB_BYTES, encoding_from, read_config,
+                              read_tokenizer_config)
 
 # The four released sizes: their hub repo (openai-community/...) and their name at OpenAI.
 REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
@@ -32,8 +33,7 @@ REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
 OPENAI = ("https://openaipublic.blob.core.windows.net/gpt-2/models/{size}/",
           "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2/{size}/")  # the book's backup
 TF_FILES = ("hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001")
-FIX = ("set HF_ENDPOINT to a mirror, or --model DIR with model.safetensors; --init random runs "
-       "without them")
+INSTEAD = "--model DIR with model.safetensors; --init random runs without them"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +64,13 @@ def hf_snapshot(repo):
     refs/main names, whose files are read in place; None if there is none."""
     home = env_path("HF_HOME") or (env_path("XDG_CACHE_HOME") or Path.home() / ".cache") / \
         "huggingface"
-    folder = (env_path("HF_HUB_CACHE") or home / "hub") / f"models--{repo.replace('/', '--')}"
+    return cache_snapshot((env_path("HF_HUB_CACHE") or home / "hub") /
+                          f"models--{repo.replace('/', '--')}")
+
+
+def cache_snapshot(folder):
+    """The snapshot that refs/main names in an entry of the Hugging Face cache (a folder
+    models--ORG--NAME); None if folder is not one, or has none."""
     ref = folder / "refs" / "main"
     try:  # a commit hash, not whatever the file may be
         commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() and \
@@ -109,10 +115,10 @@ def folders(name_or_dir):
                                   hf_snapshot(repo.split("/")[1])) if folder]
 
 
-def checkpoint_folder(name_or_dir, pretrained=True):
+def checkpoint_folder(name_or_dir, pretrained=True, instead=INSTEAD):
     """The folder that holds name_or_dir's weights (or only its config, pretrained=False):
     found on disk (folders()), else downloaded: from the hub, then for the four sizes OpenAI's
-    original files, then the book's backup copy of them."""
+    original files, then the book's backup copy of them. instead: what else a user can do."""
     for folder in folders(name_or_dir):
         if (folder / "config.json").exists() and not pretrained or \
                 (folder / "model.safetensors").is_file() or all(
@@ -124,13 +130,18 @@ def checkpoint_folder(name_or_dir, pretrained=True):
     repo, size, ours = source(name_or_dir)
     if offline():
         raise InputError(f"{repo} is not in {' or '.join(map(str, folders(name_or_dir)))}, and "
-                         "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it; unset "
-                         "it, or --init random runs without them", missing=True)
+                         f"HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it; unset "
+                         f"it, or {instead}", missing=True)
 
     def from_hub():
         if not size:  # is it a GPT-2, with GPT-2's vocabulary? Asked before its weights come
             hub_download(repo, "config.json", ours / "config.json")  # each checked: CHECKS
-            hub_download(repo, "vocab.json", ours / "vocab.json")
+            first_that_works([functools.partial(hub_download, repo, name, ours / name) for name
+                              in ("vocab.json", "tokenizer.json")], f"{repo}'s vocabulary",
+                             "a GPT-2 repo holds GPT-2's vocab.json or tokenizer.json")
+            # a classifier's max length and truncation side (hub_format.py), if it has them
+            hub_download(repo, "tokenizer_config.json", ours / "tokenizer_config.json",
+                         optional=True)
         if pretrained:
             hub_download(repo, "model.safetensors", ours / "model.safetensors")
         return ours
@@ -140,7 +151,8 @@ def checkpoint_folder(name_or_dir, pretrained=True):
             download(url.format(size=size) + name, folder / name)
         return folder
     return first_that_works([from_hub] + [functools.partial(from_openai, url)
-                                          for url in OPENAI if size], f"{repo}'s weights", FIX)
+                                          for url in OPENAI if size], f"{repo}'s weights",
+                             f"set HF_ENDPOINT to a mirror, or {instead}")
 
 
 def vocab_file(name_or_dir):
@@ -168,7 +180,9 @@ NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionEr
 # The most bytes a download may bring, known before its first byte: a small file's reader's
 # limit (it is cached once it passes that reader's checks), else at most 8 GB (gpt2-xl's 6.4).
 CHECKS = {"config.json": (read_config, CONFIG_BYTES), "hparams.json": (read_config, CONFIG_BYTES),
-          "vocab.json": (encoding_from, VOCAB_BYTES), "encoder.json": (encoding_from, VOCAB_BYTES)}
+          "vocab.json": (encoding_from, VOCAB_BYTES), "encoder.json": (encoding_from, VOCAB_BYTES),
+          "tokenizer.json": (encoding_from, VOCAB_BYTES),
+          "tokenizer_config.json": (read_tokenizer_config, CONFIG_BYTES)}
 LARGEST_BYTES = 8_000_000_000
 # A transfer ends, like a timeout, when RATE_WINDOW_S seconds bring under MIN_RATE bytes a second
 MIN_RATE, RATE_WINDOW_S = 10_000, 30.0
@@ -439,11 +453,12 @@ def hub_url(repo, filename):
     return f"{endpoint.rstrip('/')}/{repo}/resolve/main/{filename}"
 
 
-def hub_download(repo, filename, dest, hint=""):
+def hub_download(repo, filename, dest, hint="", optional=False):
     """A file of a Hugging Face hub repo into dest, checked against the size and SHA-256 the hub
-    announces. A large file's URL answers with a redirect to storage whose headers carry both
-    (X-Linked-Size, X-Linked-Etag); urllib would follow it and drop them, so a HEAD request that
-    does not follow it asks first, as huggingface_hub does. HF_TOKEN is sent, to the hub only."""
+    announces (optional: None if the repo has no such file). A large file's URL answers with a
+    redirect to storage whose headers carry both (X-Linked-Size, X-Linked-Etag); urllib would
+    follow it and drop them, so a HEAD request that does not follow it asks first, as
+    huggingface_hub does. HF_TOKEN is sent, to the hub only."""
     url, token = hub_url(repo, filename), (os.environ.get("HF_TOKEN") or "").strip()
     if not re.fullmatch("[!-~]*", token):  # never printed: it may be most of a real token
         raise InputError("HF_TOKEN holds a character no token has (a space or a line break "
@@ -467,6 +482,8 @@ def hub_download(repo, filename, dest, hint=""):
         else:
             raise InputError(f"{url} redirects within the hub again and again; check HF_ENDPOINT")
     except urllib.error.HTTPError as e:
+        if e.code == 404 and optional:
+            return None
         if e.code in (401, 403, 404):
             raise InputError(f"the hub has no {filename} in {repo} that we may read ({url}: "
                              f"{why(e)}); check the name, or set HF_TOKEN for a private or "

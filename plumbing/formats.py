@@ -351,6 +351,7 @@ HARMLESS = {  # dropout (training only; fine-tuning sets its own), ids, bookkeep
     "label2id", "_num_labels", "output_past", "gradient_checkpointing", "n_special",
     "predict_special_tokens", "attn_implementation", "_attn_implementation",
     "reorder_and_upcast_attn",  # float16 rounding only; GPTModel computes in float32
+    "problem_type", "finetuning_task",  # a classifier's (plumbing/hub_format.py checks them)
     "tie_word_embeddings"}  # lm_head.weight is read when the file holds it
 
 
@@ -409,6 +410,23 @@ def read_config(path):
         raise InputError(f"{path} is not a usable GPT-2 config ({e})") from None
 
 
+def read_tokenizer_config(path):
+    """(model_max_length or None, "start" or "end") of transformers' tokenizer_config.json: the
+    most tokens its tokenizer keeps when asked to truncate (1e30 and the like: None, no limit),
+    and which end of a text it keeps (truncation_side "right" cuts the end: the start is kept)."""
+    try:
+        tok = json.loads(read_small(path, CONFIG_BYTES))
+        length, side = tok.get("model_max_length"), tok.get("truncation_side", "right")
+        if side not in ("right", "left"):
+            raise ValueError(f"truncation_side {side!r} is neither right nor left")
+        if tok.get("add_prefix_space") is True:  # GPT-2's tokenizer here never does
+            raise ValueError("its tokenizer adds a space before every text (add_prefix_space)")
+        return (length if type(length) is int and 1 <= length < 2**31 else None,
+                "start" if side == "right" else "end")
+    except (ValueError, AttributeError, TypeError, RecursionError) as e:
+        raise InputError(f"{path} is not a usable tokenizer_config.json ({e})") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # encoder.json and vocab.json, GPT-2's byte-pair vocabulary, for when tiktoken cannot get it:
 # OpenAI's pattern, and the SHA-256 of its 50,256 tokens in rank order (rank, length, bytes).
@@ -417,20 +435,32 @@ GPT2_RANKS_SHA256 = "3688d51d64f4f960692ec9745abe1ddb9699fb637fe608cceaf8917b065
 
 
 def encoding_from(path):
-    """tiktoken's GPT-2 encoding, built from an encoder.json or vocab.json file."""
+    """tiktoken's GPT-2 encoding, built from an encoder.json or vocab.json file, or from the
+    vocabulary in a tokenizer.json (the tokenizers library's, which transformers reads first)."""
     try:
-        return gpt2_encoding(read_small(path, VOCAB_BYTES))
+        raw = read_small(path, VOCAB_BYTES)
+        tok = json.loads(raw)
+        if isinstance(tok, dict) and isinstance(tok.get("model"), dict):  # a tokenizer.json
+            if (tok.get("pre_tokenizer") or {}).get("add_prefix_space") is True:
+                raise ValueError("it adds a space before every text (add_prefix_space)")
+            raw = json.dumps(tok["model"]["vocab"]).encode()
+        return gpt2_encoding(raw)
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
         raise InputError(f"{path} is not GPT-2's vocabulary ({e})") from None
+
+
+# GPT-2's bytes_to_unicode: encoder.json and merges.txt write each byte of a token as a printable
+# character, itself where it is one (but the space), else chr(256 + n) for the n-th of the others.
+PRINTABLE = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+BYTE_CHARS = {b: chr(b) for b in PRINTABLE} | {
+    b: chr(256 + i) for i, b in enumerate(b for b in range(256) if b not in PRINTABLE)}
 
 
 @functools.lru_cache(maxsize=4)  # the same bytes, read again by each run in one process
 def gpt2_encoding(raw):
     """The encoding of an encoder.json's bytes. Their tokens are bytes written as printable
-    characters (GPT-2's bytes_to_unicode): undone here."""
-    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    others = [b for b in range(256) if b not in printable]
-    byte = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+    characters (BYTE_CHARS): undone here."""
+    byte = {c: b for b, c in BYTE_CHARS.items()}
     vocab = json.loads(raw)
     ranks = {bytes(byte[c] for c in token): rank for token, rank in vocab.items()
              if token != "<|endoftext|>"}

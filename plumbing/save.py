@@ -1,5 +1,5 @@
-"""A run's files in --out, written all at once or not at all, and the classifier read back,
-checked (docs/training.md says what --out holds and promises)."""
+"""Files written all at once or not at all (a run's in --out, an export), and the classifier
+read back, checked (docs/training.md says what --out holds and promises)."""
 import contextlib
 import itertools
 import json
@@ -42,10 +42,28 @@ def check_out(out):
 
 
 def save_run(out, model, settings, splits, history):
-    """Write the run's files together, at the end: first into a folder of their own, then moved
-    into out, the files they replace moved aside first; if any move fails, all are undone. So out
-    never mixes two runs, a failed or interrupted save leaves it as it was, and only OWN_FILES
-    are ever replaced or removed. Saves into one out wait for each other. Returns a log line."""
+    """Write the run's files together, at the end (publish): so out never mixes two runs, a
+    failed or interrupted save leaves it as it was, and only OWN_FILES are ever replaced or
+    removed. Returns a log line."""
+    def write(staged):
+        write_splits(splits, staged / "splits")
+        metadata = {key: value if key in TEXTS else json.dumps(value, default=str)  # a Path: text
+                    for key, value in settings.items()}
+        write_safetensors(staged / "classifier.safetensors", model.state_dict(),
+                          {"format": "pt", **metadata})
+        save_metrics(history, staged)
+    new = publish(out, OWN_FILES, write, "the run")
+    plot = "" if "metrics.png" in new else " (pip install matplotlib for metrics.png)"
+    return f"saved in {out}: {', '.join(new)}{plot}"
+
+
+def publish(out, own, write, what):
+    """Files written together by write(folder): first into a folder of their own, then moved into
+    out, the files of own they replace moved aside first; if any move fails, all are undone. Only
+    the files named in own are ever replaced or removed; publishes into one out wait for each
+    other. Returns the names of own written."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; give a folder (it holds {what}'s files)")
     with lock(out, "another run is saving into"), Progress(f"saving in {out}"):
         for left in out.glob(".incomplete-*"):  # what a killed save left (none runs but ours),
             if not left.is_symlink() and (left / STAGED).is_file():  # marked so: never a user's
@@ -53,28 +71,21 @@ def save_run(out, model, settings, splits, history):
         staged, swapped = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out)), False
         try:  # (mkdtemp: a new folder, ours alone)
             (staged / STAGED).touch()
-            write_splits(splits, staged / "splits")
-            metadata = {key: value if key in TEXTS else
-                        json.dumps(value, default=str)  # a Path in the flags as text
-                        for key, value in settings.items()}
-            write_safetensors(staged / "classifier.safetensors", model.state_dict(),
-                              {"format": "pt", **metadata})
-            save_metrics(history, staged)
-            new = [name for name in OWN_FILES if (staged / name).is_file()]
-            swap_in(out, staged, new)
+            write(staged)
+            new = [name for name in own if (staged / name).is_file()]
+            swap_in(out, staged, own, new)
             swapped = True
         except OSError as e:
-            raise InputError(f"could not save the run in {out} ({e.strerror or e}); the files "
+            raise InputError(f"could not save {what} in {out} ({e.strerror or e}); the files "
                              "there are as they were") from None
         finally:  # the last run's files, moved aside: deleted once replaced, or once put back
             if swapped or not any(p.is_file() for p in (staged / "old").rglob("*")):
                 shutil.rmtree(staged, ignore_errors=True)
             else:  # the undo could not put them all back: kept, and said where (the user's now)
                 (staged / STAGED).unlink(missing_ok=True)
-                print(f"the last run's files that could not be put back are in {staged}/old",
+                print(f"the old files that could not be put back are in {staged}/old",
                       file=sys.stderr)
-    plot = "" if "metrics.png" in new else " (pip install matplotlib for metrics.png)"
-    return f"saved in {out}: {', '.join(new)}{plot}"
+    return new
 
 
 def write_splits(splits, folder):
@@ -86,8 +97,8 @@ def write_splits(splits, folder):
             tmp.write_text("".join(lines), encoding="utf-8", newline="\n")
 
 
-def swap_in(out, staged, new):
-    """Move every OWN_FILES file in out aside into staged/old, then staged's new files into out,
+def swap_in(out, staged, own, new):
+    """Move every file of own in out aside into staged/old, then staged's new files into out,
     each a rename; on any failure (or Ctrl-C), undo the renames done, last first."""
     done, made = [], []
 
@@ -98,7 +109,7 @@ def swap_in(out, staged, new):
         os.replace(source, dest)
         done.append((source, dest))
     try:
-        for name in OWN_FILES:
+        for name in own:
             if (out / name).is_file() or (out / name).is_symlink():  # a link moves, not its file
                 move(out / name, staged / "old" / name)
         for name in new:
@@ -144,28 +155,36 @@ def read_classifier(path, known):
     try:
         settings = {key: metadata[key] if key in TEXTS else json.loads(metadata[key])
                     for key in SETTINGS}
-        labels, max_length, cfg = settings["labels"], settings["max_length"], settings["cfg"]
-        if not valid_labels(labels):
-            raise ValueError(f"its labels are not 2 to {MAX_LABELS:,} different printable names "
-                             f"of {LABEL_CHARS} characters at most")
-        check_config(cfg)
-        if cfg["vocab_size"] <= 50256 or "sha256" not in metadata:  # <|endoftext|> pads batches
-            raise ValueError("its vocabulary lacks GPT-2's, or it holds no SHA-256")
-        if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"] or \
-                max_length > LONGEST_CONTEXT:
-            raise ValueError(f"max_length {max_length!r} is not within the context length "
-                             f"{cfg['context_length']} and {LONGEST_CONTEXT:,}")
-        for key, values in known.items():
-            if settings[key] not in values:
-                raise ValueError(f"{key} {settings[key]!r} is not one of {', '.join(values)} (was "
-                                 "it trained by a fork?)")
-        if not (type(settings["run"]) is dict and type(settings["weights_from"]) is dict):
-            raise ValueError("its run or weights_from settings are not maps")
+        if "sha256" not in metadata:
+            raise ValueError("it holds no SHA-256")
+        check_settings(settings, known)
     except (KeyError, TypeError, ValueError, RecursionError) as e:
         why = (f"no {e} setting: older versions saved none; retrain with this one" if
                isinstance(e, KeyError) else " ".join(str(e).split())[:200])
         raise InputError(f"{path} is not a classifier saved by this script ({why})") from None
     return tensors, settings
+
+
+def check_settings(settings, known):
+    """Raise ValueError unless a classifier's settings (SETTINGS, read from a file) are ones the
+    code here can use: those named in known against the values it has."""
+    labels, max_length, cfg = settings["labels"], settings["max_length"], settings["cfg"]
+    if not valid_labels(labels):
+        raise ValueError(f"its labels are not 2 to {MAX_LABELS:,} different printable names "
+                         f"of {LABEL_CHARS} characters at most")
+    check_config(cfg)
+    if cfg["vocab_size"] <= 50256:  # <|endoftext|> pads batches
+        raise ValueError("its vocabulary lacks GPT-2's")
+    if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"] or \
+            max_length > LONGEST_CONTEXT:
+        raise ValueError(f"max_length {max_length!r} is not within the context length "
+                         f"{cfg['context_length']} and {LONGEST_CONTEXT:,}")
+    for key, values in known.items():
+        if settings[key] not in values:
+            raise ValueError(f"{key} {settings[key]!r} is not one of {', '.join(values)} (was "
+                             "it trained by a fork?)")
+    if not (type(settings["run"]) is dict and type(settings["weights_from"]) is dict):
+        raise ValueError("its run or weights_from settings are not maps")
 
 
 def check_structure(model, settings, path):

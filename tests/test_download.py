@@ -83,6 +83,24 @@ class TestSources(Sources):
             self.assert_fixture(load_gpt2.load_gpt2("org/tiny-gpt2"),
                                 Path("org/tiny-gpt2/model.ckpt.index"))
 
+    def test_a_repo_saved_by_transformers_5_has_its_vocabulary_in_tokenizer_json(self):
+        config, weights = ((FIXTURE / name).read_bytes() for name in ("config.json",
+                                                                      "model.safetensors"))
+        tokenizer = json.dumps({"pre_tokenizer": {"type": "ByteLevel"},
+                                "model": {"vocab": json.loads(encoder_json())}})
+        files = {("org/v5", "config.json"): config, ("org/v5", "model.safetensors"): weights,
+                 ("org/v5", "tokenizer.json"): tokenizer.encode(),
+                 ("org/spaced", "config.json"): config, ("org/spaced", "vocab.json"):
+                     encoder_json(), ("org/spaced", "model.safetensors"): weights,
+                 ("org/spaced", "tokenizer_config.json"): b'{"add_prefix_space": true}'}
+        self.hub(files)
+        with contextlib.redirect_stderr(io.StringIO()):
+            self.assert_fixture(load_gpt2.load_gpt2("org/v5"),
+                                self.dir / "ours" / "org--v5" / "model.safetensors")
+        with self.assertRaisesRegex(cli.InputError, "adds a space before every text"):
+            load_gpt2.load_gpt2("org/spaced")  # a file that is there but refused: not skipped
+        self.assertFalse((self.dir / "ours" / "org--spaced" / "model.safetensors").exists())
+
     def test_the_sizes_fall_back_to_openai_and_then_the_books_copy(self):
         hub = FileServer({}, fail=[503] * 20)  # the hub is down
         book = FileServer({f"/124M/{p.name}": p.read_bytes() for p in TF_FIXTURE.iterdir()})

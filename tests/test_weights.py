@@ -22,11 +22,13 @@ class TestWeights(TestCase):
             load_gpt2.load_gpt2(folder)
 
     def test_weights_that_are_not_finite_are_refused(self):
-        arrays = random_hf_arrays()
-        arrays["h.1.mlp.c_fc.weight"][3, 5] = np.nan
-        folder = write_checkpoint(tmpdir(self), arrays, 4)
-        with self.assertRaisesRegex(cli.InputError, "trf_blocks.1.ff.layers.0.weight holds NaN"):
-            load_gpt2.load_gpt2(folder)
+        for value in (np.nan, np.inf, -np.inf):
+            arrays = random_hf_arrays()
+            arrays["h.1.mlp.c_fc.weight"][3, 5] = value
+            folder = write_checkpoint(tmpdir(self), arrays, 4)
+            with self.subTest(value), self.assertRaisesRegex(
+                    cli.InputError, "trf_blocks.1.ff.layers.0.weight holds NaN or infinite"):
+                load_gpt2.load_gpt2(folder)
 
     def test_weights_that_look_untrained_are_named_never_refused(self):
         self.assertEqual(tokenizer().encode_ordinary(weights.SENTENCE), weights.SENTENCE_IDS)
