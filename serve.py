@@ -27,6 +27,7 @@ from plumbing import web
 from plumbing.cli import run_main
 from plumbing.flags import HelpFormatter, number
 from plumbing.hardware import pick_device
+from plumbing.operating_point import decide
 from plumbing.report import final_record
 from plumbing.speed import SpeedLayer
 from train_classifier import EXAMPLES, load_classifier, probabilities
@@ -85,14 +86,15 @@ class Handler(web.Handler):
         tokens = encode(self.server.tokenizer, texts, n + 1, s["truncate"])
         self.server.jobs.put(job := Request(texts, [min(len(ids), n) for ids in tokens]))
         try:
-            probs = job.future.result()  # len(texts) lists of num_classes probabilities
+            answers = job.future.result()  # (num_classes probabilities, the verdict) a text
         except web.HTTPError:
             raise
         except Exception as e:  # the classifier failed: out of memory, non-finite probabilities
             raise web.HTTPError(500, f"the classifier failed: {str(e)[:300]}") from None
         cut = [str(i) for i, ids in enumerate(tokens) if len(ids) > n]
-        self.answer(200, self.server.ranked(probs).encode(),
-                    headers=[("X-Truncated", ",".join(cut))])
+        body, verdicts = web.ranked(answers, self.server.label_json)
+        self.answer(200, body.encode(), headers=[("X-Truncated", ",".join(cut)),
+                                                 ("X-Verdicts", ",".join(map(str, verdicts)))])
 
 
 def next_pass(taken, most_tokens):
@@ -123,28 +125,21 @@ class Server(web.Server):
         self.tokenizer, self.settings, self.jobs, self.wait_s = tokenizer, settings, \
             queue.SimpleQueue(), wait_s
         self.token_s = PASS_S / PASS_TOKENS  # a token's seconds in the last pass: sizes the next
-        self.probabilities = lambda texts: probabilities(
-            net, tokenizer, texts, settings["max_length"], settings["truncate"])
+        self.probabilities = lambda texts: probabilities(  # calibrated, if the classifier is
+            net, tokenizer, texts, settings["max_length"], settings["truncate"],
+            temperature=settings["decision"]["temperature"])
         model = settings["run"].get("model")  # a folder's name, not the path to it
         model = Path(model).name if isinstance(model, str) and Path(model).is_absolute() else model
         self.health = {"status": "ok", "labels": settings["labels"], "test_acc": test_acc,
                        "untrained": settings.get("untrained") or None,  # the page says so
                        "settings": {"model": model, **{key: settings[key] for key in (
-                           "max_length", "pooling", "truncate")}}}
+                           "max_length", "pooling", "truncate")}, **settings["decision"]}}
         self.label_json = [json.dumps(label) for label in settings["labels"]]
-        longest = len(self.ranked([[SCORE] * len(self.label_json)])) + 2  # and ", "
+        longest = len(web.ranked([([SCORE] * len(self.label_json), 0)], self.label_json)[0]) + 2
         self.most_texts = max(1, min(MAX_TEXTS, MAX_ANSWER // longest))
         self.page = PAGE.read_bytes().replace(b"{examples}", json.dumps(  # </script> cannot close
             EXAMPLES + MORE_EXAMPLES).replace("<", "\\u003c").encode())  # it: < is \u003c
         threading.Thread(target=self.batch_forever, daemon=True).start()
-
-    def ranked(self, probs):
-        """The answer as JSON text: for each text, every label and its score, highest first.
-        Written as text, not as a dict per label: an answer may hold hundreds of thousands."""
-        return "[" + ", ".join("[" + ", ".join(
-            f'{{"label": {name}, "score": {score!r}}}' for score, _, name in sorted(
-                zip(p, self.settings["labels"], self.label_json), reverse=True)) + "]"
-            for p in probs) + "]"
 
     def batch_forever(self):
         """Answers the requests queued in jobs, a forward pass at a time. A pass takes the next
@@ -173,7 +168,9 @@ class Server(web.Server):
             try:  # lists, not tensors: a thread freeing a tensor while Python exits aborts it
                 with self.heavy:
                     start = time.monotonic()
-                    rows = self.probabilities([r.texts[i] for r, i in picked]).tolist()
+                    probs = self.probabilities([r.texts[i] for r, i in picked])
+                    rows = zip(probs.tolist(), decide(probs, self.settings["decision"],
+                                                      self.settings["labels"]).tolist())
                     self.token_s = (time.monotonic() - start) / (
                         len(picked) * max(r.sizes[i] for r, i in picked))
                 for (request, _), row in zip(picked, rows):

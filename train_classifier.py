@@ -35,6 +35,7 @@ from plumbing.extras import (EarlyStopping, appendix_d_lr, class_weights, optimi
                              stop_if_diverged, text_mean_loss, weights_flag)
 from plumbing.flags import HelpFormatter, check_fits, number, parse, training_flags
 from plumbing.hardware import Autocast, autocast, pick_device, use_bf16
+from plumbing.operating_point import NO_DECISION, decide, for_predict
 from plumbing.hub_format import export_classifier, read_classifier as read_hub_classifier
 from plumbing.report import TrainingLog, final_record, final_report
 from plumbing.save import check_structure, read_classifier, save_run
@@ -220,9 +221,12 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
     return train_losses, val_losses, train_accs, val_accs, examples_seen
 
 
-def classify(model, tokenizer, texts, label_names, max_length, truncate="start", batch_size=64):
+def classify(model, tokenizer, texts, label_names, max_length, truncate="start", batch_size=64,
+             decision=None):
     """(label, probability) for each text of a list, or for one text: the chapter's
-    classify_review, which takes (text, model, tokenizer, device) and returns the label alone."""
+    classify_review, which takes (text, model, tokenizer, device) and returns the label alone.
+    decision: a classifier's (its settings'): a temperature, and a threshold on a positive
+    label's probability (plumbing/operating_point.py); without one, the likeliest label."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"classify(model, tokenizer, texts, label_names, max_length) takes the "
                         f"model first, not a {type(model).__name__} (the book's classify_review "
@@ -232,18 +236,21 @@ def classify(model, tokenizer, texts, label_names, max_length, truncate="start",
                         f"{label_names!r} (the book's classify_review takes the device there)")
     one = isinstance(texts, str)
     probs = probabilities(model, tokenizer, [texts] if one else texts, max_length, truncate,
-                          batch_size)
+                          batch_size, (decision or NO_DECISION)["temperature"])
     if len(probs) and probs.size(1) != len(label_names):
         raise ValueError(f"label_names names {len(label_names)} classes; the model has "
                          f"{probs.size(1)}")
-    results = [(label_names[int(p.argmax())], float(p.max())) for p in probs]
+    chosen = decide(probs, decision, label_names).tolist()  # the likeliest, or past a threshold
+    results = [(label_names[i], float(p[i])) for i, p in zip(chosen, probs)]
     return results[0] if one else results
 
 
 @torch.no_grad()
-def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_size=64):
-    """(len(texts), num_classes) class probabilities. Texts are batched by length; padding never
-    changes a result, so a text gets the same answer alone or beside much longer ones."""
+def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_size=64,
+                  temperature=1.0):
+    """(len(texts), num_classes) class probabilities, the softmax of logits / temperature. Texts
+    are batched by length; padding never changes a result, so a text gets the same answer alone
+    or beside much longer ones."""
     model.eval()
     tokens = encode(tokenizer, texts, max_length, truncate)
     order = sorted(range(len(texts)), key=lambda i: len(tokens[i]))
@@ -253,7 +260,7 @@ def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_s
         ids = order[start:start + batch_size]
         input_batch, _ = pad_batch([(tokens[i], 0) for i in ids], tokenizer.eot_token)
         logits = class_logits(model(input_batch.to(device)))  # (B, num_classes)
-        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
         if not torch.isfinite(probs).all():
             raise InputError("the classifier gave non-finite probabilities (did pool() read a "
                              "position the speed layer leaves empty? try --no-fast)")
@@ -285,10 +292,8 @@ def load_classifier(path, device="cpu"):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.predict:
-        return predict(args)
-    if args.export:
-        return export(args)
+    if args.predict or args.export:  # a saved classifier's use: nothing to train
+        return predict(args) if args.predict else export(args)
     with distributed(pick_device(args.device), args.backend, args.dist_timeout) as (
             ddp, rank, world_size, device):
         log = TrainingLog(master=rank == 0)
@@ -304,7 +309,7 @@ def main(argv=None):
         max_length = args.max_length or model.cfg["context_length"]
         sets = {name: encode_examples(tokenizer, examples, labels, max_length, args.truncate)
                 for name, examples in splits.items()}
-        check_fits(args, model.cfg, tokenizer.n_vocab, sets, max_length, world_size)
+        check_fits(args, model.cfg, tokenizer.n_vocab, sets, labels, max_length, world_size)
         log.mark("load")
         collate = functools.partial(pad_batch, pad_id=tokenizer.eot_token)
         # A seeded shuffle each epoch, and under torchrun each process's share of every batch.
@@ -331,18 +336,18 @@ def main(argv=None):
         if not log.master:
             return model
         log.mark("epochs")
-        log.history.append(final_report(net, sets, collate, labels, device, log.start,
-                                        args.unused_texts, args.seed, model.untrained)
-                           | log.mark("final report"))
+        log.history.append(final_report(net, sets, collate, labels, device, log.start, args,
+                                        model.untrained) | log.mark("final report"))
+        decision = log.history[-1]["decision"]  # how its probabilities become labels
         texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
         for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels, max_length,
-                                                       args.truncate)):
+                                                       args.truncate, decision=decision)):
             log(f"{label} ({prob:.1%}): {printable(text)}")
         merge_lora(model)  # what is saved: a plain GPTModel with a new head
         settings = {"cfg": model.cfg, "labels": labels, "max_length": max_length,
                     "pooling": args.pooling, "truncate": args.truncate, "run": vars(args),
                     "weights_from": log.weights_from(options["stopper"]), "structure": repr(model),
-                    "untrained": model.untrained or ""}
+                    "untrained": model.untrained or "", "decision": decision}
         log(save_run(args.out, model, settings, splits, log.history))
     return model
 
@@ -400,7 +405,7 @@ def check_trainable(trainable, n_layers=None):
 def does_nothing(args, name):
     """Why a flag does nothing beside the others given, or None: parse refuses it if it is set."""
     if args.predict and name not in ("predict", "classifier", "out", "device", "dtype", "fast",
-                                     "verbose"):
+                                     "verbose", "threshold", "positive_label"):
         return "with --predict: a classifier brings its own settings"
     if args.export and name not in ("export", "classifier", "out", "verbose"):
         return "with --export: a classifier brings its own settings"
@@ -428,8 +433,10 @@ def predict(args):
     tokenizer = get_tokenizer()  # GPT-2's: checked when the classifier was trained
     net.fast = SpeedLayer(net.model, tokenizer.eot_token, s["pooling"]) if args.fast else None
     net = Autocast(net, device) if use_bf16(args.dtype, device)[0] else net
+    decision = for_predict(s["decision"], args, s["labels"])  # --threshold: this run's
     label_lines(args.predict, lambda texts: classify(net, tokenizer, texts, s["labels"],
-                                                     s["max_length"], s["truncate"]))
+                                                     s["max_length"], s["truncate"],
+                                                     decision=decision))
     return net
 
 
@@ -468,6 +475,15 @@ def parser():
     a("--patience", type=number(int), default=None, help="stop once the validation loss, the mean "
       "of each text's over the whole split (not the logged mean of batches, which depends on how "
       "they are cut), has not improved for N evaluations; keep the best weights (default: off)")
+    a("--positive-label", help="for two labels, the one the curves, --max-fpr and --threshold "
+      "are about (default: spam beside ham, else the rarer in training)")
+    a("--max-fpr", type=number(float, 0, True, 1), help="label a text positive from the lowest "
+      "probability whose false-positive rate on the validation split is at most this (default: "
+      "the likeliest label)")
+    a("--threshold", type=number(float, 0, True, 1), help="label a text positive from this "
+      "probability; with --predict, in place of the classifier's")
+    a("--calibrate", action=argparse.BooleanOptionalAction, default=True, help="fit one "
+      "temperature on the validation split so the probabilities mean what they say")
     a("--max-length", type=number(int), help="tokens kept a text (default: the model's context)")
     a("--truncate", choices=TRUNCATIONS, default="start", help="what a longer text keeps")
     a("--unused-texts", type=number(int, inclusive=True), help="at the end, test only N of the "

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from plumbing import cli
 from plumbing.cli import InputError
+from plumbing.operating_point import requested
 from plumbing.save import LONGEST_CONTEXT, check_out
 
 
@@ -90,9 +91,9 @@ def parse(p, argv=None, unused=lambda args, name: None):
     return args
 
 
-def check_fits(args, cfg, vocab_size, sets, max_length, world_size):
-    """Stop before training, not after, when the flags, the data (sets: each split's texts), the
-    model and --out do not fit."""
+def check_fits(args, cfg, vocab_size, sets, labels, max_length, world_size):
+    """Stop before training, not after, when the flags, the data (sets: each split's texts, with
+    their labels' ids), the model and --out do not fit."""
     if max_length > cfg["context_length"]:
         raise InputError(f"--max-length {max_length} exceeds the model's context length "
                          f"{cfg['context_length']}")
@@ -111,6 +112,12 @@ def check_fits(args, cfg, vocab_size, sets, max_length, world_size):
     if getattr(args, "unused_texts", None) is not None and not sets.get("unused"):
         raise InputError("--unused-texts does nothing: this data leaves no texts unused (only "
                          "--balance does); leave it out")
+    if hasattr(args, "max_fpr"):  # the decision's flags, against the labels
+        counts = [sum(y == k for _, y in sets["train"]) for k in range(len(labels))]
+        positive = requested(args, labels, counts)["positive"]
+        if args.max_fpr is not None and len({y for _, y in sets["validation"]}) < 2:
+            raise InputError(f"--max-fpr chooses on the validation split's {positive} and other "
+                             "texts; this one lacks one kind; give a larger one")
     if getattr(args, "patience", None) and world_size > 1:
         raise InputError("--patience needs one process: under torchrun only rank 0 evaluates")
     if (args.min_lr or 0) > args.lr:

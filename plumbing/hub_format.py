@@ -17,6 +17,7 @@ from plumbing.download import cache_snapshot, checkpoint_folder, source
 from plumbing.files import read_small
 from plumbing.formats import (BYTE_CHARS, CONFIG_BYTES, encoding_from, read_config,
                               read_safetensors, read_tokenizer_config, write_safetensors)
+from plumbing.operating_point import NO_DECISION
 from plumbing.save import check_settings, publish
 
 EOT = 50256  # <|endoftext|>: GPT-2's bos, eos, and the pad token of this project's batches
@@ -163,8 +164,9 @@ def classifier_files(model, settings):
     if sorted(head) != ["out_head.bias", "out_head.weight"]:
         raise InputError("its head is not one Linear layer, as GPT2ForSequenceClassification's "
                          "score is (a forked head?)")
-    W, labels = head["out_head.weight"], settings["labels"]
-    tensors["transformer.ln_f.bias"] = fold_bias(W, head["out_head.bias"],
+    T, labels = settings["decision"]["temperature"], settings["labels"]  # calibrated: logits / T
+    W = head["out_head.weight"] / T
+    tensors["transformer.ln_f.bias"] = fold_bias(W, head["out_head.bias"] / T,
                                                  tensors["transformer.ln_f.bias"])
     tensors["score.weight"] = W
     config = hub_config(model.cfg, "GPT2ForSequenceClassification",
@@ -226,7 +228,7 @@ that with the tokenizer's `model_max_length` and `truncation_side`.
 ## Training
 
 {training}
-{results}
+{results}{deciding}
 ## How it was exported
 
 The class is read from each text's last token (`--pooling last`), as
@@ -257,10 +259,28 @@ def model_card(settings, record, defaults):
     else:
         training = f"Converted from the transformers classifier {public(run.get('model'))}."
     return CARD.format(
+        deciding=deciding(settings["decision"]),
         base_model=f"\nbase_model: {json.dumps(base)}" if base else "",
         base=f" ({base})" if base else "", n=len(labels), max_length=settings["max_length"],
         truncate=settings["truncate"], training=training, results=results(record, labels),
         labels="\n".join(f"| {i} | {cell(label)} |" for i, label in enumerate(labels)))
+
+
+def deciding(decision):
+    """A model card's words on how the classifier's probabilities become labels, if not as
+    transformers' pipeline makes them (the likeliest label, of the softmax)."""
+    lines = ([f"Its probabilities are calibrated: the logits are divided by a temperature of "
+              f"{decision['temperature']:.3f}, fitted on the validation split (folded into "
+              "`score.weight` and `transformer.ln_f.bias`: the pipeline's scores are the "
+              "calibrated ones)."] if decision["temperature"] != 1 else [])
+    if decision["threshold"] is not None:
+        positive = cell(decision["positive"])
+        lines.append(f"It labels a text {positive} from a {positive} score of "
+                     f"{decision['threshold']:.4f}, chosen for the rate of false positives "
+                     "its user can bear; the pipeline gives the likeliest label instead, so "
+                     f"compare the {positive} score with that threshold (`top_k=None` gives "
+                     "every label's score).")
+    return "\n".join(["", "## Deciding", "", " ".join(lines), ""]) if lines else ""
 
 
 def results(record, labels):
@@ -375,7 +395,7 @@ def read_classifier(path, known, state_dict):
     settings = {"cfg": cfg, "labels": [id2label[str(i)] for i in range(n)],
                 "max_length": min(length or cfg["context_length"], cfg["context_length"]),
                 "pooling": "last", "truncate": truncate, "run": {"model": str(path)},
-                "weights_from": {}, "structure": "", "untrained": ""}
+                "weights_from": {}, "structure": "", "untrained": "", "decision": NO_DECISION}
     try:
         check_settings(settings, known)
     except ValueError as e:

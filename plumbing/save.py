@@ -13,6 +13,7 @@ from plumbing.cli import InputError, Progress, quoted
 from plumbing.files import atomic_write, lock
 from plumbing.formats import check_config, read_safetensors, write_safetensors
 from plumbing.labelled_files import LABEL_CHARS, MAX_LABELS, valid_labels
+from plumbing.operating_point import NO_DECISION, TEMPERATURES
 from plumbing.report import save_metrics
 
 # A text costs context² compute: no classifier reads texts longer than GPT-2's 1,024 tokens (all
@@ -127,7 +128,8 @@ def swap_in(out, staged, own, new):
 # What a classifier's metadata holds: each setting, with the value files from older versions get
 # (None: every version saved it); as JSON, but for TEXTS, plain text.
 SETTINGS = {"cfg": None, "labels": None, "max_length": None, "pooling": None, "truncate": None,
-            "run": None, "weights_from": "{}", "structure": "", "untrained": ""}
+            "run": None, "weights_from": "{}", "structure": "", "untrained": "",
+            "decision": json.dumps(NO_DECISION)}
 TEXTS = ("pooling", "truncate", "structure", "untrained")
 
 
@@ -185,6 +187,17 @@ def check_settings(settings, known):
                              "it trained by a fork?)")
     if not (type(settings["run"]) is dict and type(settings["weights_from"]) is dict):
         raise ValueError("its run or weights_from settings are not maps")
+    decision = settings["decision"]  # how its probabilities become labels
+    number = lambda x, low, high: type(x) in (int, float) and low <= x <= high
+    positive = decision.get("positive") if type(decision) is dict else None
+    if not (type(decision) is dict and decision.keys() == NO_DECISION.keys()
+            and number(decision["temperature"], *TEMPERATURES)
+            and (positive is None or len(labels) == 2 and positive in labels)
+            and (decision["threshold"] is None or positive and number(decision["threshold"], 0,
+                                                                     1.5))):
+        raise ValueError(f"its decision is not a temperature from {TEMPERATURES[0]:g} to "
+                         f"{TEMPERATURES[1]:g} and, for two labels, a positive one and a "
+                         "threshold on its probability, or none")
 
 
 def check_structure(model, settings, path):

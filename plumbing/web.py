@@ -205,3 +205,16 @@ class Server(http.server.ThreadingHTTPServer):
                     return
             except KeyboardInterrupt:
                 self.stop_at = min(self.stop_at, time.monotonic())
+
+
+def ranked(answers, label_json):
+    """The answer to a classification as JSON text: for each text, every label (label_json: the
+    labels as JSON strings) and its score, highest first, as Hugging Face's API has it (written as
+    text, not as a dict per label: an answer may hold hundreds of thousands); and for each text,
+    where its verdict stands in its list: 0, the top, but where a classifier's threshold overrules
+    it. answers: (probabilities, the verdict's label index) a text."""
+    lists = [sorted(zip(p, range(len(p)), label_json), reverse=True) for p, _ in answers]
+    return "[" + ", ".join("[" + ", ".join(
+        f'{{"label": {name}, "score": {score!r}}}' for score, _, name in r) + "]"
+        for r in lists) + "]", [[k for _, k, _ in r].index(verdict)
+                                for r, (_, verdict) in zip(lists, answers)]

@@ -70,8 +70,9 @@ class TestFlags(TestCase):
         for changes, max_length, world_size, n_train, message in cases:
             with self.subTest(message), self.assertRaisesRegex(cli.InputError, re.escape(message)):
                 flags.check_fits(SimpleNamespace(**{**vars(args), **changes}), cfg, 50257,
-                                 texts(n_train), max_length, world_size)
+                                 texts(n_train), ["ham", "spam"], max_length, world_size)
         flags.check_fits(SimpleNamespace(**{**vars(args), "unused_texts": 5}), cfg, 50257,
-                         texts(100, unused=10), 64, 1)  # fits: no error
+                         texts(100, unused=10), ["ham", "spam"], 64, 1)  # fits: no error
         with self.assertRaisesRegex(cli.InputError, "lacks GPT-2's"):
-            flags.check_fits(args, dict(cfg, vocab_size=1000), 50257, texts(100), 64, 1)
+            flags.check_fits(args, dict(cfg, vocab_size=1000), 50257, texts(100), ["a", "b"], 64,
+                             1)

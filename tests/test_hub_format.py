@@ -27,7 +27,7 @@ import lora
 import model as gpt
 import serve
 import train_classifier as tc
-from plumbing import cli, formats, hub_format, report
+from plumbing import cli, formats, hub_format, operating_point, report
 
 from helpers import (Sources, TestCase, Trains, encoder_json, run_cli, said, tiny_gpt2_folder,
                      tmpdir, tokenizer)
@@ -166,10 +166,11 @@ def theirs(folder, texts, one_by_one=False):
 
 
 def ours(classifier, texts):
-    """Our probabilities of texts, from what load_classifier reads (a folder, a file, a repo)."""
+    """Our probabilities of texts, from what load_classifier reads (a folder, a file, a repo),
+    calibrated as the classifier's decision says."""
     net, settings = tc.load_classifier(classifier)
     return tc.probabilities(net, tokenizer(), texts, settings["max_length"],
-                            settings["truncate"])
+                            settings["truncate"], temperature=settings["decision"]["temperature"])
 
 
 def transformers_classifier(folder, labels=("negative", "neutral", "positive"), C=16, L=2, T=64,
@@ -259,7 +260,8 @@ class TestExport(TestCase):
         self.assertLess((theirs(folder, texts) - expected).abs().max(), 1e-5)
         net = copy.deepcopy(self.net)  # the bias folded in counts:
         net.model.out_head.bias.data.zero_()
-        unbiased = tc.probabilities(net, tokenizer(), texts, 24)
+        unbiased = tc.probabilities(net, tokenizer(), texts, 24,
+                                    temperature=self.settings["decision"]["temperature"])
         self.assertGreater((unbiased - expected).abs().max(), 0.05)
         config = AutoConfig.from_pretrained(folder)
         self.assertEqual((config.id2label, config.pad_token_id, config.architectures),
@@ -285,10 +287,11 @@ class TestExport(TestCase):
         folder = self.dir / "end"
         hub_format.export_classifier(folder, net.model, settings, tokenizer(), None, {})
         texts = CLASSIFIER_TEXTS
-        expected = tc.probabilities(net, tokenizer(), texts, 24, "end")
+        T = settings["decision"]["temperature"]  # folded into the export: the calibrated ones
+        expected = tc.probabilities(net, tokenizer(), texts, 24, "end", temperature=T)
         self.assertLess((theirs(folder, texts) - expected).abs().max(), 1e-5)
         self.assertLess((ours(folder, texts) - expected).abs().max(), 1e-5)
-        start = tc.probabilities(net, tokenizer(), texts, 24, "start")
+        start = tc.probabilities(net, tokenizer(), texts, 24, "start", temperature=T)
         self.assertGreater((start - expected).abs().max(), 1e-3)  # the side cut matters
 
     @needs_transformers
@@ -532,7 +535,8 @@ class TestGPT2SmallShape(TestCase):
             model.out_head.bias.copy_(torch.tensor([0.5, -0.5]))
         net = tc.Classifier(model, 50256)
         settings = {"labels": ["a", "b"], "max_length": 1024, "pooling": "last",
-                    "truncate": "start", "run": {}, "weights_from": {}}
+                    "truncate": "start", "run": {}, "weights_from": {},
+                    "decision": operating_point.NO_DECISION}
         hub_format.export_classifier(folder, model, settings, tok, None, {})
         expected = tc.probabilities(net, tok, texts, 1024)
         self.assertLess(expected.max(), 0.99)

@@ -19,7 +19,7 @@ import torch
 
 import model as gpt
 import train_classifier as tc
-from plumbing import cli, files, formats, save
+from plumbing import cli, files, formats, operating_point, save
 
 from helpers import ROOT, ctrl_c_while_torch_loads, run_cli, Trains
 
@@ -150,7 +150,11 @@ class TestNothingLost(Trains):
                 bad(labels=json.dumps(["a", "b" * 101])),
             "trained with another model: its file has '(out_head): Linear(in_features=16, "
             "out_features=2, bias=True)' where this code builds '(out_head): Linear("
-            "in_features=16, out_features=3": bad(labels='["a", "b", "c"]'),
+            "in_features=16, out_features=3": bad(labels='["a", "b", "c"]', decision=json.dumps(
+                dict(operating_point.NO_DECISION, temperature=1.5))),
+            "its decision is not a temperature": bad(decision='{"temperature": 1.0}'),
+            "its decision is not a temperature ": bad(decision=json.dumps(dict(
+                operating_point.NO_DECISION, positive="spam", threshold=2.0))),
             "n_layers must be an integer": bad(cfg=json.dumps(dict(cfg, n_layers=True))),
             "not a classifier saved by this script (Expecting property name": bad(cfg="{x"),
             "no 'labels' setting": (tensors, {k: v for k, v in metadata.items() if k != "labels"}),
@@ -212,8 +216,9 @@ class TestSave(Trains):
         model, _ = self.train("--epochs", "1", "--pooling", "mean", "--truncate", "end",
                               "--max-length", "6")
         texts = ["message number 99 says apple", "message number 98 says zebra"]
+        decision = tc.load_classifier(self.dir / "out")[1]["decision"]  # calibrated
         before = tc.classify(tc.Classifier(model, self.tok.eot_token, "mean"), self.tok, texts,
-                             ["ham", "spam"], 6, "end")
+                             ["ham", "spam"], 6, "end", decision=decision)
         self.assertNotEqual(before, tc.classify(tc.Classifier(model, self.tok.eot_token),
                                                 self.tok, texts, ["ham", "spam"], 6))
         saved = self.dir / "out" / "classifier.safetensors"

@@ -84,7 +84,8 @@ class TestServe(TestCase):
     def classified(self, texts):
         """What classify() says of texts: [(label, probability)]."""
         s = self.settings
-        return tc.classify(self.net, self.tok, texts, s["labels"], s["max_length"], s["truncate"])
+        return tc.classify(self.net, self.tok, texts, s["labels"], s["max_length"], s["truncate"],
+                           decision=s["decision"])
 
     def assert_answers(self, entries, texts, tol=1e-5):
         """entries (the API's answer) list every label for each text, highest first, with
@@ -211,7 +212,8 @@ class TestServe(TestCase):
         status, headers, health = self.request("GET", "/health")
         self.assertEqual(health["labels"], sorted(["ham", HTML_LABEL]))  # as it is, in JSON
         self.assertEqual(health["settings"], {"model": "tiny", "max_length": 8,  # not its path
-                                              "pooling": "last", "truncate": "start"})
+                                              "pooling": "last", "truncate": "start",
+                                              **self.settings["decision"]})
         final = json.loads((self.out / "metrics.jsonl").read_text("utf-8").splitlines()[-1])
         self.assertEqual(health["test_acc"], final["test_acc"])
         self.assertEqual(headers["X-Content-Type-Options"], "nosniff")
