@@ -17,7 +17,6 @@ import io
 import json
 import math
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,8 +25,9 @@ import threading
 import time
 from pathlib import Path
 
-if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (run_main takes over from there)
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ from generate import generate
 from load_gpt2 import get_tokenizer, load_gpt2
 from model import GPTModel, get_config
 from plumbing.cli import InputError, line_chunks, run_main
-from plumbing.flags import number
+from plumbing.flags import number, parse
 from plumbing.hardware import Autocast
 from plumbing.labelled_files import read_examples
 from plumbing.report import final_record
@@ -402,7 +402,8 @@ def bench_serve(args):
         connection = http.client.HTTPConnection(*server.server_address[:2])
         for text in texts:
             start = time.perf_counter()
-            connection.request("POST", "/classify", json.dumps({"inputs": text}).encode())
+            connection.request("POST", "/classify", json.dumps({"inputs": text}).encode(),
+                               {"Content-Type": "application/json"})
             answer = connection.getresponse()
             if answer.status != 200:
                 raise InputError(f"the server answered {answer.status}: {answer.read()[:200]}")
@@ -444,32 +445,33 @@ def bench_pretrain(args):
     print(f"machine: {machine()}")
     data = str(args.data or sms_spam_file())
     splits, _ = load_dataset(data, seed=123)  # train_classifier.py's seed: its splits
-    # Pretraining validates on the last 10% of these: unused ham.
     texts = [text for name in ("train", "unused") for _, text in splits[name]]
-    (layers, width, context), runs = args.shape, {}
+    layers, width, context = args.shape
     with tempfile.TemporaryDirectory() as folder:  # the shape: its config.json alone
         folder = Path(folder)
         (folder / "config.json").write_text(json.dumps(
             {"n_layer": layers, "n_embd": width, "n_head": max(1, width // 64),
              "n_positions": context, "vocab_size": 50257}), encoding="utf-8")
         (folder / "sms.txt").write_text("<|endoftext|>".join(texts), encoding="utf-8")
-        pretrain.main([str(a) for a in (
-            "--data", folder / "sms.txt", "--model", folder, "--init", "random", "--context-length",
-            context, "--epochs", args.pretrain_epochs, "--batch-size", 8, "--eval-freq", 100,
-            "--out", folder / "lm")])
+        pretrain.main([str(a) for a in ("--data", folder / "sms.txt", "--model", folder, "--init",
+                       "random", "--context-length", context, "--epochs", args.pretrain_epochs,
+                       "--batch-size", 8, "--eval-freq", 100, "--out", folder / "lm")])
         for name, model in (("random weights", [folder, "--init", "random"]),
                             ("pretrained", [folder / "lm"])):
             train_classifier.main([str(a) for a in ["--data", data, "--model", *model, "--out",
                                                     folder / name, "--trainable", args.trainable]])
-            runs[name] = final_record(folder / name)
-        lm = final_record(folder / "lm")
-    print(f"\n{layers} layers, {width} wide, context {context}; pretrained {args.pretrain_epochs} "
-          f"epoch(s) on {len(texts):,} texts: validation perplexity "
-          f"{lm['validation_perplexity']:.1f}, {sum(lm['phases_s'].values()):.0f} s; fine-tuned "
+        runs = {n: final_record(folder / n) for n in ("lm", "random weights", "pretrained")}
+    print(f"\n{layers} layers, {width} wide, context {context}; {args.pretrain_epochs} epoch(s) of "
+          f"pretraining: validation perplexity {runs.pop('lm')['validation_perplexity']:.1f}; "
           f"--trainable {args.trainable}\n{'':<16}test accuracy  test macro F1  unused flagged")
     for name, r in runs.items():  # the unused texts are ham: the first row of their matrix
         print(f"{name:<16}{r['test_acc']:12.2%}  {r['test_metrics']['macro_f1']:13.2%}  "
               f"{r['unused_confusion'][0][1] / sum(r['unused_confusion'][0]):13.2%}")
+
+
+USES = {"data": ("train", "predict", "scale", "serve", "pretrain"), "sizes": ("scale",),  # flag:
+        "new_tokens": ("generate",), "dtype": ("train", "predict"), "requests": ("serve",),  # the
+        **dict.fromkeys(("shape", "pretrain_epochs", "trainable"), ("pretrain",))}  # benches
 
 
 def main(argv=None):
@@ -490,7 +492,8 @@ def main(argv=None):
                    metavar=("LAYERS", "WIDTH", "CONTEXT"), help="the model for 'pretrain'")
     p.add_argument("--pretrain-epochs", type=number(int), default=1, help="for 'pretrain'")
     p.add_argument("--trainable", default="last-1", help="what fine-tuning trains, for 'pretrain'")
-    args = p.parse_args(argv)
+    args = parse(p, argv, lambda args, name: name in USES and args.what not in USES[name] and
+                 f"with bench.py {args.what}" or None)
     if args.data is not None and not Path(args.data).is_file():
         raise InputError(f"--data {args.data}: no such file; pass the SMS Spam Collection file")
     {"train": bench_train, "predict": bench_predict, "scale": bench_scale,

@@ -24,7 +24,9 @@ def sms_spam_file():
     """Path of SMSSpamCollection, taken from the first zip of SMS_URLS that holds the right one."""
     folder = cache_dir() / "sms_spam"
     return zip_member(SMS_URLS, "SMSSpamCollection", SMS_SHA256, folder / "SMSSpamCollection",
-                      folder / "sms_spam_collection.zip")
+                      folder / "sms_spam_collection.zip", "the SMS Spam Collection (UCI's "
+                      "file SMSSpamCollection: 5,574 SMS)", "pass it, or a labelled file of "
+                      "yours, with --data PATH")
 
 
 def label_names(examples):
@@ -106,39 +108,45 @@ TRUNCATIONS = ("start", "end")  # which tokens a text longer than max_length kee
 
 def encode(tokenizer, texts, max_length, truncate="start"):
     """Token ids of each text, at most max_length: the first (truncate "start": a message's
-    opening usually tells what it is about, as in the textbook) or the last ("end"), tokenized
-    from a window of words only, so memory follows max_length. "<|endoftext|>" in a text is
-    ordinary text: encode_ordinary never makes control tokens (plain encode() would raise)."""
+    opening usually tells what it is about, as in the textbook) or the last ("end"), exactly
+    the whole text's, tokenized from a window of words only, so memory follows max_length.
+    "<|endoftext|>" in a text is ordinary text: encode_ordinary never makes control tokens."""
     ids, window = [[] for _ in texts], 8 * max_length  # 8 characters a token, to start with
     todo = range(len(texts))
-    while todo:  # a window that gave too few tokens, in a text that goes on, is widened
+    while todo:  # widened: a window that gave too few tokens, or was cut inside a word
         parts = [word_window(texts[i], window, truncate) for i in todo]
-        for i, tokens in zip(todo, tokenizer.encode_ordinary_batch(parts)):
+        for i, tokens in zip(todo, tokenizer.encode_ordinary_batch([part for part, _ in parts])):
             ids[i] = tokens
-        todo = [i for i, part in zip(todo, parts)
-                if len(ids[i]) < max_length and len(part) < len(texts[i])]
+        todo = [i for i, (part, between_words) in zip(todo, parts) if len(part) < len(texts[i])
+                and (len(ids[i]) < max_length or not between_words and window < LONGEST_WORD)]
         window *= 4
     if any(len(t) == 0 for t in ids):
         raise InputError("cannot classify an empty text")
     return [t[:max_length] if truncate == "start" else t[-max_length:] for t in ids]
 
 
+# A window is widened past a word up to this many characters; only a text whose first (or last)
+# million characters hold no space between two others can get tokens the whole text has not.
+LONGEST_WORD = 2**20
+
+
 def word_window(text, n_chars, keep="start"):
-    """The start (or end) of text, about n_chars long, cut where GPT-2's tokenizer always cuts:
-    at a space between two letters ("ab| cd"), so its tokens are exactly the whole text's there.
-    Without such a space, text is cut at n_chars."""
+    """(part, between_words): the start (or end) of text, about n_chars long, cut where GPT-2's
+    tokenizer always cuts, at a space between two other characters ("ab| cd", "1.| 2"), so its
+    tokens are exactly the whole text's; without such a space, cut at n_chars (between_words
+    False: inside a word, where the tokens of both sides may differ from the whole text's)."""
     if len(text) <= n_chars:
-        return text
-    between_letters = lambda at: text[at - 1].isalpha() and text[at + 1:at + 2].isalpha()
+        return text, True
+    between_words = lambda at: not text[at - 1].isspace() and text[at + 1:at + 2].strip() != ""
     if keep == "start":
         at = text.rfind(" ", 0, n_chars)
-        while at > 0 and not between_letters(at):
+        while at > 0 and not between_words(at):
             at = text.rfind(" ", 0, at)
-        return text[:at] if at > 0 else text[:n_chars]
+        return (text[:at], True) if at > 0 else (text[:n_chars], False)
     at = text.find(" ", len(text) - n_chars)
-    while at > 0 and not between_letters(at):
+    while at > 0 and not between_words(at):
         at = text.find(" ", at + 1)
-    return text[at:] if at > 0 else text[-n_chars:]
+    return (text[at:], True) if at > 0 else (text[-n_chars:], False)
 
 
 def encode_examples(tokenizer, examples, labels, max_length, truncate="start"):

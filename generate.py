@@ -7,16 +7,16 @@ so each new token costs one token's work instead of re-reading the whole text.
 """
 import argparse
 import codecs
-import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (run_main takes over from there)
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
 
 import torch
 
 from load_gpt2 import get_tokenizer, load_gpt2
-from plumbing.cli import InputError, run_main
+from plumbing.cli import InputError, Progress, run_main
 from plumbing.flags import HelpFormatter, model_flags, number, parse
 from plumbing.hardware import pick_device
 
@@ -108,7 +108,10 @@ def main(argv=None):
     p.add_argument("--seed", type=number(int, 0, inclusive=True, high=2**32 - 1), default=None,
                    help="fix the random choices (default: different each run)")
     p.add_argument("--ignore-eos", action="store_true", help="go on past <|endoftext|>")
-    args = parse(p, argv)
+    greedy = lambda args, name: args.temperature == 0 and (  # no sampling: no k, p or seed
+        name in ("top_k", "top_p") or name == "seed" and args.init == "pretrained")
+    args = parse(p, argv, lambda args, name: "with --temperature 0 (greedy)" if greedy(args, name)
+                 else None)
     top_k = args.top_k or None
     try:
         check_settings(args.max_new_tokens, args.temperature, top_k, args.top_p)
@@ -119,7 +122,8 @@ def main(argv=None):
     tokenizer = get_tokenizer(args.model)
     if args.seed is not None:  # the same text each run (and the same weights with --init random)
         torch.manual_seed(args.seed)
-    model = load_gpt2(args.model, pretrained=args.init == "pretrained").to(device)
+    with Progress(f"loading {args.model}"):
+        model = load_gpt2(args.model, pretrained=args.init == "pretrained").to(device)
     print(f"model: {args.model} ({model.source}) on {device}", file=sys.stderr)
     # In a prompt, "<|endoftext|>" is GPT-2's document separator, as in its training data.
     ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [tokenizer.eot_token]

@@ -21,14 +21,15 @@ from plumbing.weights import check_finite, infer_config, untrained
 
 def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
     """A GPTModel in eval mode with OpenAI's weights (pretrained=False: GPT-2's initialisation);
-    model.source says where they came from. name_or_dir: a size ("gpt2", "774M", ...; a folder
-    called "gpt2" needs "./gpt2"), a Hugging Face repo ORG/NAME, or a folder (model.safetensors
-    with an optional config.json, or OpenAI's TensorFlow checkpoint), found or downloaded once."""
+    model.source says where they came from, model.untrained whether they are random or look it.
+    name_or_dir: a size ("gpt2", "774M", ...; a folder called "gpt2" needs "./gpt2"), a Hugging
+    Face repo ORG/NAME, or a folder (model.safetensors with an optional config.json, or OpenAI's
+    TensorFlow checkpoint), found or downloaded once."""
     if str(name_or_dir) in ALIASES and not pretrained:  # nothing to read
         cfg, tensors, path = get_config(str(name_or_dir)), {}, None
     else:
         folder = checkpoint_folder(name_or_dir, pretrained)
-        for vocab in (folder / "encoder.json", folder / "vocab.json"):
+        for vocab in (folder / "encoder.json", folder / "vocab.json", folder / "tokenizer.json"):
             if vocab.is_file():  # texts are tokenized with GPT-2's: a model of another is refused
                 encoding_from(vocab)
         path = folder / "model.safetensors"
@@ -44,7 +45,7 @@ def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
             cfg = infer_config(folder, tensors)
     if not pretrained:
         model = GPTModel(cfg).to(dtype)
-        model.source = "random weights"
+        model.source = model.untrained = "random weights"
         return model.eval()
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
         model = GPTModel(cfg)
@@ -53,6 +54,7 @@ def load_gpt2(name_or_dir="gpt2-small", dtype=torch.float32, pretrained=True):
     warning = untrained(check_finite(model, path).eval())
     if warning:
         print(f"warning: {path} {warning}", file=sys.stderr)
+    model.untrained = warning and "weights that look untrained"  # what the results rest on
     return model
 
 

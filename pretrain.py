@@ -9,11 +9,11 @@ Read it top to bottom, in the chapter's order, from GPTDatasetV1 to main (below 
 import argparse
 import functools
 import itertools
-import signal
 from pathlib import Path
 
-if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (run_main takes over from there)
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +161,7 @@ def main(argv=None):
         val_loader = loader(text_data[split_idx:], shuffle=False, drop_last=False)
         train, val = train_loader.dataset, val_loader.dataset
         check_windows(args, model.cfg, len(train), len(val), world_size)
-        check_fits(args, model.cfg, tokenizer.n_vocab, len(train), args.context_length,
+        check_fits(args, model.cfg, tokenizer.n_vocab, {"train": train}, None, args.context_length,
                    world_size, OWN_FILES)
         bf16, why = use_bf16(args.dtype, device)
         log(f"model: {args.model} ({model.source}) on {device} in "
@@ -216,7 +216,7 @@ def the_model(args):
     if args.init == "random":  # the chapter's model: its context is a window's length
         torch.manual_seed(args.seed)
         model = GPTModel({**model.cfg, "context_length": args.context_length})
-        model.source = "random weights"
+        model.source = model.untrained = "random weights"
     for module in model.modules():  # the chapter's dropout, on loaded weights too
         if isinstance(module, torch.nn.Dropout):
             module.p = args.drop_rate

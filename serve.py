@@ -1,203 +1,188 @@
 """Serve a trained classifier as a web page and a JSON API (Hugging Face's shape), batched.
 
     python serve.py --classifier out --port 8000        # then open http://127.0.0.1:8000/
-    curl -d '{"inputs": ["Free entry!"]}' localhost:8000/classify   # docs/serving.md
+    curl --json '{"inputs": ["Free entry!"]}' localhost:8000/classify   # docs/serving.md
 """
 import argparse
-import http.server
-import io
+import contextlib
+import dataclasses
 import ipaddress
+import itertools
 import json
 import queue
-import socket
 import sys
 import threading
 import time
 from concurrent.futures import Future
-from html import escape
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
+
 from data import encode
 from load_gpt2 import get_tokenizer
-from plumbing.cli import InputError, run_main
+from plumbing import web
+from plumbing.cli import run_main
 from plumbing.flags import HelpFormatter, number
 from plumbing.hardware import pick_device
+from plumbing.operating_point import decide
 from plumbing.report import final_record
 from plumbing.speed import SpeedLayer
 from train_classifier import EXAMPLES, load_classifier, probabilities
 
 MAX_BODY, MAX_TEXTS = 1_000_000, 256  # bytes of a request's body, texts in one request
+MAX_ANSWER = 16_000_000  # bytes of an answer: every label of every text (10,000 labels at most)
+PASS_TEXTS, PASS_S = 64, 0.25  # a forward pass's texts, and about how long it may take,
+PASS_TOKENS = 512  # but for the tokens (padded) it may always hold: 8 short texts, say
 TIMEOUT_S, WAIT_S = 10.0, 0.005  # to send a request (or the next); to wait for others to join
+GRACE_S = 3.0  # on Ctrl-C: for the requests in flight, before those left are answered 503
 ROUTES = {"/": "GET", "/health": "GET", "/classify": "POST"}
+MORE_EXAMPLES = [  # on the page of a spam filter, buttons beside the chapter's two
+    "URGENT! Your mobile has won a £2,000 prize. Call 09061701461 now to claim, T&Cs apply",
+    "Running 10 min late, save me a seat and order me a coffee",
+    "Your parcel is held at the depot: pay the £1.99 fee at parcel-redelivery.info today"]
 PAGE = Path(__file__).with_name("serve.html")  # read when a server starts
+SCORE = -1.2345678901234567e-100  # no score is written longer: what an answer's bound counts
 
 
-class Deadline(io.RawIOBase):
-    """Reads given only the time left until .at: a socket's own timeout restarts at every byte."""
-
-    def __init__(self, sock):
-        self.sock, self.at = sock, 0.0
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):  # past .at: TimeoutError within a millisecond
-        self.sock.settimeout(max(self.at - time.monotonic(), 0.001))
-        return self.sock.recv_into(buffer)
+@dataclasses.dataclass
+class Request:
+    """A request's texts, each one's tokens (at most max_length) and its answer: the rows of
+    probabilities so far, then future's."""
+    texts: list
+    sizes: list
+    rows: list = dataclasses.field(default_factory=list)
+    future: Future = dataclasses.field(default_factory=Future)
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # a client's requests reuse its connection
-    disable_nagle_algorithm = True  # an answer goes out at once, not after a delayed ACK
-
-    def setup(self):
-        super().setup()
-        self.rfile = io.BufferedReader(Deadline(self.connection))  # not the socket's own reader
-        self.server.clients.add(self)
-
-    def finish(self):
-        self.server.clients.discard(self)
-        super().finish()
-
-    def handle_one_request(self):  # http.server drops a request that times out, and its client
-        self.rfile.raw.at = time.monotonic() + self.server.timeout_s
-        super().handle_one_request()
-
-    def log_message(self, format, *args):
-        pass  # a line a request would slow a busy server and bury what the terminal shows
-
+class Handler(web.Handler):
     def route(self):
-        path, why = urlsplit(self.path).path, self.server.refuses(self.headers)
-        if why:
-            return self.send_error(403, why)
+        path = urlsplit(self.path).path
         if path not in ROUTES:
-            return self.send_error(404, f"nothing at {path[:100]}: try /, /health, /classify")
+            raise web.HTTPError(404, f"nothing at {path[:100]}: try /, /health, /classify")
         if self.command != ROUTES[path]:
-            return self.send_error(405, f"{path} answers {ROUTES[path]} only",
-                                   headers=[("Allow", ROUTES[path])])
+            raise web.HTTPError(405, f"{path} answers {ROUTES[path]} only",
+                                headers=[("Allow", ROUTES[path])])
         if path == "/":
             return self.answer(200, self.server.page, "text/html; charset=utf-8")
         return self.answer(200, self.server.health) if path == "/health" else self.classify()
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = route
-
     def classify(self):
         """{"inputs": "a text" or [texts]} -> every label and score per text, highest first."""
-        size = self.headers.get("Content-Length", "")
-        if "Transfer-Encoding" in self.headers or not (size.isascii() and size.isdigit()):
-            return self.send_error(411, "send the body with a Content-Length header")
-        if int(size) > MAX_BODY:
-            return self.send_error(413, f"the body is over {MAX_BODY:,} bytes; send fewer texts")
-        try:
-            request = json.loads(self.rfile.read(int(size)))  # UTF-8 (or -16, -32), as JSON's
-        except (ValueError, RecursionError) as e:
-            return self.send_error(400, f"the body is not JSON ({str(e)[:100]})")
+        request = self.json_body(MAX_BODY)
         texts = request.get("inputs") if isinstance(request, dict) and len(request) == 1 else None
         texts = [texts] if isinstance(texts, str) else texts
         if not (isinstance(texts, list) and all(isinstance(text, str) and text for text in texts)):
-            return self.send_error(400, 'send {"inputs": "a text"} or {"inputs": ["a text", ...]}')
-        if len(texts) > MAX_TEXTS:
-            return self.send_error(413, f"{len(texts)} texts; send at most {MAX_TEXTS} at once")
-        # X-Truncated: the texts cut. Tokens are 1+ bytes: a text of <= n bytes is never cut.
+            raise web.HTTPError(400, 'send {"inputs": "a text"} or {"inputs": ["a text", ...]}')
+        if len(texts) > self.server.most_texts:  # before any work: the answer's size is known
+            raise web.HTTPError(413, f"{len(texts)} texts; send at most {self.server.most_texts} "
+                                "at once")
+        if not texts:  # a forward pass has a text or more
+            return self.answer(200, [], headers=[("X-Truncated", "")])
+        # A token more than max_length tells which texts are cut (X-Truncated); their sizes.
         s, n = self.server.settings, self.server.settings["max_length"]
-        long = [i for i, text in enumerate(texts) if len(text.encode("utf-8", "surrogatepass")) > n]
-        tokens = encode(self.server.tokenizer, [texts[i] for i in long], n + 1, s["truncate"])
+        tokens = encode(self.server.tokenizer, texts, n + 1, s["truncate"])
+        self.server.jobs.put(job := Request(texts, [min(len(ids), n) for ids in tokens]))
         try:
-            self.server.jobs.put(job := (texts, Future()))  # for Server.batch_forever
-            probs = job[1].result()  # len(texts) lists of num_classes probabilities
+            answers = job.future.result()  # (num_classes probabilities, the verdict) a text
+        except web.HTTPError:
+            raise
         except Exception as e:  # the classifier failed: out of memory, non-finite probabilities
-            return self.send_error(500, f"the classifier failed: {str(e)[:300]}")
-        cut = [str(i) for i, ids in zip(long, tokens) if len(ids) > n]
-        ranked = [sorted(zip(p, s["labels"]), reverse=True) for p in probs]  # best first
-        self.answer(200, [[{"label": label, "score": score} for score, label in r] for r in ranked],
-                    headers=[("X-Truncated", ",".join(cut))])
-
-    def answer(self, status, body, content_type="application/json", headers=()):
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()  # ASCII
-        self.connection.settimeout(self.server.timeout_s)  # to write it, from now on
-        self.send_response(status)
-        for name, value in [("Content-Type", content_type), ("Content-Length", str(len(data))),
-                            ("X-Content-Type-Options", "nosniff"), *headers]:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(b"" if self.command == "HEAD" else data)
-
-    def send_error(self, code, message=None, explain=None, headers=()):
-        """Every error as JSON {"error": ...}, http.server's own too; then the connection closes."""
-        self.close_connection = True
-        self.answer(code, {"error": message or self.responses[code][0]},
-                    headers=[("Connection", "close"), *headers])
+            raise web.HTTPError(500, f"the classifier failed: {str(e)[:300]}") from None
+        cut = [str(i) for i, ids in enumerate(tokens) if len(ids) > n]
+        body, verdicts = web.ranked(answers, self.server.label_json)
+        self.answer(200, body.encode(), headers=[("X-Truncated", ",".join(cut)),
+                                                 ("X-Verdicts", ",".join(map(str, verdicts)))])
 
 
-class Server(http.server.ThreadingHTTPServer):
+def next_pass(taken, most_tokens):
+    """The (request, text index) pairs of the next forward pass: the next text of each request
+    taken, in turn, while the pass holds at most PASS_TEXTS texts and most_tokens tokens once
+    padded (its texts x the longest); one text at least."""
+    picked, longest = [], 0
+    for k in itertools.count():
+        turn = [(request, len(request.rows) + k) for request in taken
+                if len(request.rows) + k < len(request.texts)]
+        if not turn:
+            return picked
+        for request, i in turn:
+            longest = max(longest, request.sizes[i])
+            if picked and (len(picked) == PASS_TEXTS or (len(picked) + 1) * longest > most_tokens):
+                return picked
+            picked.append((request, i))
+
+
+class Server(web.Server):
     """Serves net (a Classifier from load_classifier, with the speed layer or not) on host and port
-    (0: a free one): a thread per connection, one that classifies. serve_forever() answers."""
-    daemon_threads = True  # stopping never waits for a client
-    request_queue_size = 128  # connections the OS holds for accept: 5 would turn some away
+    (0: a free one): a thread per connection, one that classifies. serve_forever() answers,
+    server_close(grace_s) stops."""
 
     def __init__(self, net, tokenizer, settings, host="127.0.0.1", port=8000, test_acc=None,
                  timeout_s=TIMEOUT_S, wait_s=WAIT_S):
-        self.tokenizer, self.settings = tokenizer, settings
-        self.clients, self.jobs, self.wait_s, self.timeout_s = set(), queue.SimpleQueue(), \
-            wait_s, timeout_s
-        shown = {key: settings[key] for key in ("max_length", "pooling", "truncate")}
-        self.probabilities = lambda texts: probabilities(
-            net, tokenizer, texts, settings["max_length"], settings["truncate"])
+        super().__init__(Handler, host, port, timeout_s)
+        self.tokenizer, self.settings, self.jobs, self.wait_s = tokenizer, settings, \
+            queue.SimpleQueue(), wait_s
+        self.token_s = PASS_S / PASS_TOKENS  # a token's seconds in the last pass: sizes the next
+        self.probabilities = lambda texts: probabilities(  # calibrated, if the classifier is
+            net, tokenizer, texts, settings["max_length"], settings["truncate"],
+            temperature=settings["decision"]["temperature"])
+        model = settings["run"].get("model")  # a folder's name, not the path to it
+        model = Path(model).name if isinstance(model, str) and Path(model).is_absolute() else model
         self.health = {"status": "ok", "labels": settings["labels"], "test_acc": test_acc,
-                       "settings": {"model": settings["run"].get("model"), **shown}}
-        try:
-            self.address_family, *_, addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-            super().__init__(addr, Handler)
-        except OSError as e:  # a name that resolves to nothing, a port in use
-            raise InputError(f"cannot serve on {host} port {port} ({e.strerror or e}); choose "
-                             "another --host or --port") from None
-        self.names = {"localhost", host.lower(), socket.gethostname().lower()}
-        self.page = PAGE.read_bytes().replace(b"{examples}", escape("\n".join(EXAMPLES)).encode())
+                       "untrained": settings.get("untrained") or None,  # the page says so
+                       "settings": {"model": model, **{key: settings[key] for key in (
+                           "max_length", "pooling", "truncate")}, **settings["decision"]}}
+        self.label_json = [json.dumps(label) for label in settings["labels"]]
+        longest = len(web.ranked([([SCORE] * len(self.label_json), 0)], self.label_json)[0]) + 2
+        self.most_texts = max(1, min(MAX_TEXTS, MAX_ANSWER // longest))
+        self.page = PAGE.read_bytes().replace(b"{examples}", json.dumps(  # </script> cannot close
+            EXAMPLES + MORE_EXAMPLES).replace("<", "\\u003c").encode())  # it: < is \u003c
         threading.Thread(target=self.batch_forever, daemon=True).start()
 
     def batch_forever(self):
-        """Classifies the requests waiting, and those joining them within wait_s while more
-        connections are open than requests taken, in one call of probabilities."""
-        batch = []
-        while None not in batch:  # None: the server closed (the requests before it answered)
-            batch, until = [self.jobs.get()], time.monotonic() + self.wait_s
-            while batch[-1] and len(batch) < len(self.clients):  # those waiting, and joiners
-                try:
-                    batch.append(self.jobs.get(timeout=max(0, until - time.monotonic())))
-                except queue.Empty:
-                    break
-            if not (jobs := [job for job in batch if job]):  # closed: no torch call to race exit
-                return
-            # Lists, not tensors: a thread freeing a tensor while Python exits aborts the process.
-            try:  # (probabilities sorts the texts by length, in batches)
-                rows = iter(self.probabilities([t for texts, _ in jobs for t in texts]).tolist())
-                for texts, future in jobs:
-                    future.set_result([next(rows) for _ in texts])
-            except Exception as e:  # each request of the batch answers it; the server goes on
-                for _, future in jobs:
-                    future.set_exception(e)
-
-    def refuses(self, headers):
-        """Why a request may come from another site's page (DNS rebinding), if it may: its Host
-        header names neither an IP address nor this server."""
-        host = headers.get("Host", "")
-        try:  # an IP address is no site's name: it reaches the machine it names
-            name = urlsplit(f"//{host}").hostname or ""
-            trusted = name in self.names or bool(ipaddress.ip_address(name))
-        except ValueError:
-            trusted = False
-        if not trusted:
-            return (f"the Host header {host[:100]!r} names neither this server nor localhost; "
-                    "to be reached by that name, start serve.py with --host NAME")
-
-    def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], OSError):  # a client gone is no error of ours
-            super().handle_error(request, client_address)
-
-    def server_close(self):
-        self.jobs.put(None)
-        super().server_close()
+        """Answers the requests queued in jobs, a forward pass at a time. A pass takes the next
+        texts of every request taken, in turn (next_pass), as many as the last pass's speed says
+        take PASS_S (a GPU's many, a CPU's few): a request that joins a long one waits for a
+        pass, not for all of them, and so does a stop. When idle, it takes the requests
+        waiting, and those that join within wait_s while more connections are open than
+        requests taken (a connection sends a request at a time: a lone client never waits).
+        Past stop_at, the requests left are answered 503."""
+        taken = []
+        while True:
+            until = 0.0
+            if not taken:
+                taken, until = [self.jobs.get()], time.monotonic() + self.wait_s
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    wait = until - time.monotonic() if len(taken) < len(self.clients) else 0
+                    taken.append(self.jobs.get(timeout=max(wait, 0)))
+            if time.monotonic() > self.stop_at:
+                for request in taken:
+                    request.future.set_exception(web.HTTPError(
+                        503, "the server stopped before answering; send it again once it is back"))
+                taken = []
+                continue
+            picked = next_pass(taken, max(PASS_TOKENS, PASS_S / self.token_s))
+            try:  # lists, not tensors: a thread freeing a tensor while Python exits aborts it
+                with self.heavy:
+                    start = time.monotonic()
+                    probs = self.probabilities([r.texts[i] for r, i in picked])
+                    rows = zip(probs.tolist(), decide(probs, self.settings["decision"],
+                                                      self.settings["labels"]).tolist())
+                    self.token_s = (time.monotonic() - start) / (
+                        len(picked) * max(r.sizes[i] for r, i in picked))
+                for (request, _), row in zip(picked, rows):
+                    request.rows.append(row)
+            except Exception as e:  # each request of the pass answers it; the server goes on
+                for request, _ in picked:
+                    if not request.future.done():
+                        request.future.set_exception(e)
+            for request in taken:
+                if len(request.rows) == len(request.texts) and not request.future.done():
+                    request.future.set_result(request.rows)
+            taken = [request for request in taken if not request.future.done()]
 
 
 def main(argv=None):
@@ -220,9 +205,10 @@ def main(argv=None):
           flush=True)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:  # how a server is stopped: no error
-        print("stopped", file=sys.stderr)
-    server.server_close()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (run_main): how a server is stopped
+        pass
+    server.server_close(GRACE_S)  # the requests in flight answered: theirs, or 503
+    print("stopped", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python train_classifier.py                         # gpt2-small on the SMS Spam Collection
     python train_classifier.py --predict "Free entry!"  # label texts with the saved classifier
+    python train_classifier.py --export hub            # the classifier in transformers' format
     torchrun --standalone --nproc_per_node=2 train_classifier.py   # several GPUs or processes
 
 Read it top to bottom, in the chapter's order, from build_classifier to main; a first reading
@@ -10,11 +11,13 @@ skips what sits below main (the speed layer switched on, --predict, the flags) a
 import argparse
 import functools
 import itertools
-import signal
+import os
+import sys
 from pathlib import Path
 
-if __name__ == "__main__":  # Ctrl-C while the imports load torch: end at once, quietly
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # (run_main takes over from there)
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
 
 import torch
 import torch.nn as nn
@@ -23,16 +26,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data import TRUNCATIONS, encode, encode_examples, load_dataset, pad_batch
-from load_gpt2 import get_tokenizer, load_gpt2
+from load_gpt2 import get_tokenizer, gpt2_state_dict, load_gpt2
 from lora import merge_lora, replace_linear_with_lora
 from model import GPTModel
 from plumbing.cli import InputError, every_one_or_what_failed, label_lines, printable, run_main
-from plumbing.ddp import distributed, first_on_each_machine, gradient_sync
+from plumbing.ddp import distributed, first_on_each_machine, gradient_sync, processes
 from plumbing.extras import (EarlyStopping, appendix_d_lr, class_weights, optimizer_steps,
-                             stop_if_diverged)
+                             stop_if_diverged, text_mean_loss, weights_flag)
 from plumbing.flags import HelpFormatter, check_fits, number, parse, training_flags
 from plumbing.hardware import Autocast, autocast, pick_device, use_bf16
-from plumbing.report import TrainingLog, final_report
+from plumbing.operating_point import NO_DECISION, decide, for_predict
+from plumbing.hub_format import export_classifier, read_classifier as read_hub_classifier
+from plumbing.report import TrainingLog, final_record, final_report
 from plumbing.save import check_structure, read_classifier, save_run
 from plumbing.speed import SpeedLayer, accuracy_loader, adamw
 from plumbing.weights import check_finite
@@ -44,6 +49,10 @@ EXAMPLES = [  # the chapter's two examples
 
 # ---------------------------------------------------------------------------------------------
 # Chapter 6, step by step
+
+# What build_classifier can train: a new choice is a branch there and a name here.
+TRAINABLE = ("head", "last-N", "all", "lora")
+
 
 def build_classifier(model, num_classes, trainable="last-1", lora_rank=16, lora_alpha=16):
     """GPT-2 -> a num_classes-way classifier (chapter 6.5), changed in place and returned.
@@ -106,7 +115,12 @@ class Classifier(nn.Module):
 
     def forward(self, input_batch):  # (B, T) -> (B, num_classes)
         # <|endoftext|> pads a batch and never comes out of encode_ordinary: it marks the ends.
-        lengths = (input_batch != self.pad_id).sum(dim=1)  # (B,)
+        real = input_batch != self.pad_id  # (B, T)
+        if (real[:, 1:] > real[:, :-1]).any():  # left padding: pool() would read a pad token
+            raise ValueError("a row of the batch has padding before a real token: batches are "
+                             "padded on the right here (pad_batch), so each text ends at its "
+                             "last real token")
+        lengths = real.sum(dim=1)  # (B,)
         if self.fast is None:
             hidden = self.model.hidden_states(input_batch)  # (B, T, C), after final_norm
         else:  # for "last", NaN at every position but each text's last real token
@@ -179,7 +193,7 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
                     loss = loss_fn(input_batch, target_batch, model, device)
                     stop_if_diverged(loss, global_step)
                     (loss / accumulation_steps).backward()  # the mean over the step's batches
-                examples_seen += input_batch.shape[0]
+                examples_seen += input_batch.shape[0] * processes()  # under torchrun: all
             if lr_at:  # appendix D: a linear warmup, then a cosine decay
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = lr_at(global_step)
@@ -192,11 +206,11 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
                 train_losses.append(train_loss)
                 val_losses.append(val_loss)
                 log.losses(epoch, global_step, examples_seen, train_loss, val_loss, optimizer)
-                if stopper and stopper.stop(val_loss, model, epoch, global_step):  # early stop
+                if stopper and stopper.stop(model, epoch, global_step):  # early stopping
                     return train_losses, val_losses, train_accs, val_accs, examples_seen
         if log.master:
-            # The chapter measures accuracy on eval_iter batches here; we take whole loaders
-            # unless they are large (IMDB-sized), their texts in larger batches (plumbing/speed.py).
+            # The chapter measures accuracy on eval_iter batches here; we take whole splits (of
+            # every process) unless they are large, in larger batches (plumbing/speed.py).
             train_accuracy = calc_accuracy_loader(accuracy_loader(train_loader, eval_iter), model,
                                                   device)
             val_accuracy = calc_accuracy_loader(accuracy_loader(val_loader, eval_iter), model,
@@ -207,23 +221,36 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
     return train_losses, val_losses, train_accs, val_accs, examples_seen
 
 
-def classify(model, tokenizer, texts, label_names, max_length, truncate="start", batch_size=64):
+def classify(model, tokenizer, texts, label_names, max_length, truncate="start", batch_size=64,
+             decision=None):
     """(label, probability) for each text of a list, or for one text: the chapter's
-    classify_review, which takes (text, model, tokenizer, device) and returns the label alone."""
+    classify_review, which takes (text, model, tokenizer, device) and returns the label alone.
+    decision: a classifier's (its settings'): a temperature, and a threshold on a positive
+    label's probability (plumbing/operating_point.py); without one, the likeliest label."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"classify(model, tokenizer, texts, label_names, max_length) takes the "
                         f"model first, not a {type(model).__name__} (the book's classify_review "
                         "takes the text first)")
+    if not (isinstance(label_names, (list, tuple)) and all(type(n) is str for n in label_names)):
+        raise TypeError(f"label_names must be the list of the classes' names, not "
+                        f"{label_names!r} (the book's classify_review takes the device there)")
     one = isinstance(texts, str)
-    results = [(label_names[int(p.argmax())], float(p.max())) for p in probabilities(
-        model, tokenizer, [texts] if one else texts, max_length, truncate, batch_size)]
+    probs = probabilities(model, tokenizer, [texts] if one else texts, max_length, truncate,
+                          batch_size, (decision or NO_DECISION)["temperature"])
+    if len(probs) and probs.size(1) != len(label_names):
+        raise ValueError(f"label_names names {len(label_names)} classes; the model has "
+                         f"{probs.size(1)}")
+    chosen = decide(probs, decision, label_names).tolist()  # the likeliest, or past a threshold
+    results = [(label_names[i], float(p[i])) for i, p in zip(chosen, probs)]
     return results[0] if one else results
 
 
 @torch.no_grad()
-def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_size=64):
-    """(len(texts), num_classes) class probabilities. Texts are batched by length; padding never
-    changes a result, so a text gets the same answer alone or beside much longer ones."""
+def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_size=64,
+                  temperature=1.0):
+    """(len(texts), num_classes) class probabilities, the softmax of logits / temperature. Texts
+    are batched by length; padding never changes a result, so a text gets the same answer alone
+    or beside much longer ones."""
     model.eval()
     tokens = encode(tokenizer, texts, max_length, truncate)
     order = sorted(range(len(texts)), key=lambda i: len(tokens[i]))
@@ -233,7 +260,7 @@ def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_s
         ids = order[start:start + batch_size]
         input_batch, _ = pad_batch([(tokens[i], 0) for i in ids], tokenizer.eot_token)
         logits = class_logits(model(input_batch.to(device)))  # (B, num_classes)
-        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
         if not torch.isfinite(probs).all():
             raise InputError("the classifier gave non-finite probabilities (did pool() read a "
                              "position the speed layer leaves empty? try --no-fast)")
@@ -243,14 +270,17 @@ def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_s
 
 
 def load_classifier(path, device="cpu"):
-    """(classifier, settings) from a classifier.safetensors that save_run wrote: the model built
-    as build_classifier builds it (a forked head must be the one that trained), in a Classifier
-    with the pooling it trained with; settings: what the file says of the run."""
-    tensors, settings = read_classifier(Path(path), {"pooling": POOLINGS,
-                                                     "truncate": TRUNCATIONS})
+    """(classifier, settings) from a classifier.safetensors that save_run wrote, or from
+    transformers' GPT2ForSequenceClassification (a folder, ORG/NAME: plumbing/hub_format.py): the
+    model built as build_classifier builds it (a forked head must be the one that trained), in a
+    Classifier with the pooling it trained with; settings: what the file says of the run."""
+    known = {"pooling": POOLINGS, "truncate": TRUNCATIONS}
+    hub = read_hub_classifier(path, known, gpt2_state_dict)  # None: not transformers' format
+    tensors, settings = hub or read_classifier(Path(path), known)
     with torch.device("meta"):  # no memory for weights about to be replaced
         model = build_classifier(GPTModel(settings["cfg"]), len(settings["labels"]), "head")
-    check_structure(model, settings, path)
+    if not hub:  # transformers' has one structure, which this code builds
+        check_structure(model, settings, path)
     try:
         model.load_state_dict({k: v.float() for k, v in tensors.items()}, assign=True)
     except RuntimeError as e:  # names or shapes that do not match: one line, not torch's many
@@ -262,8 +292,8 @@ def load_classifier(path, device="cpu"):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.predict:
-        return predict(args)
+    if args.predict or args.export:  # a saved classifier's use: nothing to train
+        return predict(args) if args.predict else export(args)
     with distributed(pick_device(args.device), args.backend, args.dist_timeout) as (
             ddp, rank, world_size, device):
         log = TrainingLog(master=rank == 0)
@@ -279,7 +309,7 @@ def main(argv=None):
         max_length = args.max_length or model.cfg["context_length"]
         sets = {name: encode_examples(tokenizer, examples, labels, max_length, args.truncate)
                 for name, examples in splits.items()}
-        check_fits(args, model.cfg, tokenizer.n_vocab, len(sets["train"]), max_length, world_size)
+        check_fits(args, model.cfg, tokenizer.n_vocab, sets, labels, max_length, world_size)
         log.mark("load")
         collate = functools.partial(pad_batch, pad_id=tokenizer.eot_token)
         # A seeded shuffle each epoch, and under torchrun each process's share of every batch.
@@ -296,7 +326,7 @@ def main(argv=None):
         build_classifier(model, len(labels), args.trainable, args.lora_rank,
                          args.lora_alpha).to(device)
         net, optimizer, options = classifier_and_options(args, model, tokenizer, sets, labels,
-                                                         device, log, len(train_loader))
+                                                         device, log, train_loader, val_loader)
         log.mark("fill")
         # Fine-tuning (6.7), then the accuracy on every split.
         torch.manual_seed(args.seed)
@@ -306,16 +336,18 @@ def main(argv=None):
         if not log.master:
             return model
         log.mark("epochs")
-        log.history.append(final_report(net, sets, collate, labels, device, log.start,
-                                        args.unused_texts, args.seed) | log.mark("final report"))
+        log.history.append(final_report(net, sets, collate, labels, device, log.start, args,
+                                        model.untrained) | log.mark("final report"))
+        decision = log.history[-1]["decision"]  # how its probabilities become labels
         texts = EXAMPLES if labels == ["ham", "spam"] else [t for _, t in splits["test"][:2]]
         for text, (label, prob) in zip(texts, classify(net, tokenizer, texts, labels, max_length,
-                                                       args.truncate)):
+                                                       args.truncate, decision=decision)):
             log(f"{label} ({prob:.1%}): {printable(text)}")
         merge_lora(model)  # what is saved: a plain GPTModel with a new head
         settings = {"cfg": model.cfg, "labels": labels, "max_length": max_length,
                     "pooling": args.pooling, "truncate": args.truncate, "run": vars(args),
-                    "weights_from": log.weights_from(options["stopper"]), "structure": repr(model)}
+                    "weights_from": log.weights_from(options["stopper"]), "structure": repr(model),
+                    "untrained": model.untrained or "", "decision": decision}
         log(save_run(args.out, model, settings, splits, log.history))
     return model
 
@@ -326,7 +358,8 @@ def main(argv=None):
 GPT2_EOT = 50256  # <|endoftext|>, which pads every batch
 
 
-def classifier_and_options(args, model, tokenizer, sets, labels, device, log, batches):
+def classifier_and_options(args, model, tokenizer, sets, labels, device, log, train_loader,
+                           val_loader):
     """main's Classifier (with the speed layer and bfloat16 unless turned off), AdamW,
     and the loop's options: the forks the flags switch on, each built here in one line."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -335,6 +368,8 @@ def classifier_and_options(args, model, tokenizer, sets, labels, device, log, ba
         f"{'bfloat16' if bf16 else 'float32'} ({why}), {sum(map(torch.numel, params)):,} of "
         f"{sum(map(torch.numel, model.parameters())):,} parameters train ({args.trainable}, "
         f"--pooling {args.pooling})")
+    # The class weights before the fill, which may take minutes: a wrong count is told at once.
+    weights = class_weights(args.class_weights, sets["train"], labels, device, log)
     fast = None
     if args.fast:  # the same hidden states where pool() reads them, with less work
         texts = [ids for split in ("train", "validation", "test") for ids, _ in sets[split]]
@@ -344,26 +379,47 @@ def classifier_and_options(args, model, tokenizer, sets, labels, device, log, ba
         log(f"speed layer: {fast.note}")
     net = Classifier(model, tokenizer.eot_token, args.pooling, fast)
     net = Autocast(net, device) if bf16 else net  # --dtype: each forward pass in bfloat16
-    weights = class_weights(args.class_weights, sets["train"], labels, device, log)
-    total_steps = args.epochs * (batches // args.accumulation_steps)  # a process's, as it steps
+    total_steps = args.epochs * (len(train_loader) // args.accumulation_steps)  # a process's
     options = {
         "loss_fn": functools.partial(calc_loss_batch, class_weights=weights),
         "accumulation_steps": args.accumulation_steps,
         "lr_at": functools.partial(appendix_d_lr, peak_lr=args.lr, total_steps=total_steps,
                                    warmup_steps=args.warmup_steps, min_lr=args.min_lr),
         "clip_grad_norm": args.clip_grad_norm,
-        "stopper": EarlyStopping(args.patience) if args.patience else None, "log": log}
+        "stopper": EarlyStopping(args.patience, lambda model: text_mean_loss(
+            model, val_loader, device)) if args.patience else None, "log": log}
     return net, adamw(params, args.fast, lr=args.lr, weight_decay=args.weight_decay), options
 
 
 def check_trainable(trainable, n_layers=None):
-    """--trainable's value, checked: as a flag (n_layers None), then against the model."""
+    """--trainable's value, one of TRAINABLE, checked: as a flag (n_layers None), then against
+    the model."""
     n = trainable.removeprefix("last-")
-    if trainable not in ("head", "all", "lora") and not (
+    if trainable not in TRAINABLE and not (
             trainable.startswith("last-") and n.isdecimal() and 1 <= int(n) <= (n_layers or 10**9)):
-        raise InputError(f"--trainable {trainable!r}: use head, all, lora or last-N"
-                         + (f" with 1 <= N <= {n_layers}" if n_layers else ""))
+        raise InputError(f"--trainable {trainable!r}: use one of {', '.join(TRAINABLE)}"
+                         + (f" (last-N: 1 <= N <= {n_layers})" if n_layers else ""))
     return trainable
+
+
+def does_nothing(args, name):
+    """Why a flag does nothing beside the others given, or None: parse refuses it if it is set."""
+    if args.predict and name not in ("predict", "classifier", "out", "device", "dtype", "fast",
+                                     "verbose", "threshold", "positive_label"):
+        return "with --predict: a classifier brings its own settings"
+    if args.export and name not in ("export", "classifier", "out", "verbose"):
+        return "with --export: a classifier brings its own settings"
+    return {"classifier": not (args.predict or args.export) and "without --predict or --export",
+            "out": args.classifier and (args.predict or args.export) and
+            f"with --classifier, which --{'predict' if args.predict else 'export'} reads",
+            "lora_rank": args.trainable != "lora" and "without --trainable lora",
+            "lora_alpha": args.trainable != "lora" and "without --trainable lora",
+            "compile": not args.fast and "with --no-fast",
+            "cache": not args.fast and "with --no-fast",
+            "cache_mb": (not args.fast and "with --no-fast" or args.cache != "auto" and
+                         f"with --cache {args.cache}: it is --cache auto's budget"),
+            "backend": "RANK" not in os.environ and "outside torchrun",
+            "dist_timeout": "RANK" not in os.environ and "outside torchrun"}.get(name) or None
 
 
 def predict(args):
@@ -371,15 +427,31 @@ def predict(args):
     standard input and answers in order (label_lines)."""
     device = pick_device(args.device)
     net, s = load_classifier(args.classifier or args.out / "classifier.safetensors", device)
+    if s["untrained"]:  # the answers of a classifier made from random weights mean little
+        print(f"warning: this classifier was fine-tuned from {s['untrained']}, not GPT-2's "
+              "trained ones: its answers mean little", file=sys.stderr)
     tokenizer = get_tokenizer()  # GPT-2's: checked when the classifier was trained
     net.fast = SpeedLayer(net.model, tokenizer.eot_token, s["pooling"]) if args.fast else None
     net = Autocast(net, device) if use_bf16(args.dtype, device)[0] else net
+    decision = for_predict(s["decision"], args, s["labels"])  # --threshold: this run's
     label_lines(args.predict, lambda texts: classify(net, tokenizer, texts, s["labels"],
-                                                     s["max_length"], s["truncate"]))
+                                                     s["max_length"], s["truncate"],
+                                                     decision=decision))
     return net
 
 
-def parse_args(argv=None):
+def export(args):
+    """--export DIR: the classifier as transformers' GPT2ForSequenceClassification, with its
+    tokenizer files and model card, exactly (docs/hub.md). One trained with LoRA was saved with
+    its updates merged: it is exported as any other."""
+    path = args.classifier or args.out / "classifier.safetensors"
+    net, settings = load_classifier(path)
+    print(export_classifier(args.export, net.model, settings, get_tokenizer(), final_record(path),
+                            vars(parser().parse_args([]))))
+    return net
+
+
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     training_flags(p, epochs=5, batch_size=8, lr="5e-5, or 8e-4 with lora", eval_freq=50)
     a = p.add_argument
@@ -390,17 +462,28 @@ def parse_args(argv=None):
     a("--balance", action=argparse.BooleanOptionalAction, default=None,
       help="undersample every label to the rarest; the left-out examples are then tested on their "
       "own (default: only for a file named SMSSpamCollection)")
-    a("--trainable", type=check_trainable, default="last-1",
-      help="head, last-N (last N blocks + final_norm + head), all, or lora (low-rank updates of "
-      "every Linear layer, appendix E)")
+    a("--trainable", type=check_trainable, default="last-1", help=f"{', '.join(TRAINABLE)}: the "
+      "new head, or it with the last N blocks and final_norm, or all, or low-rank updates of "
+      "every Linear layer (appendix E)")
     a("--lora-rank", type=number(int, high=4096), default=16, help="rank of the LoRA updates")
     a("--lora-alpha", type=number(float), default=16, help="LoRA scale: updates x alpha / rank")
     a("--pooling", choices=POOLINGS, default="last",
       help="what the class is read from: the last real token, the first, or the mean of all real")
-    a("--class-weights", help="weight each text's loss by its class: balanced (n / (k * n_class) "
-      "on the training split), or W1,W2,... in the labels' order (default: unweighted)")
-    a("--patience", type=number(int), default=None, help="stop once the validation loss has not "
-      "improved for N evaluations, keeping the best weights (default: train every epoch)")
+    a("--class-weights", type=weights_flag, help="weight each text's loss by its class: balanced "
+      "(n / (k * n_class) on the training split), or W1,W2,... in the labels' order (default: "
+      "unweighted)")
+    a("--patience", type=number(int), default=None, help="stop once the validation loss, the mean "
+      "of each text's over the whole split (not the logged mean of batches, which depends on how "
+      "they are cut), has not improved for N evaluations; keep the best weights (default: off)")
+    a("--positive-label", help="for two labels, the one the curves, --max-fpr and --threshold "
+      "are about (default: spam beside ham, else the rarer in training)")
+    a("--max-fpr", type=number(float, 0, True, 1), help="label a text positive from the lowest "
+      "probability whose false-positive rate on the validation split is at most this (default: "
+      "the likeliest label)")
+    a("--threshold", type=number(float, 0, True, 1), help="label a text positive from this "
+      "probability; with --predict, in place of the classifier's")
+    a("--calibrate", action=argparse.BooleanOptionalAction, default=True, help="fit one "
+      "temperature on the validation split so the probabilities mean what they say")
     a("--max-length", type=number(int), help="tokens kept a text (default: the model's context)")
     a("--truncate", choices=TRUNCATIONS, default="start", help="what a longer text keeps")
     a("--unused-texts", type=number(int, inclusive=True), help="at the end, test only N of the "
@@ -415,13 +498,16 @@ def parse_args(argv=None):
     a("--cache-mb", type=number(float, inclusive=True), default=2048, help="its RAM budget, in MB")
     a("--predict", nargs="+", metavar="TEXT", help="label these texts with the saved classifier "
       "and exit; - reads one text per line from standard input")
-    a("--classifier", type=Path, default=None, help="for --predict: a classifier.safetensors, or "
-      "a folder holding one (default: the one in --out)")
-    args = parse(p, argv, lambda args, name: (
-        "with --predict: a classifier brings its own settings" if args.predict and name not in
-        ("predict", "classifier", "out", "device", "dtype", "fast", "verbose") else
-        "with --no-fast" if not args.fast and name in ("compile", "cache", "cache_mb") else
-        "without --predict" if not args.predict and name == "classifier" else None))
+    a("--export", type=Path, metavar="DIR", help="write the saved classifier into DIR as "
+      "transformers' GPT2ForSequenceClassification, with a model card, and exit (docs/hub.md)")
+    a("--classifier", type=Path, default=None, help="for --predict and --export: a "
+      "classifier.safetensors or its folder, or transformers' GPT2ForSequenceClassification: its "
+      "folder or hub repo ORG/NAME (default: the one in --out)")
+    return p
+
+
+def parse_args(argv=None):
+    args = parse(parser(), argv, does_nothing)
     args.lr = args.lr or (8e-4 if args.trainable == "lora" else 5e-5)
     return args
 

@@ -61,6 +61,11 @@ def distributed(device, backend=None, timeout_s=1800):
         dist.destroy_process_group()
 
 
+def processes():
+    """How many processes train together: torchrun's world size, else 1."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def gradient_sync(model, sync):
     """Under torchrun, backward() averages gradients across processes; with gradient
     accumulation only a step's last micro-batch needs to (sync), as in nanoGPT. Around the

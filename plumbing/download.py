@@ -9,6 +9,7 @@ import itertools
 import os
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -20,9 +21,11 @@ import zlib
 from pathlib import Path
 
 from model import ALIASES, model_name
+from plumbing import cli
 from plumbing.cli import InputError, Progress
 from plumbing.files import atomic_write, lock
-from plumbing.formats import CONFIG_BYTES, VOCAB_BYTES, encoding_from, read_config
+from plumbing.formats import (CONFIG_BYTES, VOCAB_BYTES, encoding_from, read_config,
+                              read_tokenizer_config)
 
 # The four released sizes: their hub repo (openai-community/...) and their name at OpenAI.
 REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
@@ -30,8 +33,7 @@ REPOS = {"gpt2-small (124M)": "gpt2", "gpt2-medium (355M)": "gpt2-medium",
 OPENAI = ("https://openaipublic.blob.core.windows.net/gpt-2/models/{size}/",
           "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2/{size}/")  # the book's backup
 TF_FILES = ("hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001")
-FIX = ("set HF_ENDPOINT to a mirror, or --model DIR with model.safetensors; --init random runs "
-       "without them")
+INSTEAD = "--model DIR with model.safetensors; --init random runs without them"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +64,13 @@ def hf_snapshot(repo):
     refs/main names, whose files are read in place; None if there is none."""
     home = env_path("HF_HOME") or (env_path("XDG_CACHE_HOME") or Path.home() / ".cache") / \
         "huggingface"
-    folder = (env_path("HF_HUB_CACHE") or home / "hub") / f"models--{repo.replace('/', '--')}"
+    return cache_snapshot((env_path("HF_HUB_CACHE") or home / "hub") /
+                          f"models--{repo.replace('/', '--')}")
+
+
+def cache_snapshot(folder):
+    """The snapshot that refs/main names in an entry of the Hugging Face cache (a folder
+    models--ORG--NAME); None if folder is not one, or has none."""
     ref = folder / "refs" / "main"
     try:  # a commit hash, not whatever the file may be
         commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() and \
@@ -107,10 +115,10 @@ def folders(name_or_dir):
                                   hf_snapshot(repo.split("/")[1])) if folder]
 
 
-def checkpoint_folder(name_or_dir, pretrained=True):
+def checkpoint_folder(name_or_dir, pretrained=True, instead=INSTEAD):
     """The folder that holds name_or_dir's weights (or only its config, pretrained=False):
     found on disk (folders()), else downloaded: from the hub, then for the four sizes OpenAI's
-    original files, then the book's backup copy of them."""
+    original files, then the book's backup copy of them. instead: what else a user can do."""
     for folder in folders(name_or_dir):
         if (folder / "config.json").exists() and not pretrained or \
                 (folder / "model.safetensors").is_file() or all(
@@ -122,13 +130,18 @@ def checkpoint_folder(name_or_dir, pretrained=True):
     repo, size, ours = source(name_or_dir)
     if offline():
         raise InputError(f"{repo} is not in {' or '.join(map(str, folders(name_or_dir)))}, and "
-                         "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it; unset "
-                         "it, or --init random runs without them", missing=True)
+                         f"HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloading it; unset "
+                         f"it, or {instead}", missing=True)
 
     def from_hub():
         if not size:  # is it a GPT-2, with GPT-2's vocabulary? Asked before its weights come
             hub_download(repo, "config.json", ours / "config.json")  # each checked: CHECKS
-            hub_download(repo, "vocab.json", ours / "vocab.json")
+            first_that_works([functools.partial(hub_download, repo, name, ours / name) for name
+                              in ("vocab.json", "tokenizer.json")], f"{repo}'s vocabulary",
+                             "a GPT-2 repo holds GPT-2's vocab.json or tokenizer.json")
+            # a classifier's max length and truncation side (hub_format.py), if it has them
+            hub_download(repo, "tokenizer_config.json", ours / "tokenizer_config.json",
+                         optional=True)
         if pretrained:
             hub_download(repo, "model.safetensors", ours / "model.safetensors")
         return ours
@@ -138,7 +151,8 @@ def checkpoint_folder(name_or_dir, pretrained=True):
             download(url.format(size=size) + name, folder / name)
         return folder
     return first_that_works([from_hub] + [functools.partial(from_openai, url)
-                                          for url in OPENAI if size], f"{repo}'s weights", FIX)
+                                          for url in OPENAI if size], f"{repo}'s weights",
+                             f"set HF_ENDPOINT to a mirror, or {instead}")
 
 
 def vocab_file(name_or_dir):
@@ -166,7 +180,9 @@ NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionEr
 # The most bytes a download may bring, known before its first byte: a small file's reader's
 # limit (it is cached once it passes that reader's checks), else at most 8 GB (gpt2-xl's 6.4).
 CHECKS = {"config.json": (read_config, CONFIG_BYTES), "hparams.json": (read_config, CONFIG_BYTES),
-          "vocab.json": (encoding_from, VOCAB_BYTES), "encoder.json": (encoding_from, VOCAB_BYTES)}
+          "vocab.json": (encoding_from, VOCAB_BYTES), "encoder.json": (encoding_from, VOCAB_BYTES),
+          "tokenizer.json": (encoding_from, VOCAB_BYTES),
+          "tokenizer_config.json": (read_tokenizer_config, CONFIG_BYTES)}
 LARGEST_BYTES = 8_000_000_000
 # A transfer ends, like a timeout, when RATE_WINDOW_S seconds bring under MIN_RATE bytes a second
 MIN_RATE, RATE_WINDOW_S = 10_000, 30.0
@@ -228,6 +244,12 @@ def download(url, dest, sha256=None, size=None, headers=None, hint=""):
                                      "next run downloads it again") from None
             os.replace(part, dest)
     except NETWORK_ERRORS as e:
+        if isinstance(getattr(e, "reason", e), ssl.SSLCertVerificationError):  # a fix, not a miss
+            raise InputError(f"could not download {url}: this Python does not trust the server's "
+                             f"certificate ({why(e)}); if its certificate store is missing or old "
+                             "(on macOS: run Install Certificates.command in Python's folder), "
+                             "or a proxy brings its own, set SSL_CERT_FILE to a current CA bundle "
+                             "file") from None
         raise InputError(f"could not download {url} ({why(e)}); check the network, or download "
                          f"it another way and place it at {dest}{hint}", missing=True) from None
     except OSError as e:  # the network was fine; the disk was not
@@ -270,8 +292,8 @@ def fetch(transfer, part, headers, state):
                              f"{state['limit']:,} one may have; it is not downloaded")
         if start:
             print(f"resuming {name} at {start / 1e9:.1f} of {total / 1e9:.1f} GB", file=sys.stderr)
-        progress = Progress(f"downloading {name}", total / 1e6, "MB", 0)
-        with open(part, "ab" if start else "wb") as f:
+        with open(part, "ab" if start else "wb") as f, \
+                Progress(f"downloading {name}", total / 1e6, "MB", 0) as progress:
             while chunk := response.read1(1 << 20):  # what has come: progress shows a slow one
                 if state["hashed"] + len(chunk) > (state["size"] or state["limit"]):
                     break
@@ -280,7 +302,6 @@ def fetch(transfer, part, headers, state):
                 state["hashed"] += len(chunk)
                 transfer.got += len(chunk)
                 progress.show(state["hashed"] / 1e6)
-        progress.end()
         if chunk:  # it stopped early: more than announced; the disk holds no more than that
             part.unlink()
             raise InputError(f"{url} sends more than the {state['size'] or state['limit']:,} bytes "
@@ -289,10 +310,10 @@ def fetch(transfer, part, headers, state):
             raise http.client.IncompleteRead(b"", total - state["hashed"])
 
 
-def zip_member(urls, member, sha256, dest, zip_path):
+def zip_member(urls, member, sha256, dest, zip_path, what, fix):
     """dest, the file member of a zip: taken by name (never extractall() on a downloaded
     archive) from the first of urls whose zip (kept at zip_path) holds it with this SHA-256.
-    A zip that does not is deleted."""
+    A zip that does not is deleted. what, fix: the file in words, and what else to do."""
     def take(url):
         if not zip_path.exists():
             download(url, zip_path)
@@ -315,8 +336,7 @@ def zip_member(urls, member, sha256, dest, zip_path):
             tmp.write_bytes(content)
         return dest
     return dest if dest.exists() else first_that_works(
-        [functools.partial(take, url) for url in urls], member, "pass a labelled file with --data "
-        "PATH")
+        [functools.partial(take, url) for url in urls], what, fix)
 
 
 def first_that_works(tries, what, fix):
@@ -332,7 +352,8 @@ def first_that_works(tries, what, fix):
     if len(errors) == 1 and not errors[0].missing:  # its own reason says it best
         raise errors[0]
     said = "; ".join(str(e) for e in errors if not e.missing)  # a source's own reason
-    reason = "HF_HUB_OFFLINE is set" if offline() else "--verbose lists the sources tried"
+    reason = ("HF_HUB_OFFLINE is set" if offline() else "the sources tried follow" if cli.VERBOSE
+              else "--verbose lists the sources tried")
     raise InputError(f"no source of {what} could be read ({reason}{': ' if said else ''}{said}); "
                      f"{fix}", "\n".join(f"    {line}" for e in errors for line in (
                          f"{e}\n{e.detail}" if e.detail else str(e)).split("\n")),
@@ -343,6 +364,8 @@ def why(e):
     """A network error in a few words, on one line."""
     if isinstance(e, urllib.error.HTTPError):
         return " ".join(f"HTTP {e.code} {e.reason}".split())
+    if isinstance(getattr(e, "reason", None), ssl.SSLCertVerificationError):
+        return e.reason.verify_message or "certificate verify failed"
     return " ".join(str(getattr(e, "reason", None) or e.__class__.__name__).split())
 
 
@@ -430,11 +453,12 @@ def hub_url(repo, filename):
     return f"{endpoint.rstrip('/')}/{repo}/resolve/main/{filename}"
 
 
-def hub_download(repo, filename, dest, hint=""):
+def hub_download(repo, filename, dest, hint="", optional=False):
     """A file of a Hugging Face hub repo into dest, checked against the size and SHA-256 the hub
-    announces. A large file's URL answers with a redirect to storage whose headers carry both
-    (X-Linked-Size, X-Linked-Etag); urllib would follow it and drop them, so a HEAD request that
-    does not follow it asks first, as huggingface_hub does. HF_TOKEN is sent, to the hub only."""
+    announces (optional: None if the repo has no such file). A large file's URL answers with a
+    redirect to storage whose headers carry both (X-Linked-Size, X-Linked-Etag); urllib would
+    follow it and drop them, so a HEAD request that does not follow it asks first, as
+    huggingface_hub does. HF_TOKEN is sent, to the hub only."""
     url, token = hub_url(repo, filename), (os.environ.get("HF_TOKEN") or "").strip()
     if not re.fullmatch("[!-~]*", token):  # never printed: it may be most of a real token
         raise InputError("HF_TOKEN holds a character no token has (a space or a line break "
@@ -458,6 +482,8 @@ def hub_download(repo, filename, dest, hint=""):
         else:
             raise InputError(f"{url} redirects within the hub again and again; check HF_ENDPOINT")
     except urllib.error.HTTPError as e:
+        if e.code == 404 and optional:
+            return None
         if e.code in (401, 403, 404):
             raise InputError(f"the hub has no {filename} in {repo} that we may read ({url}: "
                              f"{why(e)}); check the name, or set HF_TOKEN for a private or "

@@ -1,12 +1,16 @@
 """What the training loop's extras need beyond their line in the loop, each off by default so the
 default run stays the chapter's: the micro-batches of a step (gradient accumulation), class
 weights, appendix D's learning rate, early stopping, a loss that diverged."""
+import argparse
 import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 
-from plumbing.cli import InputError, tracked
+from plumbing.cli import InputError, quoted, tracked
+
+WEIGHT_RATIO = 10**6  # the most one class weight may be of another: more trains on one label
 
 
 def optimizer_steps(train_loader, accumulation_steps, epoch, show):
@@ -19,26 +23,39 @@ def optimizer_steps(train_loader, accumulation_steps, epoch, show):
         yield step
 
 
+def weights_flag(text):
+    """--class-weights, checked as it is read: balanced, or W1,W2,... (one per label, counted
+    once the labels are known), each finite and above 0, none over WEIGHT_RATIO times another."""
+    if text == "balanced":
+        return text
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        weights = []
+    if not (weights and all(0 < w < math.inf for w in weights)
+            and max(weights) <= WEIGHT_RATIO * min(weights)):
+        raise argparse.ArgumentTypeError(
+            f"use balanced, or numbers above 0 separated by commas, one per label, none over "
+            f"{WEIGHT_RATIO:,} times another; got {quoted(text)}")
+    return weights
+
+
 def class_weights(flag, train, labels, device, log):
-    """--class-weights as a (num_classes,) tensor, or None. "balanced": n / (k * n_class) over
-    the training split. Given weights are scaled the same way, to average 1 over its texts: a
-    batch then counts for its size, so accumulated micro-batches are exactly a bigger batch."""
+    """--class-weights (weights_flag's) as a (num_classes,) tensor, or None. "balanced": n / (k *
+    n_class) over the training split. Given weights are scaled the same way, to average 1 over its
+    texts: a batch then counts for its size, so accumulated micro-batches are exactly a bigger
+    batch."""
     if flag is None:
         return None
     counts = torch.bincount(torch.tensor([y for _, y in train]), minlength=len(labels)).double()
     if flag == "balanced":
         weights = len(train) / (len(labels) * counts.clamp(min=1))
+    elif len(flag) != len(labels):
+        raise InputError(f"--class-weights gives {len(flag)} weights for the {len(labels)} labels "
+                         f"{labels}; give one per label, in that order")
     else:
-        try:
-            weights = torch.tensor([float(w) for w in flag.split(",")], dtype=torch.float64)
-        except ValueError:
-            weights = torch.tensor([math.nan])
-        if not (torch.isfinite(weights).all() and (weights > 0).all()):
-            raise InputError(f"--class-weights {flag!r}: weights are numbers above 0, one per "
-                             f"label of {labels}, or balanced")
-        if len(weights) != len(labels):
-            raise InputError(f"--class-weights {flag!r} gives {len(weights)} weights for the "
-                             f"{len(labels)} labels {labels}; give one per label, in that order")
+        weights = torch.tensor(flag, dtype=torch.float64)
+    weights = weights / weights.max()  # at most 1 each: the sum below cannot overflow
     weights = weights * len(train) / (weights * counts).sum()
     log(f"class weights: {', '.join(f'{y} {w:.3g}' for y, w in zip(labels, weights.tolist()))} "
         "(the loss trained on is weighted; the losses and accuracies printed are not)")
@@ -58,14 +75,17 @@ def appendix_d_lr(step, peak_lr, total_steps, warmup_steps=0, min_lr=None):
 
 
 class EarlyStopping:
-    """--patience: stop once the validation loss has not improved for `patience` evaluations in a
-    row, and put back the trainable weights of the best one; at says which epoch and step."""
+    """--patience: stop once measure(model), the validation loss, has not improved for `patience`
+    evaluations in a row, and put back the trainable weights of the best one; at says which epoch
+    and step."""
 
-    def __init__(self, patience):
-        self.patience, self.best, self.waited, self.kept, self.at = patience, math.inf, 0, {}, None
+    def __init__(self, patience, measure):
+        self.patience, self.measure = patience, measure
+        self.best, self.waited, self.kept, self.at = math.inf, 0, {}, None
 
-    def stop(self, val_loss, model, epoch, step):
+    def stop(self, model, epoch, step):
         params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        val_loss = self.measure(model)
         if val_loss < self.best:
             self.best, self.waited, self.at = val_loss, 0, {"epoch": epoch, "step": step}
             self.kept = {name: p.detach().clone() for name, p in params.items()}
@@ -77,6 +97,20 @@ class EarlyStopping:
                     p.copy_(self.kept[name])
             return True
         return False
+
+
+@torch.no_grad()
+def text_mean_loss(model, data_loader, device):
+    """The mean of every text's loss over a whole loader: unlike the book's mean of batch means,
+    the same number however the texts are cut into batches (what early stopping decides on)."""
+    model.eval()
+    total, n = 0.0, 0
+    for input_batch, target_batch in data_loader:
+        logits = model(input_batch.to(device)).float()  # (B, num_classes)
+        total += F.cross_entropy(logits, target_batch.to(device), reduction="sum").item()
+        n += len(target_batch)
+    model.train()
+    return total / n
 
 
 # Why a loss is not finite before any update, in train_classifier.py: the speed layer's read.

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from plumbing import cli
 from plumbing.cli import InputError
-from plumbing.save import OWN_FILES, check_out
+from plumbing.operating_point import requested
+from plumbing.save import LONGEST_CONTEXT, OWN_FILES, check_out
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -90,19 +91,34 @@ def parse(p, argv=None, unused=lambda args, name: None):
     return args
 
 
-def check_fits(args, cfg, vocab_size, n_train, max_length, world_size, own=OWN_FILES):
-    """Stop before training, not after, when the flags, the data, the model and --out (where the
-    run writes the files own names) do not fit."""
+def check_fits(args, cfg, vocab_size, sets, labels, max_length, world_size, own=OWN_FILES):
+    """Stop before training, not after, when the flags, the data (sets: each split's texts, with
+    their labels' ids), the model and --out (where the run writes the files own names) do not
+    fit."""
     if max_length > cfg["context_length"]:
         raise InputError(f"--max-length {max_length} exceeds the model's context length "
                          f"{cfg['context_length']}")
+    if max_length > LONGEST_CONTEXT:
+        raise InputError(f"--max-length {max_length} (by default the model's context length) is "
+                         f"over {LONGEST_CONTEXT:,}, the longest text a classifier here may read; "
+                         f"give --max-length {LONGEST_CONTEXT} or less")
     if cfg["vocab_size"] < vocab_size:
         raise InputError(f"the model's vocabulary of {cfg['vocab_size']} tokens lacks "
                          "GPT-2's (50,257, <|endoftext|> pads the batches); use a GPT-2 checkpoint")
+    n_train = len(sets["train"])
     if n_train < args.batch_size * world_size * args.accumulation_steps:
         raise InputError(f"--batch-size {args.batch_size} x {world_size} process(es) x "
                          f"--accumulation-steps {args.accumulation_steps} is more than the "
                          f"{n_train} texts of the training split; use smaller ones")
+    if getattr(args, "unused_texts", None) is not None and not sets.get("unused"):
+        raise InputError("--unused-texts does nothing: this data leaves no texts unused (only "
+                         "--balance does); leave it out")
+    if hasattr(args, "max_fpr"):  # the decision's flags, against the labels
+        counts = [sum(y == k for _, y in sets["train"]) for k in range(len(labels))]
+        positive = requested(args, labels, counts)["positive"]
+        if args.max_fpr is not None and len({y for _, y in sets["validation"]}) < 2:
+            raise InputError(f"--max-fpr chooses on the validation split's {positive} and other "
+                             "texts; this one lacks one kind; give a larger one")
     if getattr(args, "patience", None) and world_size > 1:
         raise InputError("--patience needs one process: under torchrun only rank 0 evaluates")
     if (args.min_lr or 0) > args.lr:

@@ -31,16 +31,17 @@ DTYPES = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16)
           "BF16": (np.int16, torch.bfloat16)}
 
 
-def read_safetensors(path):
+def read_safetensors(path, in_memory=False):
     """({name: tensor}, {key: text}) from a .safetensors file: an 8-byte little-endian header
     length N, N bytes of JSON ({name: {dtype, shape, data_offsets}}, and "__metadata__", a map of
     strings), then the raw little-endian data. The tensors are views of a memory map, so even
-    gpt2-xl is never read into RAM twice. Every entry is checked before anything is mapped."""
+    gpt2-xl is never read into RAM twice; in_memory, of a copy in memory that no change to the
+    file reaches (a server's weights). Every entry is checked before anything is used."""
     def damaged(why):
         return InputError(f"{path} is damaged or not a safetensors file ({why}); if it was "
                           "downloaded, delete it and download it again")
-    size = path.stat().st_size
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         n = int.from_bytes(f.read(8), "little")
         if size < 8 or n > min(size - 8, 100_000_000):  # the format caps headers at 100 MB
             raise damaged(f"the header claims {n} bytes but the file has {size}")
@@ -48,14 +49,16 @@ def read_safetensors(path):
             header = json.loads(f.read(n))
         except (ValueError, RecursionError):
             raise damaged("the header is not JSON") from None
+        data_size = size - 8 - n
+        if in_memory and f.readinto(data := np.empty(data_size, np.uint8)) != data_size:
+            raise damaged("it was cut while it was read")  # a change: the SHA-256 tells
     if not isinstance(header, dict) or len(header) > 100_000:  # GPT-2 xl has 580 tensors
         raise damaged("the header is not a JSON object of at most 100,000 tensors")
     metadata = header.pop("__metadata__", {})
     if not (isinstance(metadata, dict) and all(type(v) is str for v in metadata.values())):
         raise damaged("its __metadata__ is not a map of strings")
-    data_size = size - 8 - n
-    # Copy-on-write map: writable views (torch wants those) that never touch the file.
-    data = np.memmap(path, np.uint8, mode="c", offset=8 + n) if data_size else np.empty(0, np.uint8)
+    if not in_memory:  # copy-on-write: writable views (torch wants those) never touch the file
+        data = np.memmap(path, np.uint8, "c", 8 + n) if data_size else np.empty(0, np.uint8)
     def sizes(xs, least, most, high):  # type(): neither true nor 32.9 is a size
         return type(xs) is list and least <= len(xs) <= most and all(
             type(x) is int and 0 <= x <= high for x in xs)
@@ -348,6 +351,7 @@ HARMLESS = {  # dropout (training only; fine-tuning sets its own), ids, bookkeep
     "label2id", "_num_labels", "output_past", "gradient_checkpointing", "n_special",
     "predict_special_tokens", "attn_implementation", "_attn_implementation",
     "reorder_and_upcast_attn",  # float16 rounding only; GPTModel computes in float32
+    "problem_type", "finetuning_task",  # a classifier's (plumbing/hub_format.py checks them)
     "tie_word_embeddings"}  # lm_head.weight is read when the file holds it
 
 
@@ -406,6 +410,23 @@ def read_config(path):
         raise InputError(f"{path} is not a usable GPT-2 config ({e})") from None
 
 
+def read_tokenizer_config(path):
+    """(model_max_length or None, "start" or "end") of transformers' tokenizer_config.json: the
+    most tokens its tokenizer keeps when asked to truncate (1e30 and the like: None, no limit),
+    and which end of a text it keeps (truncation_side "right" cuts the end: the start is kept)."""
+    try:
+        tok = json.loads(read_small(path, CONFIG_BYTES))
+        length, side = tok.get("model_max_length"), tok.get("truncation_side", "right")
+        if side not in ("right", "left"):
+            raise ValueError(f"truncation_side {side!r} is neither right nor left")
+        if tok.get("add_prefix_space") is True:  # GPT-2's tokenizer here never does
+            raise ValueError("its tokenizer adds a space before every text (add_prefix_space)")
+        return (length if type(length) is int and 1 <= length < 2**31 else None,
+                "start" if side == "right" else "end")
+    except (ValueError, AttributeError, TypeError, RecursionError) as e:
+        raise InputError(f"{path} is not a usable tokenizer_config.json ({e})") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # encoder.json and vocab.json, GPT-2's byte-pair vocabulary, for when tiktoken cannot get it:
 # OpenAI's pattern, and the SHA-256 of its 50,256 tokens in rank order (rank, length, bytes).
@@ -414,9 +435,16 @@ GPT2_RANKS_SHA256 = "3688d51d64f4f960692ec9745abe1ddb9699fb637fe608cceaf8917b065
 
 
 def encoding_from(path):
-    """tiktoken's GPT-2 encoding, built from an encoder.json or vocab.json file."""
+    """tiktoken's GPT-2 encoding, built from an encoder.json or vocab.json file, or from the
+    vocabulary in a tokenizer.json (the tokenizers library's, which transformers reads first)."""
     try:
-        return gpt2_encoding(read_small(path, VOCAB_BYTES))
+        raw = read_small(path, VOCAB_BYTES)
+        tok = json.loads(raw)
+        if isinstance(tok, dict) and isinstance(tok.get("model"), dict):  # a tokenizer.json
+            if (tok.get("pre_tokenizer") or {}).get("add_prefix_space") is True:
+                raise ValueError("it adds a space before every text (add_prefix_space)")
+            raw = json.dumps(tok["model"]["vocab"]).encode()
+        return gpt2_encoding(raw)
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
         raise InputError(f"{path} is not GPT-2's vocabulary ({e})") from None
 

@@ -73,6 +73,6 @@ class Autocast(nn.Module):
         super().__init__()
         self.net, self.device = net, device
 
-    def forward(self, input_batch):  # (B, T) -> (B, T, num_classes), float32
+    def forward(self, input_batch):  # (B, T) -> (B, num_classes), float32
         with autocast(True, self.device):
             return self.net(input_batch).float()

@@ -14,6 +14,8 @@ from plumbing.cli import InputError
 TEXT_NAMES = ("text", "sentence", "review", "message", "content")
 LABEL_NAMES = ("label", "labels", "sentiment", "category", "class", "target")
 COLUMN_FLAGS = "--text-column and --label-column"
+# A classifier's labels are in each of serve.py's answers, all of them: bounded, once read.
+MAX_LABELS, LABEL_CHARS = 10_000, 100
 
 
 def read_examples(path, known_labels=None, text_column=None, label_column=None):
@@ -168,7 +170,8 @@ def find_split_files(folder):
 
 
 def check_labels(path, examples):
-    """The labels, once they look learnable: two or more, not nearly one per example."""
+    """The labels, once they look learnable: two or more, not nearly one per example, and what
+    a classifier may hold (valid_labels)."""
     labels = {label for label, _ in examples}
     if len(labels) < 2:
         raise InputError(f"{path} has a single label; a classifier needs at least two")
@@ -176,4 +179,16 @@ def check_labels(path, examples):
         raise InputError(f"{path}: {len(examples)} examples carry {len(labels)} different "
                          "labels, so a text or id column was read as the label; put the label "
                          f"first, add a header line such as text,label, or use {COLUMN_FLAGS}")
+    if len(labels) > MAX_LABELS or max(map(len, labels)) > LABEL_CHARS:
+        raise InputError(f"{path} has {len(labels):,} labels, the longest of "
+                         f"{max(map(len, labels)):,} characters; a classifier may have "
+                         f"{MAX_LABELS:,} labels of {LABEL_CHARS} characters at most")
     return labels
+
+
+def valid_labels(labels):
+    """Whether labels (read from a file: anything) are what a classifier may hold: a list of 2 to
+    MAX_LABELS different printable names of 1 to LABEL_CHARS characters."""
+    return (type(labels) is list and 2 <= len(labels) <= MAX_LABELS and all(
+        type(label) is str and 0 < len(label) <= LABEL_CHARS and label.isprintable()
+        for label in labels) and len(set(labels)) == len(labels))

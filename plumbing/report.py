@@ -10,29 +10,40 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from plumbing.cli import starting  # first: torch's import can take seconds (cli's is quick)
+
+starting(__name__)  # as a script: Ctrl-C ends it at once, quietly; a slow start is said
+
 import torch
 
 from plumbing.cli import InputError, Progress, run_main
+from plumbing import operating_point as op
 from plumbing.files import atomic_write, read_small
+from plumbing.labelled_files import valid_labels
 
 MANY = 20  # labels past which the tables and the plot summarise instead of showing every cell
+# metrics.jsonl, read back (to draw it, or for the page of serve.py): what a run can write, and
+# each number a reader takes from it, with its range
+METRICS_BYTES, METRICS_LINES = 16_000_000, 100_000
+RANGES = {"epoch": (0, 10**9), "examples_seen": (0, 10**15), "tokens_seen": (0, 10**15),
+          "train_loss": (0, 10**9), "val_loss": (0, 10**9), **{f"{split}_acc": (0, 1) for split in (
+              "train", "val", "validation", "test", "unused")}}
 
 
 @torch.no_grad()
 def predictions(items, collate, model, device, what="evaluating", batch_size=64):
-    """(true labels, predicted labels), two (N,) tensors, from a train_classifier.Classifier;
+    """(true labels (N,), logits (N, num_classes), float32) from a train_classifier.Classifier;
     items: (token ids, label) pairs, shortest first (little padding). The progress line counts
     tokens, the work, so that its estimate holds although the batches grow."""
     model.eval()
     true, predicted, done = [], [], 0
-    progress = Progress(what, sum(len(ids) for ids, _ in items), "tokens")
-    for start in range(0, len(items), batch_size):
-        input_batch, target_batch = collate(items[start:start + batch_size])
-        predicted.append(model(input_batch.to(device)).argmax(dim=-1).cpu())
-        true.append(target_batch)
-        done += sum(len(ids) for ids, _ in items[start:start + batch_size])
-        progress.show(done)
-    progress.end()
+    with Progress(what, sum(len(ids) for ids, _ in items), "tokens") as progress:
+        for start in range(0, len(items), batch_size):
+            input_batch, target_batch = collate(items[start:start + batch_size])
+            predicted.append(model(input_batch.to(device)).float().cpu())
+            true.append(target_batch)
+            done += sum(len(ids) for ids, _ in items[start:start + batch_size])
+            progress.show(done)
     return torch.cat(true), torch.cat(predicted)
 
 
@@ -108,36 +119,116 @@ def unused_lines(unused, test, labels, n_examples):
     return lines
 
 
-def final_report(model, sets, collate, labels, device, start, unused_texts=None, seed=0):
+def final_report(model, sets, collate, labels, device, start, args, untrained=None):
     """Every split in full: accuracy, and for validation and test the confusion matrix, precision,
-    recall and F1 per label; what balancing left out (unused_texts: a sample of that many, drawn
-    with seed). Printed, and returned as metrics.jsonl's last record; times count from start."""
-    record, pairs = {"final": True, "labels": labels}, {}
+    recall and F1 per label; what balancing left out (args.unused_texts: a sample of that many,
+    drawn with args.seed). Labels come from the decision chosen on the validation split as the
+    flags ask (decided). Printed, and returned as metrics.jsonl's last record, the decision in it;
+    times count from start. untrained: the GPT-2 fine-tuned had random weights, or ones that look
+    it (said on the line)."""
+    record, true, logits = {"final": True, "labels": labels}, {}, {}
     for name, items in sets.items():
-        if name == "unused" and unused_texts is not None and unused_texts < len(items):
-            print(f"unused: {f'a sample of {unused_texts:,}' if unused_texts else 'none'} of "
-                  f"the {len(items):,} texts tested (--unused-texts)")
-            items = random.Random(seed).sample(items, unused_texts)
-            record["unused_sampled"] = [unused_texts, len(sets[name])]
+        if name == "unused" and args.unused_texts is not None and args.unused_texts < len(items):
+            print(f"unused: {f'a sample of {args.unused_texts:,}' if args.unused_texts else 'none'}"
+                  f" of the {len(items):,} texts tested (--unused-texts)")
+            items = random.Random(args.seed).sample(items, args.unused_texts)
+            record["unused_sampled"] = [args.unused_texts, len(sets[name])]
         if items:  # shortest first: batches of similar lengths carry little padding
             tick, items = time.time(), sorted(items, key=lambda item: len(item[0]))
-            pairs[name] = predictions(items, collate, model, device, name)
-            record[f"{name}_acc"] = class_metrics(*pairs[name], len(labels))["accuracy"]
-            if len(labels) <= MANY:
-                record[f"{name}_confusion"] = confusion_matrix(*pairs[name], len(labels)).tolist()
+            true[name], logits[name] = predictions(items, collate, model, device, name)
             record[f"{name}_eval_s"] = time.time() - tick
+    counts = Counter(y for items in sets.values() for _, y in items)
+    request = op.requested(args, labels, [Counter(y for _, y in sets["train"])[i] for i in (0, 1)]
+                           if len(labels) == 2 else None)
+    decision, said = decided(logits, true, labels, request, record)
+    probs = {name: torch.softmax(x / decision["temperature"], -1) for name, x in logits.items()}
+    pairs = {name: (true[name], op.decide(probs[name], decision, labels)) for name in logits}
+    for name, pair in pairs.items():
+        record[f"{name}_acc"] = class_metrics(*pair, len(labels))["accuracy"]
+        if len(labels) <= MANY:
+            record[f"{name}_confusion"] = confusion_matrix(*pair, len(labels)).tolist()
     record["elapsed_s"] = time.time() - start
     print("final | " + " | ".join(f"{name} {record[f'{name}_acc']:.2%}" for name in pairs)
-          + f" | {record['elapsed_s']:.1f} s")
+          + f" | {record['elapsed_s']:.1f} s" + (f" | from {untrained}, not GPT-2's trained "
+                                                  "ones" if untrained else ""))
     for name in ("validation", "test"):
         record[f"{name}_metrics"] = class_metrics(*pairs[name], len(labels))
         print(format_table(name, *pairs[name], labels))
+    print("\n".join(said))
     if "unused" in pairs:  # what balancing left out: realistic false positives
-        counts = Counter(y for items in sets.values() for _, y in items)
         record["unused_lines"] = unused_lines(pairs["unused"], pairs["test"], labels,
                                               [counts[i] for i in range(len(labels))])
+        if decision["threshold"] is not None:  # beside the likeliest label's
+            likeliest = unused_lines((true["unused"], probs["unused"].argmax(-1)),
+                                     (true["test"], probs["test"].argmax(-1)), labels,
+                                     [counts[i] for i in range(len(labels))])
+            record["unused_lines"] += [f"the likeliest label instead: {line}" for line in likeliest]
         print("\n".join(record["unused_lines"]))
-    return record
+    return record | {"decision": decision}
+
+
+def decided(logits, true, labels, request, record):
+    """How the classifier's probabilities become labels (operating_point.NO_DECISION's keys),
+    chosen on the validation split as request asks: a temperature fitted there (unless
+    --no-calibrate), and for a positive label its curves, and a threshold given or chosen for
+    --max-fpr. Returns it and the lines that say it; record gets the curves and calibration."""
+    val, positive = logits["validation"], request["positive"]
+    temperature = op.fit_temperature(val, true["validation"]) if request["calibrate"] else 1.0
+    decision = dict(op.NO_DECISION, temperature=temperature, positive=positive,
+                    threshold=request["threshold"])
+    probs = {name: torch.softmax(x / temperature, -1) for name, x in logits.items()}
+    raw = {name: op.reliability(torch.softmax(x, -1), true[name]) for name, x in logits.items()}
+    now = {name: op.reliability(probs[name], true[name]) for name in logits}
+    record["calibration"] = {"temperature": temperature, "ece": {name: [raw[name][0], now[name][0]]
+                             for name in ("validation", "test")}, "bins": {
+                             "before": raw["validation"][1], "after": now["validation"][1]}}
+    said = [f"calibration: temperature {temperature:.2f}, fitted on validation; expected "
+            "calibration error (15 bins) " + ", ".join(f"{name} {raw[name][0]:.1%} -> "
+                                                      f"{now[name][0]:.1%}" for name in (
+                                                          "validation", "test"))
+            if request["calibrate"] else "calibration: none (--no-calibrate): raw softmax"]
+    both = lambda name, k: 0 < (true[name] == k).sum() < len(true[name])  # a curve needs both
+    if positive is None:  # three labels or more: one against the rest, each, while few
+        if len(labels) <= MANY:
+            record["curves"] = {name: {label: op.curves(probs[name][:, k], true[name] == k)
+                                       for k, label in enumerate(labels) if both(name, k)}
+                                for name in ("validation", "test")}
+        return decision, said
+    k, other = labels.index(positive), labels[1 - labels.index(positive)]
+    record["curves"] = {name: op.curves(probs[name][:, k], true[name] == k)
+                        for name in ("validation", "test") if both(name, k)}
+    said.append(f"{positive} against {other}: " + ", ".join(
+        f"{name} ROC AUC {c['roc_auc']:.3f}, average precision {c['average_precision']:.3f}"
+        for name, c in record["curves"].items()))
+    if request["max_fpr"] is not None:  # (check_fits made sure validation has both)
+        decision["threshold"], fpr, recall = op.threshold_for(record["curves"]["validation"],
+                                                              request["max_fpr"])
+        negatives = int((true["validation"] != k).sum())
+        said.append(f"threshold for --max-fpr {request['max_fpr']:g}: on validation a "
+                    f"false-positive rate of {fpr:.2%} ({round(fpr * negatives)} of {negatives} "
+                    f"{other}), recall {recall:.2%}")
+        if request["max_fpr"] < 1 / negatives:
+            said.append(f"--max-fpr {request['max_fpr']:g} is below what {negatives} {other} "
+                        f"texts can resolve (one is {1 / negatives:.2%}): the threshold flags "
+                        "none of them; a larger validation split resolves finer: the data's "
+                        "own ratio (--no-balance)")
+    if decision["threshold"] is not None:
+        test = op.decide(probs["test"], decision, labels)
+        likeliest = probs["test"].argmax(-1)
+        said.append(f"{positive} from a probability of {decision['threshold']:.2%} (the per-epoch "
+                    "accuracies above took the likeliest label): test " + rates(
+                        test, true["test"], k) + "; the likeliest label: " + rates(
+                        likeliest, true["test"], k))
+    return decision, said
+
+
+def rates(predicted, true, positive):
+    """The false-positive rate and recall of a positive label, in words."""
+    negatives, positives = true != positive, true == positive
+    fp, tp = (predicted[negatives] == positive).sum().item(), (
+        predicted[positives] == positive).sum().item()
+    return (f"false-positive rate {fp / max(negatives.sum().item(), 1):.2%} ({fp} of "
+            f"{negatives.sum().item()}), recall {tp / max(positives.sum().item(), 1):.2%}")
 
 
 def save_metrics(history, out):
@@ -148,9 +239,10 @@ def save_metrics(history, out):
 
 
 def plot_metrics(history, path):
-    """Losses, accuracies and the test confusion matrix in a PNG at path; False without
-    matplotlib (never a dependency: python -m plumbing.report out/metrics.jsonl
-    draws it later)."""
+    """Losses, accuracies and the test confusion matrix in a PNG at path, and below them, when
+    the run has them, the positive label's ROC and precision-recall curves (the threshold's point
+    marked) and the reliability diagram; False without matplotlib (never a dependency: python -m
+    plumbing.report out/metrics.jsonl draws it later)."""
     try:  # the Figure class alone: no pyplot, no change to the user's plotting backend
         from matplotlib.figure import Figure
     except ImportError:
@@ -159,8 +251,10 @@ def plot_metrics(history, path):
         return plot_losses(history, path, Figure)
     evals, epochs = [r for r in history if "val_loss" in r], [r for r in history if "val_acc" in r]
     final = history[-1]
-    fig = Figure(figsize=(15, 4.5))
-    ax1, ax2, ax3 = fig.subplots(1, 3)
+    curves = {name: c for name, c in final.get("curves", {}).items() if "fpr" in c}  # 2 labels
+    below = bool(curves or "calibration" in final)
+    fig = Figure(figsize=(15, 9 if below else 4.5))
+    (ax1, ax2, ax3), *more = fig.subplots(2 if below else 1, 3, squeeze=False)
     for key in ("train_loss", "val_loss"):
         ax1.plot([r["examples_seen"] for r in evals], [r[key] for r in evals], label=key)
     ax1.set(xlabel="examples seen", ylabel="loss")
@@ -183,6 +277,8 @@ def plot_metrics(history, path):
             for j, count in enumerate(row):
                 ax3.text(j, i, f"{count:,}", ha="center", va="center",
                          color="white" if count > darkest / 2 else "black")
+    if below:
+        plot_decision(final, curves, *more[0])
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -211,18 +307,99 @@ def perplexity(loss):
     return math.inf if loss > 709 else math.exp(loss)
 
 
+def plot_decision(final, curves, roc, pr, reliability):
+    """The second row of metrics.png: how the probabilities become labels."""
+    threshold = final.get("decision", {}).get("threshold")
+    for name, c in curves.items():
+        roc.plot(c["fpr"], c["tpr"], label=f"{name} (AUC {c['roc_auc']:.3f})")
+        pr.plot(c["tpr"], c["precision"], label=f"{name} (AP {c['average_precision']:.3f})")
+        at = [i for i, t in enumerate(c["thresholds"]) if threshold is not None and t >= threshold]
+        if at:  # the threshold's point: what it flags there
+            roc.plot(c["fpr"][at[-1]], c["tpr"][at[-1]], "o", color="black")
+            pr.plot(c["tpr"][at[-1]], c["precision"][at[-1]], "o", color="black")
+    roc.set(xlabel="false-positive rate", ylabel="recall", title="ROC")
+    pr.set(xlabel="recall", ylabel="precision", title="precision-recall")
+    bins = final.get("calibration", {}).get("bins", {})
+    for when, rows in bins.items():
+        reliability.plot([c for c, _, _ in rows], [a for _, a, _ in rows], marker="o", label=when)
+    reliability.plot([0, 1], [0, 1], ":", color="grey")
+    reliability.set(xlabel="confidence", ylabel="accuracy", title="reliability, validation")
+    for ax in (roc, pr, reliability):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+
+
+def read_records(path, last=False):
+    """The records of a metrics.jsonl (the last alone, if last), each checked before use
+    (check_record); ValueError if any is not what a run writes. The file's size, its lines and
+    their depth are bounded before they are read."""
+    lines = read_small(path, METRICS_BYTES).decode().splitlines()
+    if len(lines) > METRICS_LINES:
+        raise ValueError(f"it has over {METRICS_LINES:,} lines")
+    try:  # parse_constant: no NaN or Infinity, which JSON itself cannot hold
+        records = [json.loads(line, parse_constant=lambda name: None)
+                   for line in (lines[-1:] if last else lines)]
+    except RecursionError:
+        raise ValueError("a line is nested too deep") from None
+    for record in records:
+        check_record(record)
+    return records
+
+
+def check_record(record):
+    """A record of metrics.jsonl, as a reader takes it: a JSON object whose numbers (RANGES) are
+    in range or null, whose labels are a classifier's, and whose test confusion matrix, if any,
+    is one of counts, labels x labels, for MANY labels at most (as a run writes it)."""
+    if type(record) is not dict:
+        raise ValueError("a line is not a JSON object")
+    for key, (low, high) in RANGES.items():
+        value = record.get(key)  # type(): not true, not 10**400 (no float holds it)
+        if not (value is None or type(value) in (int, float) and low <= value <= high):
+            raise ValueError(f"{key} is not a number from {low} to {high:,}")
+    labels, counts = record.get("labels"), record.get("test_confusion")
+    if labels is not None and not valid_labels(labels):
+        raise ValueError("its labels are not a classifier's: 2 to 10,000 printable names")
+    if counts is not None and not (
+            labels and len(labels) <= MANY and type(counts) is list and len(counts) == len(labels)
+            and all(type(row) is list and len(row) == len(labels) and all(
+                type(n) is int and 0 <= n <= 10**15 for n in row) for row in counts)):
+        raise ValueError(f"test_confusion is not a matrix of counts, one row and column for "
+                         f"each of at most {MANY} labels")
+    curves, calibration = record.get("curves", {}), record.get("calibration", {"bins": {}})
+    if not (type(curves) is dict and all(type(c) is dict and (is_curve(c) or all(
+            map(is_curve, c.values()))) for c in curves.values())):
+        raise ValueError("its curves are not lists of rates, one point a threshold")
+    if not (type(calibration) is dict and type(calibration.get("bins")) is dict and all(
+            type(rows) is list and len(rows) <= op.ECE_BINS and all(
+                type(row) is list and len(row) == 3 and numbers(row[:2]) for row in rows)
+            for rows in calibration["bins"].values())):
+        raise ValueError("its calibration bins are not (confidence, accuracy, texts) rows")
+    threshold = (record.get("decision") or {}).get("threshold")
+    if not (threshold is None or numbers([threshold], high=1.5)):
+        raise ValueError("its decision's threshold is not a probability")
+
+
+def numbers(values, low=0.0, high=1.0):
+    """Whether values are plain numbers (not true, not 10**400) from low to high."""
+    return all(type(v) in (int, float) and low <= v <= high for v in values)
+
+
+def is_curve(c):
+    """Whether c is a curve as operating_point.curves makes it, of at most 10**6 points."""
+    keys = ("thresholds", "fpr", "tpr", "precision")
+    return type(c) is dict and all(type(c.get(k)) is list and len(c[k]) == len(c["fpr"])
+                                   <= 10**6 and numbers(c[k], high=1.5) for k in keys) and \
+        numbers([c.get("roc_auc"), c.get("average_precision")])
+
+
 def final_record(path):
     """The last record of the metrics.jsonl in a run's folder (path: it, or a file in it) if it is
-    a finished run's, with its accuracies; else None. Only the file's last MB is read: the record
-    is far smaller."""
+    a finished run's, checked; else None."""
     try:
-        with open((path if path.is_dir() else path.parent) / "metrics.jsonl", "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 2**20))
-            # parse_constant: no NaN or Infinity, which JSON itself cannot hold
-            record = json.loads(f.read().splitlines()[-1], parse_constant=lambda name: None)
-    except (OSError, ValueError, IndexError):  # no file, or not one a run wrote
+        record = read_records((path if path.is_dir() else path.parent) / "metrics.jsonl", True)
+    except ValueError:  # no file, or not one a run wrote
         return None
-    return record if isinstance(record, dict) and record.get("final") is True else None
+    return record[0] if record and record[0].get("final") is True else None
 
 
 class TrainingLog:
@@ -285,9 +462,13 @@ def main(argv=None):
     p.add_argument("metrics", type=Path, help="a metrics.jsonl that train_classifier.py wrote")
     path = p.parse_args(argv).metrics
     try:
-        history = [json.loads(line) for line in read_small(path, 10**8).decode().splitlines()]
+        history = read_records(path)
+        if not (history and history[-1].get("final") is True and (
+                "labels" in history[-1] or "validation_perplexity" in history[-1])):
+            raise ValueError("its last line is not a finished run's, with its labels (or, "
+                             "pretrain.py's, its perplexity)")
         drawn = plot_metrics(history, path.with_name("metrics.png"))
-    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:
+    except (ValueError, KeyError, TypeError, IndexError) as e:
         raise InputError(f"{path} is not a metrics.jsonl of train_classifier.py ({e})") from None
     if not drawn:
         raise InputError("metrics.png needs matplotlib: pip install matplotlib, then run again")

@@ -1,5 +1,5 @@
-"""A run's files in --out, written all at once or not at all, and the classifier read back,
-checked (docs/training.md says what --out holds and promises)."""
+"""Files written all at once or not at all (a run's in --out, an export), and the classifier
+read back, checked (docs/training.md says what --out holds and promises)."""
 import contextlib
 import itertools
 import json
@@ -9,11 +9,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from plumbing.cli import InputError
+from plumbing.cli import InputError, Progress, quoted
 from plumbing.files import atomic_write, lock
 from plumbing.formats import check_config, read_safetensors, write_safetensors
+from plumbing.labelled_files import LABEL_CHARS, MAX_LABELS, valid_labels
+from plumbing.operating_point import NO_DECISION, TEMPERATURES
 from plumbing.report import save_metrics
 
+# A text costs context² compute: no classifier reads texts longer than GPT-2's 1,024 tokens (all
+# four sizes' context), when it is trained and when it is read back (and served).
+LONGEST_CONTEXT = 1024
 # The files a run writes in --out: the only ones it ever replaces or removes there.
 OWN_FILES = ("classifier.safetensors", "metrics.jsonl", "metrics.png",
              *(f"splits/{name}.tsv" for name in ("train", "validation", "test", "unused")))
@@ -62,7 +67,7 @@ def publish(out, own, write, what):
     other. Returns the names of own written."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; give a folder (it holds {what}'s files)")
-    with lock(out, "another run is saving into"):
+    with lock(out, "another run is saving into"), Progress(f"saving in {out}"):
         for left in out.glob(".incomplete-*"):  # what a killed save left (none runs but ours),
             if not left.is_symlink() and (left / STAGED).is_file():  # marked so: never a user's
                 shutil.rmtree(left, ignore_errors=True)
@@ -122,10 +127,12 @@ def swap_in(out, staged, own, new):
         raise
 
 
-# What a classifier's metadata holds: its settings as JSON, but for these, plain text.
-SETTINGS = ("cfg", "labels", "max_length", "pooling", "truncate", "run", "weights_from",
-            "structure")
-TEXTS = ("pooling", "truncate", "structure")
+# What a classifier's metadata holds: each setting, with the value files from older versions get
+# (None: every version saved it); as JSON, but for TEXTS, plain text.
+SETTINGS = {"cfg": None, "labels": None, "max_length": None, "pooling": None, "truncate": None,
+            "run": None, "weights_from": "{}", "structure": "", "untrained": "",
+            "decision": json.dumps(NO_DECISION)}
+TEXTS = ("pooling", "truncate", "structure", "untrained")
 
 
 def read_classifier(path, known):
@@ -142,33 +149,57 @@ def read_classifier(path, known):
                          "python train_classifier.py, or point --out or --classifier at it")
     if not path.is_file():
         raise InputError(f"{path} is not a regular file")
-    tensors, metadata = read_safetensors(path)
-    metadata = {"weights_from": "{}", "structure": "", **metadata}  # older versions saved neither
+    with Progress(f"reading {path}"):  # into memory, not a file that may change; checked
+        tensors, metadata = read_safetensors(path, in_memory=True)
+    unknown = sorted(set(metadata) - set(SETTINGS) - {"format", "sha256"})  # the file's own two
+    if unknown:  # a fork's setting, which this code would ignore: its answers are not the fork's
+        raise InputError(f"{path} holds a setting this code does not know, {unknown[0][:100]!r}: "
+                         "a changed copy of these scripts saved it; use that copy to load it")
+    metadata = {**{key: old for key, old in SETTINGS.items() if old is not None}, **metadata}
     try:
         settings = {key: metadata[key] if key in TEXTS else json.loads(metadata[key])
                     for key in SETTINGS}
-        labels, max_length, cfg = settings["labels"], settings["max_length"], settings["cfg"]
-        if not (type(labels) is list and len(labels) >= 2 and len(set(labels)) == len(labels)
-                and all(type(label) is str and label.isprintable() and label for label in labels)):
-            raise ValueError("its labels are not two or more different printable names")
-        check_config(cfg)
-        if cfg["vocab_size"] <= 50256 or "sha256" not in metadata:  # <|endoftext|> pads batches
-            raise ValueError("its vocabulary lacks GPT-2's, or it holds no SHA-256")
-        # A text costs context² compute: no context longer than GPT-2's 1,024 (all four sizes')
-        if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"] <= 1024:
-            raise ValueError(f"max_length {max_length!r} is not within the context length "
-                             f"{cfg['context_length']}, which is at most GPT-2's 1,024")
-        for key, values in known.items():
-            if settings[key] not in values:
-                raise ValueError(f"{key} {settings[key]!r} is not one of {', '.join(values)} (was "
-                                 "it trained by a fork?)")
-        if not (type(settings["run"]) is dict and type(settings["weights_from"]) is dict):
-            raise ValueError("its run or weights_from settings are not maps")
+        if "sha256" not in metadata:
+            raise ValueError("it holds no SHA-256")
+        check_settings(settings, known)
     except (KeyError, TypeError, ValueError, RecursionError) as e:
         why = (f"no {e} setting: older versions saved none; retrain with this one" if
                isinstance(e, KeyError) else " ".join(str(e).split())[:200])
         raise InputError(f"{path} is not a classifier saved by this script ({why})") from None
     return tensors, settings
+
+
+def check_settings(settings, known):
+    """Raise ValueError unless a classifier's settings (SETTINGS, read from a file) are ones the
+    code here can use: those named in known against the values it has."""
+    labels, max_length, cfg = settings["labels"], settings["max_length"], settings["cfg"]
+    if not valid_labels(labels):
+        raise ValueError(f"its labels are not 2 to {MAX_LABELS:,} different printable names "
+                         f"of {LABEL_CHARS} characters at most")
+    check_config(cfg)
+    if cfg["vocab_size"] <= 50256:  # <|endoftext|> pads batches
+        raise ValueError("its vocabulary lacks GPT-2's")
+    if type(max_length) is not int or not 1 <= max_length <= cfg["context_length"] or \
+            max_length > LONGEST_CONTEXT:
+        raise ValueError(f"max_length {max_length!r} is not within the context length "
+                         f"{cfg['context_length']} and {LONGEST_CONTEXT:,}")
+    for key, values in known.items():
+        if settings[key] not in values:
+            raise ValueError(f"{key} {settings[key]!r} is not one of {', '.join(values)} (was "
+                             "it trained by a fork?)")
+    if not (type(settings["run"]) is dict and type(settings["weights_from"]) is dict):
+        raise ValueError("its run or weights_from settings are not maps")
+    decision = settings["decision"]  # how its probabilities become labels
+    number = lambda x, low, high: type(x) in (int, float) and low <= x <= high
+    positive = decision.get("positive") if type(decision) is dict else None
+    if not (type(decision) is dict and decision.keys() == NO_DECISION.keys()
+            and number(decision["temperature"], *TEMPERATURES)
+            and (positive is None or len(labels) == 2 and positive in labels)
+            and (decision["threshold"] is None or positive and number(decision["threshold"], 0,
+                                                                     1.5))):
+        raise ValueError(f"its decision is not a temperature from {TEMPERATURES[0]:g} to "
+                         f"{TEMPERATURES[1]:g} and, for two labels, a positive one and a "
+                         "threshold on its probability, or none")
 
 
 def check_structure(model, settings, path):
@@ -181,5 +212,5 @@ def check_structure(model, settings, path):
     for mine, saved in itertools.zip_longest(ours, theirs, fillvalue="(nothing)"):
         if mine != saved:
             raise InputError(f"{path} was trained with another model: its file has "
-                             f"{saved.strip()!r} where this code builds {mine.strip()!r}; load "
-                             "it with the code that trained it")
+                             f"{quoted(saved.strip())} where this code builds "
+                             f"{quoted(mine.strip())}; load it with the code that trained it")

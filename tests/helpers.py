@@ -5,13 +5,13 @@ in the real formats, the command lines run in this process or in a new one, the 
 Every test builds what it needs in a temporary folder. While a test class runs, every cache a
 script reads points into a folder of the class's own, so a user's caches (this project's, Hugging
 Face's, tiktoken's) change nothing, and neither the Hugging Face variables nor a proxy reach the
-scripts; all of it is undone when the class ends. GPT-2's vocabulary comes from TIKTOKEN_CACHE_DIR
-when it is set (a folder of tiktoken's cached GPT-2 files), else from the hub; where neither works,
-the tests that need it skip and say so. SMS_SPAM_COLLECTION names the SMS file for the tests that
-use it. Everything runs on the CPU.
+scripts; all of it is undone when the class ends. GPT-2's vocabulary comes from a copy in
+tests/fixtures, so every test runs offline. SMS_SPAM_COLLECTION names the SMS file for the tests
+that use it. Everything runs on the CPU.
 """
 import contextlib
 import functools
+import gzip
 import hashlib
 import http.server
 import io
@@ -19,7 +19,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -41,10 +43,12 @@ TF_FIXTURE = ROOT / "tests" / "fixtures" / "gpt2-tf"
 SMS = Path(os.environ.get("SMS_SPAM_COLLECTION") or ROOT.parent / "shared" / "data"
            / "SMSSpamCollection")
 NO_SMS = "the SMS Spam Collection file is not there; set SMS_SPAM_COLLECTION to its path"
-USERS_TIKTOKEN = os.environ.get("TIKTOKEN_CACHE_DIR")  # read, never changed, here
-ENCODER_JSON = Path(USERS_TIKTOKEN or ROOT / "tests" / "absent") / hashlib.sha1(  # tiktoken's name
-    b"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json").hexdigest()
-NO_ENCODER_JSON = "GPT-2's encoder.json is not in TIKTOKEN_CACHE_DIR; set it to tiktoken's cache"
+# GPT-2's vocabulary for every test, offline: OpenAI's encoder.json (MIT licence), gzipped, and
+# the name tiktoken gives its cached copy (the SHA-1 of its URL). The scripts check it as they
+# check any copy: token by token against GPT-2's (formats.gpt2_encoding).
+VOCABULARY = ROOT / "tests" / "fixtures" / "gpt2-encoder.json.gz"
+TIKTOKEN_NAME = hashlib.sha1(b"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+                             b"encoder.json").hexdigest()
 NATIVE_BF16_CPU = hardware.native_bf16_cpu  # the real one: TestCase patches it
 # Variables that would reach outside: the tests' servers are on 127.0.0.1; each sets what it tests.
 HIDDEN = ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_TOKEN",
@@ -63,10 +67,12 @@ class TestCase(unittest.TestCase):
         super().setUpClass()
         own = Path(tempfile.mkdtemp(prefix="gpt2-tests-"))
         cls.addClassCleanup(shutil.rmtree, own, True)
+        (own / "tk").mkdir()
+        (own / "tk" / TIKTOKEN_NAME).write_bytes(encoder_json())  # tiktoken's cache, ours
         environment = unittest.mock.patch.dict(os.environ, {
             "GPT2_CACHE_DIR": str(own / "gpt2"), "HF_HOME": str(own / "hf"),
-            "XDG_CACHE_HOME": str(own / "xdg"), "TIKTOKEN_CACHE_DIR": USERS_TIKTOKEN or
-            str(own / "tk"), "CUDA_VISIBLE_DEVICES": ""})  # the CPU, in subprocesses too
+            "XDG_CACHE_HOME": str(own / "xdg"), "TIKTOKEN_CACHE_DIR": str(own / "tk"),
+            "CUDA_VISIBLE_DEVICES": ""})  # the CPU, in subprocesses too
         for patch in (environment,  # its stop puts back the variables popped below too
                       unittest.mock.patch.object(hardware, "native_bf16_cpu", lambda: None),
                       unittest.mock.patch.object(torch.backends.mps, "is_available",
@@ -78,19 +84,15 @@ class TestCase(unittest.TestCase):
 
 
 @functools.lru_cache(maxsize=None)
-def real_tokenizer():
-    try:
-        return load_gpt2.get_tokenizer()
-    except cli.InputError as e:
-        return str(e)
+def encoder_json():
+    """The bytes of GPT-2's encoder.json, from VOCABULARY."""
+    return gzip.decompress(VOCABULARY.read_bytes())
 
 
+@functools.lru_cache(maxsize=None)
 def tokenizer():
-    tok = real_tokenizer()
-    if isinstance(tok, str):
-        raise unittest.SkipTest("GPT-2's vocabulary cannot be loaded here; set TIKTOKEN_CACHE_DIR "
-                                f"to a folder of tiktoken's cached GPT-2 files ({tok[:200]})")
-    return tok
+    """GPT-2's tokenizer, as the scripts build it (from the class's tiktoken cache: VOCABULARY)."""
+    return load_gpt2.get_tokenizer()
 
 
 def tmpdir(test):
@@ -221,9 +223,31 @@ def run_cli(main, *args, stdin=b"", env=None):
     return code, out.getvalue(), err.getvalue()
 
 
+def ctrl_c_while_torch_loads(test, *args):
+    """Run python -v ARGS (a script, or -m and a module) and press Ctrl-C (a real SIGINT) as it
+    starts to import torch: it must end at once and quietly, as a shell shows it (status 130),
+    not with a KeyboardInterrupt's traceback."""
+    child = subprocess.Popen([sys.executable, "-v", *args], cwd=ROOT, text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    test.addCleanup(child.kill)
+    for line in child.stderr:  # -v: a line as each module is imported
+        if line.startswith("import 'torch."):
+            break
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    test.assertNotIn("Traceback", err)
+    test.assertEqual(child.returncode, -signal.SIGINT)  # what a shell shows as 130
+
+
+PROGRESS = re.compile(r": \d+ s$|\d s left$|/s$|\(\d+%\)$")  # the ends of cli.Progress's lines
+
+
 def said(err):
-    """The lines a run wrote to stderr, but for warnings (the tiny models look untrained)."""
-    return [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
+    """The lines a run wrote to stderr, but for warnings (the tiny models look untrained) and
+    progress lines (a phase that runs long, as on a busy machine, shows them)."""
+    return [line for line in err.strip().splitlines()
+            if not line.startswith("warning: ") and not PROGRESS.search(line)]
 
 
 def assert_same_weights(test, a, b, tol=1e-5, inert=()):
@@ -232,6 +256,12 @@ def assert_same_weights(test, a, b, tol=1e-5, inert=()):
     for name, p in a.items():
         if name not in inert:
             test.assertLess((p - b[name]).abs().max().item(), tol, name)
+
+
+def largest_change(a, b):
+    """The largest difference between two models' weights, whatever their head's shape."""
+    return max((p - b.state_dict()[name]).abs().max().item()
+               for name, p in a.state_dict().items())
 
 
 def inert_parameters(model, pooling="last"):
@@ -369,14 +399,17 @@ class FileServer:
       redirect: {path: url} answered with a 302 there, with extra headers (the hub's way);
       no_length: no Content-Length (the body ends when the connection does);
       slow_headers: seconds between the bytes of the status line and headers;
-      trickle: (n, s): the body's first n bytes at once, then a byte every s seconds, 40 at most.
+      trickle: (n, s): the body's first n bytes at once, then a byte every s seconds, 40 at most;
+      tls: HTTPS, with tests/fixtures/selfsigned.pem, a certificate for 127.0.0.1 that no client
+        trusts (made by openssl req -x509 -newkey rsa:2048 -nodes -days 36500 -subj /CN=127.0.0.1
+        -addext subjectAltName=IP:127.0.0.1).
     """
 
     def __init__(self, files, **switches):
         self.files, self.requests = files, []
         self.switch = {"cut_after": [], "fail": [], "corrupt": False, "ignore_range": False,
                        "lie": 0, "redirect": {}, "headers": {}, "no_length": False,
-                       "slow_headers": 0, "trickle": None, **switches}
+                       "slow_headers": 0, "trickle": None, "tls": False, **switches}
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -447,6 +480,12 @@ class FileServer:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
+        if self.switch["tls"]:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(ROOT / "tests" / "fixtures" / "selfsigned.pem")
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.server.handle_error = lambda *_: None  # the client refusing it: no traceback
+            self.url = self.url.replace("http:", "https:")
         # 0.05: how often serve_forever looks for close()'s shutdown (0.5 s by default)
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 

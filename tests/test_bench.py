@@ -12,7 +12,14 @@ class TestBench(TestCase):
                               (["generate", "--new-tokens", "-5"], "must be a number > 0"),
                               (["serve", "--requests", "0"], "must be a number > 0"),
                               (["pretrain", "--shape", "4", "0", "64"], "must be a number > 0"),
-                              (["pretrain", "--data", folder / "nope"], "no such file")):
+                              (["pretrain", "--data", folder / "nope"], "no such file"),
+                              (["train", "--trainable", "all"], "--trainable does nothing with "
+                               "bench.py train"),
+                              (["generate", "--data", folder], "--data does nothing with bench.py "
+                               "generate; leave it out"),
+                              (["serve", "--sizes", "8"], "--sizes does nothing with bench.py "
+                               "serve"),
+                              (["memory", "--dtype", "float32"], "--dtype does nothing")):
             with self.subTest(args):
                 code, _, err = run_cli(bench.main, *args)
                 self.assertNotEqual(code, 0)

@@ -160,3 +160,14 @@ class TestLongTexts(Trains):
             for t, ids in zip(random_texts, got):
                 whole = self.tok.encode_ordinary(t)
                 self.assertEqual(ids, whole[:30] if truncate == "start" else whole[-30:])
+
+    def test_a_word_longer_than_the_window_is_tokenized_whole(self):
+        """A window cut inside a run with no space tokenizes that run otherwise than the whole
+        text does, at both of its ends (BPE merges over the whole run): the window grows to the
+        run's edge, and the tokens kept are exactly the whole text's."""
+        for text, truncate in (("Hi " + "o" * 2000, "end"), ("o" * 2000 + " Hi", "start"),
+                               ("Hi " + "ab1." * 900 + " there", "end")):
+            whole = self.tok.encode_ordinary(text)
+            with self.subTest(text[:8], truncate=truncate):
+                self.assertEqual(data.encode(self.tok, [text], 16, truncate)[0],
+                                 whole[-16:] if truncate == "end" else whole[:16])

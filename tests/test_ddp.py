@@ -1,6 +1,7 @@
 """plumbing/ddp.py: several processes under torchrun, as one bigger batch."""
 import contextlib
 import io
+import json
 import socket
 import sys
 import time
@@ -54,6 +55,11 @@ class TestDistributed(Trains):
         for name, p in ranks[0].items():
             self.assertTrue(torch.equal(p, ranks[1][name]), name)
         assert_same_weights(self, ranks[0], single.state_dict(), inert=inert_parameters(single))
+        # the log counts the whole run: every process's examples
+        seen = {run: [r["examples_seen"] for r in map(json.loads, (folder / run / "metrics.jsonl")
+                                                      .open(encoding="utf-8")) if "step" in r]
+                for run in ("ddp", "one")}
+        self.assertEqual(seen["ddp"], seen["one"])
         trained = ranks[0]["trf_blocks.1.ff.layers.0.weight"]
         initial = load_gpt2.load_gpt2(model_dir).state_dict()["trf_blocks.1.ff.layers.0.weight"]
         self.assertFalse(torch.equal(trained, initial))

@@ -17,7 +17,7 @@ import data
 import load_gpt2
 from plumbing import cli, download, files, formats
 
-from helpers import (FIXTURE, TF_FIXTURE, SMS, NO_SMS, ENCODER_JSON, NO_ENCODER_JSON, TestCase,
+from helpers import (FIXTURE, TF_FIXTURE, SMS, NO_SMS, TestCase, encoder_json,
                      tmpdir, Sources, FileServer)
 
 
@@ -45,9 +45,8 @@ class TestSources(Sources):
                 self.assertFalse((self.dir / "ours").exists())  # used in place, not copied
                 shutil.rmtree(folder)
 
-    @unittest.skipUnless(ENCODER_JSON.exists(), NO_ENCODER_JSON)
     def test_any_gpt2_repo_on_the_hub_downloads_once(self):
-        config, vocab = (FIXTURE / "config.json").read_bytes(), ENCODER_JSON.read_bytes()
+        config, vocab = (FIXTURE / "config.json").read_bytes(), encoder_json()
         other = json.loads(vocab)
         other["Ġthe"], other["Ġa"] = other["Ġa"], other["Ġthe"]  # another tokenizer's ranks
         files = {("org/tiny-gpt2", "config.json"): config, ("org/tiny-gpt2", "vocab.json"): vocab,
@@ -83,6 +82,24 @@ class TestSources(Sources):
         with contextlib.chdir(self.dir):
             self.assert_fixture(load_gpt2.load_gpt2("org/tiny-gpt2"),
                                 Path("org/tiny-gpt2/model.ckpt.index"))
+
+    def test_a_repo_saved_by_transformers_5_has_its_vocabulary_in_tokenizer_json(self):
+        config, weights = ((FIXTURE / name).read_bytes() for name in ("config.json",
+                                                                      "model.safetensors"))
+        tokenizer = json.dumps({"pre_tokenizer": {"type": "ByteLevel"},
+                                "model": {"vocab": json.loads(encoder_json())}})
+        files = {("org/v5", "config.json"): config, ("org/v5", "model.safetensors"): weights,
+                 ("org/v5", "tokenizer.json"): tokenizer.encode(),
+                 ("org/spaced", "config.json"): config, ("org/spaced", "vocab.json"):
+                     encoder_json(), ("org/spaced", "model.safetensors"): weights,
+                 ("org/spaced", "tokenizer_config.json"): b'{"add_prefix_space": true}'}
+        self.hub(files)
+        with contextlib.redirect_stderr(io.StringIO()):
+            self.assert_fixture(load_gpt2.load_gpt2("org/v5"),
+                                self.dir / "ours" / "org--v5" / "model.safetensors")
+        with self.assertRaisesRegex(cli.InputError, "adds a space before every text"):
+            load_gpt2.load_gpt2("org/spaced")  # a file that is there but refused: not skipped
+        self.assertFalse((self.dir / "ours" / "org--spaced" / "model.safetensors").exists())
 
     def test_the_sizes_fall_back_to_openai_and_then_the_books_copy(self):
         hub = FileServer({}, fail=[503] * 20)  # the hub is down
@@ -260,6 +277,16 @@ class TestDownloads(TestCase):
         self.assertIn(url, str(e.exception))
         self.assertIn(str(self.dest), str(e.exception))
 
+    def test_a_certificate_this_python_does_not_trust_is_named_with_its_fixes(self):
+        server = self.serve(tls=True)  # self-signed, as behind some proxies
+        with self.assertRaises(cli.InputError) as e:
+            download.first_that_works([lambda: self.download(server)], "the file", "the fix")
+        self.assertRegex(str(e.exception), r"this Python does not trust the server's certificate "
+                         r"\(self.signed certificate\); .*Install Certificates.command.* set "
+                         "SSL_CERT_FILE to a current CA bundle file")
+        self.assertFalse(e.exception.missing)  # a fix to make, not a file missing: said at once
+        self.assertEqual(server.requests, [])  # refused before any request was sent
+
     def test_offline_mode_makes_no_request(self):
         server = self.serve()
         for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -431,7 +458,7 @@ class TestDownloads(TestCase):
                         self.assertRaisesRegex(cli.InputError, "f.zip, from x, is not the zip "
                                                "it should be"):
                     download.zip_member(["x"], "SMSSpamCollection", "0" * 64, folder / "out",
-                                     folder / "f.zip")
+                                        folder / "f.zip", "the file", "the fix")
                 self.assertEqual(list(folder.iterdir()), [])
 
     def test_a_zip_without_the_file_is_a_clear_error(self):

@@ -13,7 +13,8 @@ import numpy as np
 import load_gpt2
 from plumbing import cli, formats
 
-from helpers import TF_FIXTURE, TestCase, tmpdir, random_hf_arrays, write_checkpoint, Sources
+from helpers import (TF_FIXTURE, TestCase, encoder_json, tmpdir, random_hf_arrays,
+                     write_checkpoint, Sources)
 
 
 def varint(n):
@@ -102,6 +103,33 @@ class TestFormats(TestCase):
         (folder / "config.json").symlink_to(os.devnull)  # a device: never read
         with self.assertRaisesRegex(cli.InputError, "not a regular file of at most 1,000,000"):
             load_gpt2.load_gpt2(folder)
+
+    def test_transformers_tokenizer_files_are_read_and_checked(self):
+        folder, vocab = tmpdir(self), json.loads(encoder_json())
+        pre = {"type": "ByteLevel", "add_prefix_space": False}
+        (folder / "tokenizer.json").write_text(json.dumps(
+            {"version": "1.0", "pre_tokenizer": pre, "model": {"type": "BPE", "vocab": vocab}}))
+        self.assertEqual(formats.encoding_from(folder / "tokenizer.json").encode("hi there"),
+                         [5303, 612])
+        (folder / "tokenizer.json").write_text(json.dumps(
+            {"pre_tokenizer": {**pre, "add_prefix_space": True}, "model": {"vocab": vocab}}))
+        with self.assertRaisesRegex(cli.InputError, "tokenizer.json is not GPT-2's vocabulary "
+                                    r"\(it adds a space before every text"):
+            formats.encoding_from(folder / "tokenizer.json")
+        path = folder / "tokenizer_config.json"
+        for config, expected in (({}, (None, "start")), ({"model_max_length": int(1e30)},
+                                                         (None, "start")),
+                                 ({"model_max_length": 128, "truncation_side": "left"},
+                                  (128, "end")), ({"model_max_length": 1.5}, (None, "start"))):
+            path.write_text(json.dumps(config))
+            self.assertEqual(formats.read_tokenizer_config(path), expected)
+        for config, message in (([], "'list' object has no attribute"),
+                                ({"truncation_side": "middle"}, "'middle' is neither"),
+                                ({"add_prefix_space": True}, "adds a space before every text")):
+            path.write_text(json.dumps(config))
+            with self.assertRaisesRegex(cli.InputError, "tokenizer_config.json is not a usable "
+                                        f"tokenizer_config.json .*{message}"):
+                formats.read_tokenizer_config(path)
 
     def test_weights_beyond_this_machines_memory_are_refused_before_allocating(self):
         folder = tmpdir(self)

@@ -69,6 +69,14 @@ class TestGenerate(TestCase):
 
 
 class TestGenerateCLI(Trains):
+    def test_sampling_flags_with_greedy_decoding_are_refused(self):
+        for flags in (["--top-k", "5"], ["--top-p", "0.5"], ["--seed", "1"]):
+            with self.subTest(flags):
+                code, _, err = run_cli(gen.main, "--temperature", "0", *flags)
+                self.assertEqual(code, 2)
+                self.assertIn(f"{flags[0]} does nothing with --temperature 0 (greedy); leave it "
+                              "out", err)
+
     def test_streams_text_and_handles_special_prompts(self):
         tokenizer()
         folder = tiny_gpt2_folder(tmpdir(self))

@@ -150,7 +150,12 @@ class TestDataFromStrangers(Trains):
                                      "line 2: a \\u escape of half a character"),
                  "digits.jsonl": ('{"text": "ok", "label": "a"}\n'
                                   '{"text": "x", "label": 1' + "0" * 5000 + '}\n',
-                                  "line 2: not valid JSON (Exceeds the limit")}
+                                  "line 2: not valid JSON (Exceeds the limit"),
+                 "long.tsv": ("ham\tok\n" + "s" * 101 + "\tlong\n", " has 2 labels, the longest "
+                              "of 101 characters; a classifier may have 10,000 labels of 100 "
+                              "characters at most"),  # every answer of serve.py holds them all
+                 "many.tsv": ("".join(f"{i}\ttext {c}\n" for i in range(10_001) for c in "ab"),
+                              " has 10,001 labels, the longest of 5 characters")}
         for name, (content, message) in cases.items():
             with self.subTest(name):
                 path = self.dir / name

@@ -14,7 +14,7 @@ import torch
 import load_gpt2
 from plumbing import cli
 
-from helpers import (ROOT, TF_FIXTURE, ENCODER_JSON, NO_ENCODER_JSON, TestCase, tokenizer, tmpdir,
+from helpers import (ROOT, TF_FIXTURE, TIKTOKEN_NAME, TestCase, encoder_json, tokenizer, tmpdir,
                      write_safetensors, as_stored, random_hf_arrays, numpy_gpt2, write_checkpoint,
                      Sources)
 
@@ -75,33 +75,32 @@ class TestLoadGPT2(TestCase):
 
 
 class TestTokenizerAndDevice(Sources):
-    @unittest.skipUnless(ENCODER_JSON.exists(), NO_ENCODER_JSON)
     def test_the_vocabulary_comes_from_the_weights_when_tiktoken_cannot(self):
         real, folder = tokenizer(), self.dir / "book"
         shutil.copytree(TF_FIXTURE, folder)
-        shutil.copy(ENCODER_JSON, folder / "encoder.json")
+        (folder / "encoder.json").write_bytes(encoder_json())
         env = {"TIKTOKEN_CACHE_DIR": str(self.dir / "empty"), "HF_HUB_OFFLINE": "1"}
         text = "Every effort moves you <|endoftext|> naïve café 😀\n\n  spaces"
         with unittest.mock.patch.dict(os.environ, env):
             tok = load_gpt2.get_tokenizer(folder)
             self.assertEqual(tok.encode_ordinary(text), real.encode_ordinary(text))
             self.assertEqual((tok.n_vocab, tok.eot_token), (50257, 50256))
-            vocab = json.loads(ENCODER_JSON.read_bytes())
+            vocab = json.loads(encoder_json())
             vocab["Ġthe"], vocab["Ġa"] = vocab["Ġa"], vocab["Ġthe"]  # two ranks swapped
             (folder / "encoder.json").write_text(json.dumps(vocab), encoding="utf-8")
             with self.assertRaisesRegex(cli.InputError, "book/encoder.json is not GPT-2's "
                                                           "vocabulary"):
                 load_gpt2.get_tokenizer(folder)
-        shutil.copy(ENCODER_JSON, folder / "encoder.json")
-        tiktoken_cache = self.dir / "tiktoken"  # tiktoken's files, but one of them damaged
-        shutil.copytree(ENCODER_JSON.parent, tiktoken_cache)
-        (tiktoken_cache / ENCODER_JSON.name).write_bytes(b"{}")
+        (folder / "encoder.json").write_bytes(encoder_json())
+        tiktoken_cache = self.dir / "tiktoken"  # tiktoken's file, but damaged
+        tiktoken_cache.mkdir()
+        (tiktoken_cache / TIKTOKEN_NAME).write_bytes(b"{}")
         for cache in ("", str(tiktoken_cache)):  # "": tiktoken keeps no cache, it downloads
             with self.subTest(cache=cache), unittest.mock.patch.dict(
                     os.environ, {**env, "TIKTOKEN_CACHE_DIR": cache}), unittest.mock.patch(
                     "tiktoken.get_encoding", side_effect=AssertionError("tiktoken reads")):
                 self.assertEqual(load_gpt2.get_tokenizer(folder).n_vocab, 50257)  # offline
-        hub = self.hub({("openai-community/gpt2", "vocab.json"): ENCODER_JSON.read_bytes()})
+        hub = self.hub({("openai-community/gpt2", "vocab.json"): encoder_json()})
         with unittest.mock.patch.dict(os.environ, {**env, "HF_HUB_OFFLINE": ""}), \
                 unittest.mock.patch("tiktoken.get_encoding",
                                     side_effect=AssertionError("tiktoken downloads")):
@@ -110,7 +109,6 @@ class TestTokenizerAndDevice(Sources):
         self.assertEqual([r[1] for r in hub.requests if r[0] == "GET"],
                          ["/openai-community/gpt2/resolve/main/vocab.json"])
 
-    @unittest.skipUnless(ENCODER_JSON.exists(), f"{ENCODER_JSON} not present")
     @unittest.skipIf(sys.platform == "win32", "FIFOs are POSIX")
     def test_files_planted_in_tiktokens_shared_cache_are_never_opened(self):
         planted = self.dir / "data-gym-cache"  # tiktoken's folder in /tmp, as another user left it
@@ -118,10 +116,10 @@ class TestTokenizerAndDevice(Sources):
         bpe = hashlib.sha1(b"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
                            b"vocab.bpe").hexdigest()
         os.mkfifo(planted / bpe)  # reading it waits forever
-        (planted / ENCODER_JSON.name).symlink_to("/dev/zero")  # reading it never ends
+        (planted / TIKTOKEN_NAME).symlink_to("/dev/zero")  # reading it never ends
         folder = self.dir / "book"
         shutil.copytree(TF_FIXTURE, folder)
-        shutil.copy(ENCODER_JSON, folder / "encoder.json")
+        (folder / "encoder.json").write_bytes(encoder_json())
         code = "import load_gpt2, sys; print(load_gpt2.get_tokenizer(sys.argv[1]).n_vocab)"
         result = subprocess.run([sys.executable, "-c", code, folder], cwd=ROOT, text=True,
                                 capture_output=True, timeout=30,

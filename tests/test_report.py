@@ -4,6 +4,8 @@ import importlib.util
 import io
 import json
 import math
+import os
+import sys
 import time
 import unittest
 
@@ -13,7 +15,7 @@ import train_classifier as tc
 from plumbing import report
 from plumbing.labelled_files import read_examples
 
-from helpers import TestCase, tmpdir, run_cli, Trains
+from helpers import TestCase, ctrl_c_while_torch_loads, tmpdir, run_cli, Trains
 
 
 def pairs(counts):
@@ -90,6 +92,41 @@ class TestReport(TestCase):
                     self.assertIsNone(record)
                 else:
                     self.assertEqual(record["test_acc"], expected)
+
+
+    def test_a_metrics_jsonl_from_outside_is_checked_before_use(self):
+        """What a metrics.jsonl beside a classifier (its accuracy is on serve.py's page) or
+        given to python -m plumbing.report may be: each refused within a bounded read, in a
+        moment and one line. They once hung (a FIFO), read GBs (/dev/zero), raised a
+        RecursionError or an OverflowError, or drew a 300 x 300 matrix for minutes."""
+        good = {"final": True, "labels": ["ham", "spam"], "test_acc": 0.75,
+                "test_confusion": [[3, 1], [0, 4]]}
+        cases = {"deep": "[" * 100_000 + "]" * 100_000,
+                 "10^400 examples": json.dumps(dict(good, examples_seen=10**400)),
+                 "accuracy 2": json.dumps(dict(good, test_acc=2)),
+                 "300 labels' matrix": json.dumps(dict(good, labels=[f"l{i}" for i in range(
+                     300)], test_confusion=[[1] * 300] * 300)),
+                 "an ESC in a label": json.dumps(dict(good, labels=["ham", "sp\x1b[2Jam"])),
+                 "lines": "{}\n" * 100_001 + json.dumps(good), "FIFO": os.mkfifo,
+                 "/dev/zero": lambda path: path.symlink_to(os.devnull.replace("null", "zero"))}
+        for name, content in cases.items():
+            with self.subTest(name):
+                path = tmpdir(self) / "metrics.jsonl"
+                content(path) if callable(content) else path.write_text(content + "\n", "utf-8")
+                start = time.time()
+                self.assertIsNone(report.final_record(path.parent))
+                code, _, err = run_cli(report.main, path)
+                self.assertEqual(code, 1)
+                self.assertRegex(err, r"^error: .* is not a metrics.jsonl of train_classifier.py "
+                                      r"\([^\n\x1b]*\)\n$")
+                self.assertLess(time.time() - start, 10)
+        path = tmpdir(self) / "metrics.jsonl"
+        path.write_text(json.dumps(good) + "\n", "utf-8")
+        self.assertEqual(report.final_record(path)["test_acc"], 0.75)
+
+    @unittest.skipIf(sys.platform == "win32", "SIGINT to a child process is POSIX")
+    def test_ctrl_c_while_torch_loads_ends_quietly(self):
+        ctrl_c_while_torch_loads(self, "-m", "plumbing.report", "--help")
 
 
 class TestReportOfARun(Trains):

@@ -19,9 +19,9 @@ import torch
 
 import model as gpt
 import train_classifier as tc
-from plumbing import cli, files, formats, save
+from plumbing import cli, files, formats, operating_point, save
 
-from helpers import ROOT, run_cli, Trains
+from helpers import ROOT, ctrl_c_while_torch_loads, run_cli, Trains
 
 
 class TestNothingLost(Trains):
@@ -34,7 +34,7 @@ class TestNothingLost(Trains):
 
     def test_failed_and_diverged_runs_write_nothing(self):
         cases = {"exceeds the model's context length 64": ["--max-length", "5000"],
-                 "last-N with 1 <= N <= 2": ["--trainable", "last-99"],
+                 "(last-N: 1 <= N <= 2)": ["--trainable", "last-99"],
                  "training diverged; try a smaller --lr": ["--lr", "1e30", "--trainable", "all"],
                  "is more than the 16 texts of the training split": ["--batch-size", "17"]}
         for message, args in cases.items():
@@ -113,17 +113,7 @@ class TestNothingLost(Trains):
 
     @unittest.skipIf(sys.platform == "win32", "SIGINT to a child process is POSIX")
     def test_ctrl_c_while_torch_loads_ends_quietly(self):
-        child = subprocess.Popen([sys.executable, "-v", "train_classifier.py", "--help"], cwd=ROOT,
-                                 text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        self.addCleanup(child.kill)
-        for line in child.stderr:  # -v: a line as each module is imported
-            if line.startswith("import 'torch."):
-                break
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=30)
-        self.assertNotIn("Traceback", err)
-        self.assertEqual(child.returncode, -signal.SIGINT)  # what a shell shows as 130
+        ctrl_c_while_torch_loads(self, "train_classifier.py", "--help")
 
     def test_the_way_must_be_clear_before_training(self):
         (self.dir / "blocked" / "classifier.safetensors").mkdir(parents=True)
@@ -145,16 +135,26 @@ class TestNothingLost(Trains):
         bad = lambda **changes: (tensors, dict(metadata, **changes))
         cases = {
             "max_length 0 is not within": bad(max_length="0"),
-            "context length 1000000, which is at most GPT-2's 1,024":  # a text would cost 10^12
-                bad(cfg=json.dumps(dict(cfg, context_length=10**6))),
+            "max_length 1000000 is not within the context length 1000000 and 1,024":  # 10^12
+                bad(cfg=json.dumps(dict(cfg, context_length=10**6)), max_length=str(10**6)),
+            "holds a setting this code does not know, 'threshold': a changed copy":  # a fork's
+                bad(threshold="0.9"),
             "max_length 'x' is not within": bad(max_length='"x"'),
-            "labels are not two or more different printable names": bad(labels='["a", "a"]'),
-            "labels are not two or more different printable names ": bad(labels='"ab"'),
-            "labels are not two or more different printable names  ":
+            "labels are not 2 to 10,000 different printable names": bad(labels='["a", "a"]'),
+            "labels are not 2 to 10,000 different printable names ": bad(labels='"ab"'),
+            "labels are not 2 to 10,000 different printable names  ":
                 bad(labels='["a", "b\\u001b[2J"]'),  # a terminal escape
+            "labels are not 2 to 10,000 different printable names of 100 characters at most":
+                bad(labels=json.dumps([f"label {i}" for i in range(10_001)])),  # in every answer
+            " labels are not 2 to 10,000 different printable names of 100 characters at most":
+                bad(labels=json.dumps(["a", "b" * 101])),
             "trained with another model: its file has '(out_head): Linear(in_features=16, "
             "out_features=2, bias=True)' where this code builds '(out_head): Linear("
-            "in_features=16, out_features=3": bad(labels='["a", "b", "c"]'),
+            "in_features=16, out_features=3": bad(labels='["a", "b", "c"]', decision=json.dumps(
+                dict(operating_point.NO_DECISION, temperature=1.5))),
+            "its decision is not a temperature": bad(decision='{"temperature": 1.0}'),
+            "its decision is not a temperature ": bad(decision=json.dumps(dict(
+                operating_point.NO_DECISION, positive="spam", threshold=2.0))),
             "n_layers must be an integer": bad(cfg=json.dumps(dict(cfg, n_layers=True))),
             "not a classifier saved by this script (Expecting property name": bad(cfg="{x"),
             "no 'labels' setting": (tensors, {k: v for k, v in metadata.items() if k != "labels"}),
@@ -162,11 +162,13 @@ class TestNothingLost(Trains):
             f"{head} holds NaN": (nan_head, metadata),
             "Missing key(s) in state_dict": ({k: v for k, v in tensors.items()
                                                if k != "final_norm.scale"}, metadata)}
+        cases["trained with another model: its file has 'xxxxx"] = bad(structure="x" * 5 * 10**6)
         for message, (crafted, meta) in cases.items():
             with self.subTest(message):
                 formats.write_safetensors(self.dir / "bad.safetensors", crafted, meta)
-                with self.assertRaisesRegex(cli.InputError, re.escape(message.strip())):
+                with self.assertRaisesRegex(cli.InputError, re.escape(message.strip())) as e:
                     tc.load_classifier(self.dir / "bad.safetensors")
+                self.assertLess(len(str(e.exception)), 600)  # what it quotes cut to a sentence
         older = {k: v for k, v in metadata.items() if k not in ("structure", "weights_from")}
         formats.write_safetensors(self.dir / "old.safetensors", tensors, older)  # last version's
         with contextlib.redirect_stderr(io.StringIO()) as err:
@@ -214,16 +216,18 @@ class TestSave(Trains):
         model, _ = self.train("--epochs", "1", "--pooling", "mean", "--truncate", "end",
                               "--max-length", "6")
         texts = ["message number 99 says apple", "message number 98 says zebra"]
+        decision = tc.load_classifier(self.dir / "out")[1]["decision"]  # calibrated
         before = tc.classify(tc.Classifier(model, self.tok.eot_token, "mean"), self.tok, texts,
-                             ["ham", "spam"], 6, "end")
+                             ["ham", "spam"], 6, "end", decision=decision)
         self.assertNotEqual(before, tc.classify(tc.Classifier(model, self.tok.eot_token),
                                                 self.tok, texts, ["ham", "spam"], 6))
         saved = self.dir / "out" / "classifier.safetensors"
         (self.dir / "shared").mkdir()
         shutil.copy(saved, self.dir / "shared" / "classifier.safetensors")
+        before_files = sorted(self.dir.rglob("*"))
         for where in (["--out", self.dir / "out"], ["--classifier", self.dir / "shared"],
-                      ["--classifier", self.dir / "shared" / "classifier.safetensors",
-                       "--out", self.dir / "empty"], ["--out", self.dir / "out", "--no-fast"]):
+                      ["--classifier", self.dir / "shared" / "classifier.safetensors"],
+                      ["--out", self.dir / "out", "--no-fast"]):
             with self.subTest(where):
                 code, out, err = run_cli(tc.main, *where, "--predict", *texts)
                 self.assertEqual(code, 0, err)
@@ -231,8 +235,7 @@ class TestSave(Trains):
                     got_label, got_prob, got_text = line.split("\t")
                     self.assertEqual(got_label, label)
                     self.assertAlmostEqual(float(got_prob), prob, delta=1e-3)
-        self.assertTrue((self.dir / "out" / "splits" / "train.tsv").exists())
-        self.assertFalse((self.dir / "empty").exists())  # --predict writes nothing
+        self.assertEqual(sorted(self.dir.rglob("*")), before_files)  # --predict writes nothing
         code, out, _ = run_cli(tc.main, "--out", self.dir / "out", "--predict", "a\tb\nc", "d\re")
         self.assertEqual([line.split("\t")[2] for line in out.splitlines()], ["a b c", "d e"])
         # a damaged file is refused, not loaded: its data no longer matches its SHA-256

@@ -8,17 +8,24 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from html import escape
+import unittest.mock
+
+import torch
 
 import bench
 import serve
 import train_classifier as tc
-from plumbing import cli, report, speed
+from model import GPTModel
+from plumbing import cli, formats, report, speed
 
-from helpers import TestCase, tmpdir, run_cli, Trains
+from helpers import (ROOT, FileServer, TestCase, ctrl_c_while_torch_loads, tmpdir, run_cli,
+                     said, Trains)
 
 
 HTML_LABEL = '<script>document.title = "hacked"</script><img src=x onerror="document.title=1">'
@@ -50,12 +57,14 @@ class TestServe(TestCase):
         cls.port = cls.server.server_address[1]
         cls.url = f"http://127.0.0.1:{cls.port}"
 
-    def request(self, method, path, body=None, headers=None):
-        """(status, headers, JSON or text) of one request on a connection of its own."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+    def request(self, method, path, body=None, headers=None, port=None):
+        """(status, headers, JSON or text) of one request on a connection of its own, sent as
+        JSON (a header given as None is left out)."""
+        connection = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=30)
         try:
             data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-            connection.request(method, path, data, headers or {})
+            headers = {"Content-Type": "application/json", **(headers or {})}
+            connection.request(method, path, data, {k: v for k, v in headers.items() if v})
             answer = connection.getresponse()
             text = answer.read().decode()
         finally:
@@ -63,10 +72,20 @@ class TestServe(TestCase):
         is_json = answer.headers["Content-Type"] == "application/json"
         return answer.status, answer.headers, json.loads(text) if is_json else text
 
+    def raw(self, data):
+        """(status, JSON body) of what the server answers bytes sent as they are."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(data)
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))  # it closes the connection
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertRegex(head, rb"^HTTP/1\.1 \d{3} ")  # a status line, never HTTP/0.9's bare body
+        return int(head.split()[1]), json.loads(body)
+
     def classified(self, texts):
         """What classify() says of texts: [(label, probability)]."""
         s = self.settings
-        return tc.classify(self.net, self.tok, texts, s["labels"], s["max_length"], s["truncate"])
+        return tc.classify(self.net, self.tok, texts, s["labels"], s["max_length"], s["truncate"],
+                           decision=s["decision"])
 
     def assert_answers(self, entries, texts, tol=1e-5):
         """entries (the API's answer) list every label for each text, highest first, with
@@ -108,12 +127,17 @@ class TestServe(TestCase):
         self.addCleanup(driver.quit)
         wait = WebDriverWait(driver, 30)
         driver.get(self.url + "/")
-        about = driver.find_element(By.ID, "about")
-        wait.until(lambda _: "Labels:" in about.text)
-        self.assertIn(HTML_LABEL, about.text)
+        about, meaning = driver.find_element(By.ID, "about"), driver.find_element(By.ID, "meaning")
+        wait.until(lambda _: "Labels:" in meaning.text)
+        self.assertIn(HTML_LABEL, meaning.text)  # not a spam filter: its labels, no examples
+        self.assertEqual(driver.find_elements(By.CSS_SELECTOR, "#examples button"), [])
         self.assertIn(f"test accuracy {self.server.health['test_acc']:.1%}", about.text)
+        self.assertEqual(driver.find_element(By.ID, "banner").text, "Fine-tuned from weights "
+                         "that look untrained, not GPT-2's trained ones: its answers mean little. "
+                         "Train it from GPT-2's weights for a real filter.")  # the tiny model's
+        self.assertEqual(driver.find_element(By.ID, "curl").text, "curl --json '{\"inputs\": "
+                         f"[\"Free entry!\"]}}' {self.url}/classify")
         box = driver.find_element(By.ID, "texts")
-        self.assertEqual(box.get_attribute("value"), "\n".join(tc.EXAMPLES))
         texts = ["Free entry to win a prize", "see you at the zebra crossing on the apple farm"]
         box.clear()
         box.send_keys(texts[0] + "\n" + texts[1])
@@ -137,6 +161,41 @@ class TestServe(TestCase):
         wait.until(lambda _: error.text)
         self.assertIn(f"{serve.MAX_TEXTS + 1} texts; send at most {serve.MAX_TEXTS}", error.text)
         self.assertEqual(driver.find_elements(By.CLASS_NAME, "result"), [])
+        # The same network called a spam filter: its examples as buttons, verdicts in colour
+        spam = serve.Server(self.net, self.tok, dict(self.settings, labels=["ham", "spam"]),
+                            port=0, timeout_s=1.5)
+        threading.Thread(target=spam.serve_forever, daemon=True).start()
+        self.addCleanup(spam.server_close)
+        self.addCleanup(spam.shutdown)
+        driver.get(f"http://127.0.0.1:{spam.server_address[1]}/")
+        wait.until(lambda d: d.title == "Spam filter")
+        self.assertIn("; spam: an unwanted one", driver.find_element(By.ID, "meaning").text)
+        buttons = driver.find_elements(By.CSS_SELECTOR, "#examples button")
+        self.assertEqual([b.get_attribute("title") for b in buttons],
+                         tc.EXAMPLES + serve.MORE_EXAMPLES)
+        buttons[0].click()
+        wait.until(lambda d: d.find_elements(By.CLASS_NAME, "result"))
+        self.assertEqual(driver.find_element(By.ID, "texts").get_attribute("value"),
+                         tc.EXAMPLES[0])
+        result = driver.find_element(By.CLASS_NAME, "result")
+        label = result.find_element(By.CLASS_NAME, "label").text
+        self.assertEqual(result.get_attribute("class"), f"result {label}")
+        self.assertEqual(result.find_element(By.CLASS_NAME, "verdict").value_of_css_property(
+            "color"), {"spam": "rgba(198, 40, 40, 1)", "ham": "rgba(46, 125, 50, 1)"}[label])
+        # A page of another origin: a form posts JSON as text/plain (which needs no leave), a
+        # script asks to post it as JSON (the browser asks the server first: 405). Neither is
+        # classified; the form's answer says why.
+        passes, post = self.net.passes, f'"{self.url}/classify"'
+        other = FileServer({"/": (
+            f'<!DOCTYPE html><html><body><form method="post" enctype="text/plain" action={post}>'
+            '<input name=\'{"inputs": "free prize\' value=\'"}\'></form><script>'
+            f'fetch({post}, {{method: "POST", headers: {{"Content-Type": "application/json"}}, '
+            'body: \'{"inputs": "free"}\'}).catch(() => {}); document.forms[0].submit();'
+            '</script></body></html>').encode()})
+        self.addCleanup(other.close)
+        driver.get(other.url.replace("127.0.0.1", "localhost") + "/")
+        wait.until(lambda d: "a page of another site sent this request" in d.page_source)
+        self.assertEqual(self.net.passes, passes)
 
     def test_the_api_answers_in_hugging_face_shape_and_says_which_texts_were_cut(self):
         short, long = "free prize", "message number 3 says apple and then a great deal more text"
@@ -147,10 +206,14 @@ class TestServe(TestCase):
         self.assertEqual((status, headers["X-Truncated"]), (200, "0"))
         self.assert_answers(two, [long, short])
         self.assertEqual(self.request("POST", "/classify", {"inputs": []})[2], [])
+        same = {"Origin": self.url, "Sec-Fetch-Site": "same-origin",  # what the page sends
+                "Content-Type": "application/json; charset=utf-8"}
+        self.assert_answers(self.request("POST", "/classify", {"inputs": short}, same)[2], [short])
         status, headers, health = self.request("GET", "/health")
         self.assertEqual(health["labels"], sorted(["ham", HTML_LABEL]))  # as it is, in JSON
-        self.assertEqual(health["settings"], {"model": str(self.dir / "tiny"), "max_length": 8,
-                                              "pooling": "last", "truncate": "start"})
+        self.assertEqual(health["settings"], {"model": "tiny", "max_length": 8,  # not its path
+                                              "pooling": "last", "truncate": "start",
+                                              **self.settings["decision"]})
         final = json.loads((self.out / "metrics.jsonl").read_text("utf-8").splitlines()[-1])
         self.assertEqual(health["test_acc"], final["test_acc"])
         self.assertEqual(headers["X-Content-Type-Options"], "nosniff")
@@ -160,7 +223,8 @@ class TestServe(TestCase):
         self.assertNotIn("<script>document", page)  # labels reach it as JSON only,
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
             self.assertNotIn(sink, page)  # and go in as text
-        self.assertIn(escape("\n".join(tc.EXAMPLES)), page)
+        self.assertIn(json.dumps(tc.EXAMPLES)[1:-1], page)  # JSON, for the buttons
+        self.assertEqual(health["untrained"], "weights that look untrained")
 
     def test_every_bad_request_gets_its_status_and_a_json_error(self):
         for method, path, body, headers, status in (
@@ -176,6 +240,16 @@ class TestServe(TestCase):
                  411),
                 ("POST", "/classify", {"inputs": ["a"] * (serve.MAX_TEXTS + 1)}, None, 413),
                 ("POST", "/classify", b"", {"Content-Length": str(serve.MAX_BODY + 1)}, 413),
+                ("POST", "/classify", b"{}", {"Content-Length": "9" * 5000}, 413),  # no int()
+                ("POST", "/classify", b"{}", {"Content-Length": "+2"}, 400),
+                ("POST", "/classify", {"inputs": "a"}, {"Content-Type": "text/plain"}, 415),
+                ("POST", "/classify", {"inputs": "a"}, {"Content-Type": None}, 415),
+                ("POST", "/classify", {"inputs": "a"}, {"Content-Type": "multipart/form-data"},
+                 415),
+                ("POST", "/classify", {"inputs": "a"}, {"Origin": "http://localhost:1"}, 403),
+                ("POST", "/classify", {"inputs": "a"}, {"Origin": "null"}, 403),
+                ("POST", "/classify", {"inputs": "a"}, {"Sec-Fetch-Site": "cross-site"}, 403),
+                ("POST", "/classify", {"inputs": "a"}, {"Sec-Fetch-Site": "same-site"}, 403),
                 ("GET", "/classify", None, None, 405), ("PUT", "/classify", b"{}", None, 405),
                 ("POST", "/", b"{}", None, 405), ("DELETE", "/health", None, None, 405),
                 ("GET", "/nope", None, None, 404), ("POST", "/classify/", b"{}", None, 404)):
@@ -186,9 +260,22 @@ class TestServe(TestCase):
                 self.assertIsInstance(answer["error"], str)
                 if status == 405:
                     self.assertIn(answer_headers["Allow"], ("GET", "POST"))
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw:
-            raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")  # http.server's own errors are JSON too
-            self.assertIn(b'{"error": ', raw.recv(4096))
+        two = (b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+               b"\r\nContent-Length: 13\r\nContent-Length: 13\r\n\r\n" + b'{"inputs": 1}')
+        for sent, status in ((b"NOT HTTP AT ALL\r\n\r\n", 400), (b"GARBAGE\r\n\r\n", 400),
+                             (b"GET / HTTP/2.0\r\n\r\n", 505), (two, 400)):
+            with self.subTest(sent=sent):  # http.server's own errors too: a status line, JSON
+                got, answer = self.raw(sent)
+                self.assertEqual(got, status)
+                self.assertIsInstance(answer["error"], str)
+        for error, status in ((ValueError("a bug"), 500), (MemoryError(), 413)):
+            with self.subTest(error=error), contextlib.redirect_stderr(io.StringIO()) as log, \
+                    unittest.mock.patch.object(serve.Handler, "classify", side_effect=error):
+                got, _, answer = self.request("POST", "/classify", {"inputs": "a"})
+            self.assertEqual(got, status)  # whatever fails, the client is answered
+            self.assertIsInstance(answer["error"], str)
+            self.assertRegex(log.getvalue(), rf"^error: {status} for POST /classify HTTP/1.1 "
+                             r"from 127.0.0.1: \w+Error[^\n]*\n$")  # one line, no traceback
         self.assertEqual(self.request("GET", "/health")[0], 200)
 
     def test_a_host_header_naming_another_site_is_refused(self):
@@ -219,8 +306,8 @@ class TestServe(TestCase):
             with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
                 sock.settimeout(0.1)
                 if trickle:
-                    sock.sendall(b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                 b"Content-Length: 1000\r\n\r\n")
+                    sock.sendall(b"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                                 b"application/json\r\nContent-Length: 1000\r\n\r\n")
                 while time.monotonic() - started < 8:
                     try:
                         if trickle:
@@ -268,7 +355,7 @@ class TestServe(TestCase):
         def client(i, connection):
             barrier.wait()
             connection.request("POST", "/classify", json.dumps(
-                {"inputs": texts[2 * i:2 * i + 2]}).encode())
+                {"inputs": texts[2 * i:2 * i + 2]}).encode(), {"Content-Type": "application/json"})
             answer = connection.getresponse()
             answers[i] = answer.status, json.loads(answer.read())
 
@@ -327,3 +414,148 @@ class TestServe(TestCase):
                 self.assertEqual(got, code)
                 self.assertIn(message, err)
                 self.assertNotIn("Traceback", err)
+
+    def test_a_long_request_holds_no_one_up(self):
+        """256 texts, then one: the one is in the long request's first or second forward pass,
+        not after its last (a pass takes the next text of each request in turn)."""
+        passes, compute = [], self.server.probabilities
+        self.server.probabilities = lambda texts: passes.append(texts) or compute(texts)
+        self.addCleanup(setattr, self.server, "probabilities", compute)
+        requests = {"long": [f"message number {i} says apple" for i in range(256)],
+                    "short": ["free prize"]}
+        answers, threads = {}, []
+        with self.server.heavy:  # the classifier busy: both wait for it, the long one first
+            for name, texts in requests.items():
+                threads.append(threading.Thread(target=lambda name=name, texts=texts: answers.
+                               __setitem__(name, self.request("POST", "/classify",
+                                                              {"inputs": texts}))))
+                threads[-1].start()
+                time.sleep(0.3)
+        for thread in threads:
+            thread.join(30)
+        self.assertEqual([len(texts) for texts in passes].count(64), 4)  # 257 texts, 64 a pass
+        self.assertIn("free prize", passes[0] + passes[1])
+        for name, texts in requests.items():
+            self.assertEqual(answers[name][0], 200)
+            self.assert_answers(answers[name][2], texts)
+
+    def test_an_answer_is_bounded_whatever_the_labels(self):
+        """5,000 labels of 45 characters (each written as six by JSON): a request whose answer
+        would be over MAX_ANSWER is refused before any work; the most it may send is answered
+        within it."""
+        labels = [f"label {i:05d} " + "\u00e9" * 34 for i in range(5000)]
+        torch.manual_seed(0)
+        model = tc.build_classifier(GPTModel(self.settings["cfg"]), len(labels), "head").eval()
+        net = bench.Counted(tc.Classifier(model, self.tok.eot_token))
+        server = serve.Server(net, self.tok, dict(self.settings, labels=labels), port=0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        most, port = server.most_texts, server.server_address[1]
+        self.assertLess(most, serve.MAX_TEXTS)
+        status, _, answer = self.request("POST", "/classify", {"inputs": ["a"] * (most + 1)},
+                                         port=port)
+        self.assertEqual((status, net.passes), (413, 0))
+        self.assertIn(f"send at most {most} at once", answer["error"])
+        status, headers, answer = self.request("POST", "/classify", {"inputs": ["a"] * most},
+                                              port=port)
+        self.assertEqual((status, len(answer), len(answer[0])), (200, most, 5000))
+        self.assertLessEqual(int(headers["Content-Length"]), serve.MAX_ANSWER)
+        self.assertGreater(int(headers["Content-Length"]), serve.MAX_ANSWER * 0.8)
+
+    def test_a_stop_lets_what_is_in_flight_finish_and_answers_the_rest_503(self):
+        """A request whose forward pass runs when the server stops is answered; one still
+        waiting when the grace is over gets 503; then no connection is accepted."""
+        server = serve.Server(self.net, self.tok, self.settings, port=0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port, answers, threads = server.server_address[1], {}, []
+
+        def ask(name):
+            answers[name] = self.request("POST", "/classify", {"inputs": name}, port=port)
+        with server.heavy:  # a forward pass that outlasts the grace
+            for busy, name in enumerate(("first", "second"), 1):  # the first taken, the second
+                threads.append(threading.Thread(target=ask, args=(name,)))  # queued behind it
+                threads[-1].start()
+                deadline = time.monotonic() + 30
+                while (server.busy < busy or not server.jobs.empty() and busy == 1) and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.01)
+            server.shutdown()
+            threads.append(threading.Thread(target=server.server_close, args=(0.2,)))
+            threads[-1].start()
+            time.sleep(0.5)
+        for thread in threads:
+            thread.join(10)
+        self.assertEqual([answers[name][0] for name in ("first", "second")], [200, 503])
+        self.assert_answers(answers["first"][2], ["first"])
+        self.assertIn("stopped before answering", answers["second"][2]["error"])
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+
+    @unittest.skipIf(sys.platform == "win32", "POSIX signals")
+    def test_a_busy_server_stops_on_sigterm_in_one_line_with_the_weights_it_read(self):
+        """A real server reads a classifier file that is then replaced (as cp does it: in
+        place) and cut: its answers and /health stay those it read. Then, with 8 clients
+        busy, it gets SIGTERM (kill, systemd, Docker; Ctrl-C takes the same way, run_main's):
+        every request it had read is answered (200, or 503 past the grace), and it exits 0
+        printing one line. It once aborted: Python exited under a forward pass."""
+        served = self.dir / "served" / "classifier.safetensors"
+        served.parent.mkdir(exist_ok=True)
+        shutil.copyfile(self.out / "classifier.safetensors", served)
+        child = subprocess.Popen([sys.executable, "serve.py", "--classifier", served, "--port",
+                                  "0"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+        self.addCleanup(child.kill)
+        port = int(re.search(r":(\d+)/", child.stdout.readline())[1])
+        asks = [("POST", "/classify", {"inputs": "message number 3 says apple"}),
+                ("GET", "/health")]
+        before = [self.request(*ask, port=port)[::2] for ask in asks]
+        tensors, metadata = formats.read_safetensors(self.out / "classifier.safetensors")
+        other = self.dir / "other.safetensors"  # the same size, the head turned round
+        formats.write_safetensors(other, {k: -v if k.startswith("out_head") else v
+                                          for k, v in tensors.items()},
+                                  {k: v for k, v in metadata.items() if k != "sha256"})
+        self.assertEqual(other.stat().st_size, served.stat().st_size)
+        shutil.copyfile(other, served)
+        for change in ("replaced", "cut"):
+            with self.subTest(change):
+                self.assertEqual([self.request(*ask, port=port)[::2] for ask in asks], before)
+            os.truncate(served, 0)
+        outcomes, texts = [], [f"text {i} says zebra" for i in range(16)]
+
+        def client():
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            while not (outcomes and outcomes[-1][1] == "refused"):
+                sent = time.monotonic()
+                try:
+                    connection.request("POST", "/classify", json.dumps({"inputs": texts}),
+                                       {"Content-Type": "application/json"})
+                    answer = connection.getresponse()
+                    outcomes.append((sent, answer.status, json.loads(answer.read())))
+                except (OSError, http.client.HTTPException) as e:  # after the stop
+                    connection.close()
+                    refused = isinstance(e, ConnectionRefusedError)
+                    outcomes.append((sent, "refused" if refused else repr(e), None))
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(outcomes) < 16 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # busy
+        signalled = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+        self.assertEqual((child.returncode, said(err)), (0, ["stopped"]))  # one line
+        for thread in threads:
+            thread.join(30)
+        answered = [(status, answer) for sent, status, answer in outcomes  # read by then
+                    if sent < signalled - 0.2]
+        self.assertGreaterEqual(len(answered), 16)
+        for status, answer in answered:
+            self.assertIn(status, (200, 503))
+            self.assertEqual(len(answer), 16 if status == 200 else 1)  # texts, or {"error": ...}
+
+    @unittest.skipIf(sys.platform == "win32", "SIGINT to a child process is POSIX")
+    def test_ctrl_c_while_torch_loads_ends_quietly(self):
+        ctrl_c_while_torch_loads(self, "serve.py", "--help")

@@ -30,7 +30,7 @@ class TestSpeedLayer(Trains):
                   (("--cache-mb", "0"), "frozen-prefix cache on disk"),
                   (("--cache", "off"), "frozen-prefix cache off"))
         initial = load_gpt2.load_gpt2(self.model_dir).tok_emb.weight
-        for trainable in ("last-1", "head", "all", "lora"):
+        for trainable in (t.replace("-N", "-1") for t in tc.TRAINABLE):  # a fork's new one too
             with self.subTest(trainable):
                 flags = ["--epochs", "2", "--eval-freq", "1", "--trainable", trainable,
                          "--lr", "1e-3"]

@@ -2,6 +2,7 @@
 import contextlib
 import functools
 import io
+import json
 import math
 import re
 import sys
@@ -18,7 +19,7 @@ from plumbing import cli, speed
 from plumbing.labelled_files import read_examples
 
 from helpers import (TestCase, tokenizer, run_script, run_cli, said, assert_same_weights,
-                     inert_parameters, Trains)
+                     inert_parameters, largest_change, Trains)
 
 
 class TestBooksNumbers(TestCase):
@@ -42,7 +43,8 @@ class TestBooksNumbers(TestCase):
                          "a 2-way head): a changed head or --trainable changes it")
         for bad in ("last-13", "last-0", "last-x", "bottom"):
             with self.subTest(bad), torch.device("meta"), \
-                    self.assertRaisesRegex(cli.InputError, "last-N with 1 <= N <= 12"):
+                    self.assertRaisesRegex(cli.InputError, re.escape(
+                        f"use one of {', '.join(tc.TRAINABLE)} (last-N: 1 <= N <= 12)")):
                 tc.build_classifier(gpt.GPTModel(gpt.get_config("gpt2-small")), 2, bad)
 
     def test_lora_trainable_count_matches_appendix_e(self):
@@ -112,13 +114,31 @@ class TestBookCalls(TestCase):
         label, probability = tc.classify(self.net, tok, "Free entry", ["ham", "spam"], 120)
         self.assertEqual((label, probability),
                          tc.classify(self.net, tok, ["Free entry"], ["ham", "spam"], 120)[0])
+        # the model moved first, then the book's order: the device where the labels go
+        with self.assertRaisesRegex(TypeError, "label_names must be the list of the classes' "
+                                    "names, not 'cpu' .the book's classify_review takes the "
+                                    "device there."):
+            tc.classify(self.net, tok, "Free entry", "cpu", 120)
+        with self.assertRaisesRegex(ValueError, "label_names names 3 classes; the model has 2"):
+            tc.classify(self.net, tok, "Free entry", ["a", "b", "c"], 120)
+
+    def test_a_batch_padded_on_the_left_is_refused_not_misread(self):
+        pad, short, long = 50256, [464, 6193], [11, 523, 673, 1234, 319]
+        right = torch.tensor([short + [pad] * (len(long) - len(short)), long])  # pad_batch's way
+        left = torch.tensor([[pad] * (len(long) - len(short)) + short, long])  # many tutorials'
+        with torch.no_grad():
+            self.assertLess((self.net(right)[0] - self.net(torch.tensor([short]))[0]).abs().max(),
+                            1e-5)  # on the right, each text's result is its own
+            with self.assertRaisesRegex(ValueError, "a row of the batch has padding before a real "
+                                        "token: batches are padded on the right here"):
+                self.net(left)
 
     def test_a_state_dict_saved_by_the_books_code_loads(self):
         book = {**self.model.state_dict(), **{f"trf_blocks.{i}.att.mask": torch.triu(
             torch.ones(32, 32), diagonal=1) for i in range(2)}}  # the book's causal-mask buffers
         copy = tc.build_classifier(gpt.GPTModel(self.model.cfg), 2)
         copy.load_state_dict(book)
-        self.assertTrue(torch.equal(copy.out_head.weight, self.model.out_head.weight))
+        self.assertEqual(largest_change(copy, self.model), 0)
 
 
 class TestTrainClassifier(Trains):
@@ -173,8 +193,14 @@ class TestTrainClassifier(Trains):
         small, large = [([i], 0) for i in range(5000)], [([i], 0) for i in range(5001)]
         loader = lambda items: torch.utils.data.DataLoader(items, 8, collate_fn=functools.partial(
             data.pad_batch, pad_id=99))
-        self.assertEqual(len(speed.accuracy_loader(loader(small), 5).dataset), 5000)
-        self.assertEqual(len(speed.accuracy_loader(loader(large), 5).dataset), 40)  # 5 batches of 8
+        texts = lambda batches: sum(len(targets) for _, targets in batches)
+        self.assertEqual(texts(speed.accuracy_loader(loader(small), 5)), 5000)
+        self.assertEqual(texts(speed.accuracy_loader(loader(large), 5)), 40)  # 5 batches of 8
+        # under torchrun rank 0 measures the whole split, not its share, with the last short batch
+        shared = torch.utils.data.DataLoader(
+            small[:21], 8, sampler=torch.utils.data.DistributedSampler(small[:21], 2, 0),
+            drop_last=True, collate_fn=functools.partial(data.pad_batch, pad_id=99))
+        self.assertEqual(texts(speed.accuracy_loader(shared, 5)), 21)
 
     def test_prediction_does_not_depend_on_batch_mates(self):
         model = load_gpt2.load_gpt2(self.model_dir)
@@ -270,8 +296,8 @@ class TestTrainClassifier(Trains):
         self.main()
         predict = ["--out", self.out, "--predict", "-"]
         code, _, err = run_cli(tc.main, *predict, stdin=None)
-        self.assertEqual((code, err.strip()), (1, "error: standard input is closed; pipe the "
-                                                  "texts into it, one per line"))
+        self.assertEqual((code, said(err)), (1, ["error: standard input is closed; pipe the "
+                                                 "texts into it, one per line"]))
 
         class Folder(io.RawIOBase):  # what reading a directory as standard input does
             def readable(self):
@@ -280,8 +306,8 @@ class TestTrainClassifier(Trains):
             def readinto(self, b):
                 raise IsADirectoryError(21, "Is a directory")
         code, _, err = run_cli(tc.main, *predict, stdin=io.BufferedReader(Folder()))
-        self.assertEqual((code, err.strip()), (1, "error: standard input cannot be read (Is a "
-                                                  "directory)"))
+        self.assertEqual((code, said(err)), (1, ["error: standard input cannot be read (Is a "
+                                                 "directory)"]))
         for length, code in ((1_000_000, 0), (1_000_001, 1)):
             with self.subTest(length), contextlib.redirect_stderr(io.StringIO()):
                 line = b"a" * length + b"\r\n"
@@ -328,16 +354,19 @@ class TestTrainClassifier(Trains):
         empty = self.dir / "empty"
         (self.dir / "one_label.tsv").write_text("".join(f"a\ttext {i}\n" for i in range(20)),
                                                 encoding="utf-8")
+        (self.dir / "ctx2048").mkdir()  # a model with a longer context than GPT-2's
+        (self.dir / "ctx2048" / "config.json").write_text(json.dumps(
+            {"vocab_size": 50257, "n_positions": 2048, "n_embd": 8, "n_layer": 1, "n_head": 2}))
         cases = [
             (["--predict", "hi", "--out", empty], "no trained classifier at"),
             (["--trainable", "last-9", "--model", self.model_dir, "--data", self.data,
-              "--out", empty], "last-N with 1 <= N <= 2"),
+              "--out", empty], "(last-N: 1 <= N <= 2)"),
             (["--model", "gpt-7", "--data", self.data, "--out", empty], "unknown model 'gpt-7'"),
             (["--data", empty / "nope.tsv", "--model", self.model_dir, "--out", empty],
              "no data file at"),
             (["--batch-size", "0"], "must be a number > 0"),
             (["--lr", "nan"], "must be a number > 0"),
-            (["--trainable", "bottom"], "use head, all, lora or last-N"),
+            (["--trainable", "bottom"], f"use one of {', '.join(tc.TRAINABLE)}"),
             (["--out", self.data, "--predict", "hi"], "no trained classifier at"),
             (["--data", self.dir / "one_label.tsv", "--model", self.model_dir, "--out", empty],
              "has a single label"),
@@ -353,8 +382,20 @@ class TestTrainClassifier(Trains):
             (["--predict", "hi", "--epochs", "2"], "--epochs does nothing with --predict"),
             (["--no-fast", "--compile"], "--compile does nothing with --no-fast"),
             (["--classifier", empty], "--classifier does nothing without --predict"),
+            (["--predict", "hi", "--classifier", empty, "--out", empty],
+             "--out does nothing with --classifier, which --predict reads"),
+            (["--lora-rank", "2"], "--lora-rank does nothing without --trainable lora"),
+            (["--lora-alpha", "999", "--trainable", "last-1"],
+             "--lora-alpha does nothing without --trainable lora"),
+            (["--cache", "ram", "--cache-mb", "10"], "--cache-mb does nothing with --cache ram"),
+            (["--backend", "gloo"], "--backend does nothing outside torchrun"),
+            (["--dist-timeout", "60"], "--dist-timeout does nothing outside torchrun"),
+            (["--unused-texts", "5", "--model", self.model_dir, "--data", self.data,
+              "--out", empty], "--unused-texts does nothing: this data leaves no texts unused"),
             (["--dist-timeout", "0.001"], "must be a number >= 1"),
             (["--dist-timeout", "1e30"], "and <= 1000000"),
+            (["--max-length", "1025", "--model", self.dir / "ctx2048", "--init", "random",
+              "--data", self.data, "--out", empty], "is over 1,024, the longest text"),
             (["--seed", "99999999999999999999999"], "must be a number >= 0 and <= 4294967295"),
             (["--eval-iter", "x"], "invalid int value: 'x'")]
         for args, message in cases:
@@ -373,9 +414,9 @@ class TestTrainClassifier(Trains):
             self.assertEqual(len(said(err)), 1)
         # the command line itself, once: the same one line and status, from a new process
         code, _, err = run_script("train_classifier.py", "--predict", "hi", "--out", empty)
-        self.assertEqual((code, err.strip()), (1, f"error: no trained classifier at "
+        self.assertEqual((code, said(err)), (1, [f"error: no trained classifier at "
                          f"{empty / 'classifier.safetensors'}; train one first with python "
-                         "train_classifier.py, or point --out or --classifier at it"))
+                         "train_classifier.py, or point --out or --classifier at it"]))
 
     def test_a_first_run_without_network_names_all_it_lacks_at_once(self):
         # Empty caches and a proxy that refuses every connection: no network, even on a machine
@@ -397,7 +438,12 @@ class TestTrainClassifier(Trains):
         no_network.pop("TIKTOKEN_CACHE_DIR")  # the suite's vocabulary, the tiny model's weights
         code, _, err = run_cli(tc.main, "--out", self.dir / "o", "--model", self.model_dir,
                                env=no_network)  # the one thing missing: one line
-        self.assertEqual(said(err), ["error: no source of SMSSpamCollection could be read "
-                                     "(--verbose lists the sources tried); pass a labelled file "
-                                     "with --data PATH"])
+        self.assertEqual(said(err), ["error: no source of the SMS Spam Collection (UCI's file "
+                                     "SMSSpamCollection: 5,574 SMS) could be read (--verbose "
+                                     "lists the sources tried); pass it, or a labelled file of "
+                                     "yours, with --data PATH"])
+        code, _, err = run_cli(tc.main, "--out", self.dir / "o", "--model", self.model_dir,
+                               "--verbose", env=no_network)
+        self.assertIn("could be read (the sources tried follow); pass it, or a labelled", err)
+        self.assertNotIn("--verbose lists", err)
         self.assertNotIn("Traceback", err)

@@ -1,4 +1,5 @@
-"""plumbing/weights.py: weights that are not finite, look untrained, or match no size."""
+"""plumbing/weights.py: weights that are not finite, look untrained (said wherever the results
+show), or match no size."""
 import contextlib
 import io
 
@@ -6,10 +7,11 @@ import numpy as np
 import torch
 
 import load_gpt2
+import train_classifier as tc
 from plumbing import cli, weights
 
 from helpers import (TestCase, tokenizer, tmpdir, random_hf_arrays, write_checkpoint,
-                     tiny_gpt2_folder)
+                     tiny_gpt2_folder, run_cli, Trains)
 
 
 class TestWeights(TestCase):
@@ -20,11 +22,13 @@ class TestWeights(TestCase):
             load_gpt2.load_gpt2(folder)
 
     def test_weights_that_are_not_finite_are_refused(self):
-        arrays = random_hf_arrays()
-        arrays["h.1.mlp.c_fc.weight"][3, 5] = np.nan
-        folder = write_checkpoint(tmpdir(self), arrays, 4)
-        with self.assertRaisesRegex(cli.InputError, "trf_blocks.1.ff.layers.0.weight holds NaN"):
-            load_gpt2.load_gpt2(folder)
+        for value in (np.nan, np.inf, -np.inf):
+            arrays = random_hf_arrays()
+            arrays["h.1.mlp.c_fc.weight"][3, 5] = value
+            folder = write_checkpoint(tmpdir(self), arrays, 4)
+            with self.subTest(value), self.assertRaisesRegex(
+                    cli.InputError, "trf_blocks.1.ff.layers.0.weight holds NaN or infinite"):
+                load_gpt2.load_gpt2(folder)
 
     def test_weights_that_look_untrained_are_named_never_refused(self):
         self.assertEqual(tokenizer().encode_ordinary(weights.SENTENCE), weights.SENTENCE_IDS)
@@ -43,3 +47,21 @@ class TestWeights(TestCase):
         with contextlib.redirect_stderr(io.StringIO()) as err:
             load_gpt2.load_gpt2(folder, pretrained=False)  # random on purpose: nothing to say
         self.assertEqual(err.getvalue(), "")
+
+
+class TestUntrainedWeightsFollowTheModel(Trains):
+    def test_the_summary_the_classifier_and_predict_name_them(self):
+        _, log = self.train("--epochs", "1")  # the tiny model's weights look untrained
+        final = next(line for line in log.splitlines() if line.startswith("final |"))
+        self.assertTrue(final.endswith("| from weights that look untrained, not GPT-2's trained "
+                                       "ones"), final)
+        self.assertEqual(tc.load_classifier(self.out)[1]["untrained"],
+                         "weights that look untrained")
+        code, out, err = run_cli(tc.main, "--out", self.out, "--predict", "Free entry")
+        self.assertEqual((code, err.splitlines()[0]), (0, "warning: this classifier was "
+                         "fine-tuned from weights that look untrained, not GPT-2's trained ones: "
+                         "its answers mean little"))
+        self.assertEqual(len(out.splitlines()), 1)
+        _, log = self.train("--epochs", "1", "--init", "random", out="random")
+        self.assertIn("| from random weights, not GPT-2's trained ones", log)
+        self.assertEqual(tc.load_classifier(self.dir / "random")[1]["untrained"], "random weights")
