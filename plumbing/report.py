@@ -214,21 +214,24 @@ def decided(logits, true, labels, request, record):
                         "own ratio (--no-balance)")
     if decision["threshold"] is not None:
         test = op.decide(probs["test"], decision, labels)
-        likeliest = probs["test"].argmax(-1)
+        likeliest, n = probs["test"].argmax(-1), int((true["test"] == k).sum())
         said.append(f"{positive} from a probability of {decision['threshold']:.2%} (the per-epoch "
-                    "accuracies above took the likeliest label): test " + rates(
+                    f"accuracies above took the likeliest label): test ({n} {positive} of "
+                    f"{len(true['test'])}): " + rates(
                         test, true["test"], k) + "; the likeliest label: " + rates(
                         likeliest, true["test"], k))
     return decision, said
 
 
 def rates(predicted, true, positive):
-    """The false-positive rate and recall of a positive label, in words."""
+    """The false-positive rate, recall and precision of a positive label, in words (the
+    precision at the split's own ratio of the labels)."""
     negatives, positives = true != positive, true == positive
     fp, tp = (predicted[negatives] == positive).sum().item(), (
         predicted[positives] == positive).sum().item()
     return (f"false-positive rate {fp / max(negatives.sum().item(), 1):.2%} ({fp} of "
-            f"{negatives.sum().item()}), recall {tp / max(positives.sum().item(), 1):.2%}")
+            f"{negatives.sum().item()}), recall {tp / max(positives.sum().item(), 1):.2%}, "
+            + (f"precision {tp / (tp + fp):.2%}" if tp + fp else "none flagged"))
 
 
 def save_metrics(history, out):

@@ -101,6 +101,10 @@ class TestTheDecisionOfARun(Trains):
         self.assertIn("threshold for --max-fpr 0.25: on validation a false-positive rate of", log)
         self.assertIn("spam against ham: validation ROC AUC", log)
         self.assertIn("calibration: temperature", log)
+        (tn, fp), (fn, tp) = record["test_confusion"]  # measured with the threshold, on test
+        self.assertIn(f"test ({fn + tp} spam of {tn + fp + fn + tp}): false-positive rate "
+                      f"{fp / (tn + fp):.2%} ({fp} of {tn + fp}), recall {tp / (fn + tp):.2%}, "
+                      + (f"precision {tp / (tp + fp):.2%}" if tp + fp else "none flagged"), log)
         net, settings = tc.load_classifier(self.out)
         self.assertEqual(settings["decision"], decision)
         texts = [f"message {i} says {'apple' if i % 2 else 'zebra'}" for i in range(8)]

@@ -107,6 +107,15 @@ class TestReport(TestCase):
                  "300 labels' matrix": json.dumps(dict(good, labels=[f"l{i}" for i in range(
                      300)], test_confusion=[[1] * 300] * 300)),
                  "an ESC in a label": json.dumps(dict(good, labels=["ham", "sp\x1b[2Jam"])),
+                 "a curve of words": json.dumps(dict(good, curves={"test": {
+                     "thresholds": ["x"], "fpr": [0], "tpr": [0], "precision": [0],
+                     "roc_auc": 0.5, "average_precision": 0.5}})),
+                 "a curve's lists of two lengths": json.dumps(dict(good, curves={"test": {
+                     "thresholds": [1, 0.5], "fpr": [0], "tpr": [0, 1], "precision": [1, 1],
+                     "roc_auc": 0.5, "average_precision": 0.5}})),
+                 "calibration bins of words": json.dumps(dict(good, calibration={"bins": {
+                     "after": [["a", 0.5, 3]]}})),
+                 "a threshold of 7": json.dumps(dict(good, decision={"threshold": 7})),
                  "lines": "{}\n" * 100_001 + json.dumps(good), "FIFO": os.mkfifo,
                  "/dev/zero": lambda path: path.symlink_to(os.devnull.replace("null", "zero"))}
         for name, content in cases.items():
