@@ -223,10 +223,9 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, device, 
 
 def classify(model, tokenizer, texts, label_names, max_length, truncate="start", batch_size=64,
              decision=None):
-    """(label, probability) for each text of a list, or for one text: the chapter's
-    classify_review, which takes (text, model, tokenizer, device) and returns the label alone.
-    decision: a classifier's (its settings'): a temperature, and a threshold on a positive
-    label's probability (plumbing/operating_point.py); without one, the likeliest label."""
+    """(label, probability) for each text of a list, or for one (the chapter's classify_review
+    takes the text first and returns the label). decision: a classifier's temperature and
+    threshold on a positive label's probability (operating_point.py); none: the likeliest."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"classify(model, tokenizer, texts, label_names, max_length) takes the "
                         f"model first, not a {type(model).__name__} (the book's classify_review "
@@ -254,8 +253,7 @@ def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_s
     model.eval()
     tokens = encode(tokenizer, texts, max_length, truncate)
     order = sorted(range(len(texts)), key=lambda i: len(tokens[i]))
-    device = next(model.parameters()).device
-    results = [None] * len(texts)
+    device, chunks = next(model.parameters()).device, []
     for start in range(0, len(order), batch_size):
         ids = order[start:start + batch_size]
         input_batch, _ = pad_batch([(tokens[i], 0) for i in ids], tokenizer.eot_token)
@@ -264,9 +262,8 @@ def probabilities(model, tokenizer, texts, max_length, truncate="start", batch_s
         if not torch.isfinite(probs).all():
             raise InputError("the classifier gave non-finite probabilities (did pool() read a "
                              "position the speed layer leaves empty? try --no-fast)")
-        for i, p in zip(ids, probs):
-            results[i] = p
-    return torch.stack(results) if results else torch.empty(0, 0)
+        chunks.append(probs)
+    return torch.cat(chunks)[torch.tensor(order).argsort()] if chunks else torch.empty(0, 0)
 
 
 def load_classifier(path, device="cpu"):
@@ -412,14 +409,13 @@ def does_nothing(args, name):
     return {"classifier": not (args.predict or args.export) and "without --predict or --export",
             "out": args.classifier and (args.predict or args.export) and
             f"with --classifier, which --{'predict' if args.predict else 'export'} reads",
-            "lora_rank": args.trainable != "lora" and "without --trainable lora",
-            "lora_alpha": args.trainable != "lora" and "without --trainable lora",
-            "compile": not args.fast and "with --no-fast",
-            "cache": not args.fast and "with --no-fast",
+            **dict.fromkeys(("lora_rank", "lora_alpha"), args.trainable != "lora" and
+                            "without --trainable lora"),
+            **dict.fromkeys(("compile", "cache"), not args.fast and "with --no-fast"),
             "cache_mb": (not args.fast and "with --no-fast" or args.cache != "auto" and
                          f"with --cache {args.cache}: it is --cache auto's budget"),
-            "backend": "RANK" not in os.environ and "outside torchrun",
-            "dist_timeout": "RANK" not in os.environ and "outside torchrun"}.get(name) or None
+            **dict.fromkeys(("backend", "dist_timeout"), "RANK" not in os.environ and
+                            "outside torchrun")}.get(name) or None
 
 
 def predict(args):
@@ -442,8 +438,7 @@ def predict(args):
 
 def export(args):
     """--export DIR: the classifier as transformers' GPT2ForSequenceClassification, with its
-    tokenizer files and model card, exactly (docs/hub.md). One trained with LoRA was saved with
-    its updates merged: it is exported as any other."""
+    tokenizer files and model card, exactly (docs/hub.md); LoRA's updates were merged in saving."""
     path = args.classifier or args.out / "classifier.safetensors"
     net, settings = load_classifier(path)
     print(export_classifier(args.export, net.model, settings, get_tokenizer(), final_record(path),
@@ -488,9 +483,8 @@ def parser():
     a("--truncate", choices=TRUNCATIONS, default="start", help="what a longer text keeps")
     a("--unused-texts", type=number(int, inclusive=True), help="at the end, test only N of the "
       "texts balancing left out, drawn with --seed (0: none; default: all)")
-    a("--eval-iter", type=number(int), default=5,
-      help="batches of each split behind those losses, and behind the accuracies after each "
-      "epoch for a split of over 5,000 texts (smaller splits are measured whole)")
+    a("--eval-iter", type=number(int), default=5, help="batches of each split behind those "
+      "losses, and each epoch's accuracy of a split over 5,000 texts (others: measured whole)")
     a("--fast", action=argparse.BooleanOptionalAction, default=True,
       help="the speed layer (same results); --no-fast runs the chapter's plain path")
     a("--cache", choices=["auto", "ram", "disk", "off"], default="auto",
@@ -500,9 +494,8 @@ def parser():
       "and exit; - reads one text per line from standard input")
     a("--export", type=Path, metavar="DIR", help="write the saved classifier into DIR as "
       "transformers' GPT2ForSequenceClassification, with a model card, and exit (docs/hub.md)")
-    a("--classifier", type=Path, default=None, help="for --predict and --export: a "
-      "classifier.safetensors or its folder, or transformers' GPT2ForSequenceClassification: its "
-      "folder or hub repo ORG/NAME (default: the one in --out)")
+    a("--classifier", type=Path, help="for --predict and --export: a classifier.safetensors or "
+      "its folder, or a transformers classifier's folder or hub repo ORG/NAME (default: --out's)")
     return p
 
 
