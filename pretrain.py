@@ -23,11 +23,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from generate import generate
 from load_gpt2 import get_tokenizer, load_gpt2
 from model import GPTModel
-from plumbing.cli import InputError, every_one_or_what_failed, printable, run_main
+from plumbing.cli import (InputError, Progress, every_one_or_what_failed, printable, run_main,
+                          tracked)
 from plumbing.ddp import distributed, first_on_each_machine, gradient_sync
 from plumbing.extras import appendix_d_lr, optimizer_steps, stop_if_diverged
 from plumbing.files import read_texts
-from plumbing.flags import HelpFormatter, check_fits, number, parse, training_flags
+from plumbing.flags import HelpFormatter, check_windows, number, parse, training_flags
 from plumbing.hardware import Autocast, pick_device, use_bf16
 from plumbing.hub_format import write_language_model
 from plumbing.report import TrainingLog, perplexity, save_metrics
@@ -96,7 +97,7 @@ def generate_and_print_sample(model, tokenizer, device, start_context):
     gpt.eval()
     encoded = tokenizer.encode(start_context, allowed_special={"<|endoftext|>"})
     token_ids = generate(gpt, torch.tensor([encoded or [tokenizer.eot_token]], device=device),
-                         max_new_tokens=50, temperature=0)  # (1, T + 50)
+                         max_new_tokens=50, temperature=0, vocab_size=tokenizer.n_vocab)
     print(printable(tokenizer.decode(token_ids[0].tolist()).replace("\n", " ")))
     gpt.train()
 
@@ -118,7 +119,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
             for n, (input_batch, target_batch) in enumerate(micro_batches, 1):
                 with gradient_sync(model, n == accumulation_steps):  # torchrun: the average
                     loss = calc_loss_batch(input_batch, target_batch, model, device)
-                    stop_if_diverged(loss, global_step, "before any update; try --dtype float32")
+                    stop_if_diverged(loss, global_step, "before any update (in bfloat16, try "
+                                     "--dtype float32)")
                     (loss / accumulation_steps).backward()  # the mean over the step's batches
                 tokens_seen += input_batch.numel()
             if lr_at:  # appendix D: a linear warmup, then a cosine decay
@@ -154,15 +156,17 @@ def main(argv=None):
                 ("the weights", lambda: the_model(args)))
         # The first 90% of the text to train on, the rest to validate on (5.1.3).
         split_idx = int(0.90 * len(text_data))
+        eot = text_data.find("<|endoftext|>", max(split_idx - 12, 0))  # never cut in two
+        split_idx = eot if -1 < eot < split_idx else split_idx
         loader = functools.partial(create_dataloader_v1, tokenizer=tokenizer, seed=args.seed,
                                    batch_size=args.batch_size, max_length=args.context_length,
                                    stride=args.stride)
-        train_loader = loader(text_data[:split_idx], rank=rank, world_size=world_size)
-        val_loader = loader(text_data[split_idx:], shuffle=False, drop_last=False)
+        with Progress("tokenizing the text"):
+            train_loader = loader(text_data[:split_idx], rank=rank, world_size=world_size)
+            val_loader = loader(text_data[split_idx:], shuffle=False, drop_last=False)
         train, val = train_loader.dataset, val_loader.dataset
-        check_windows(args, model.cfg, len(train), len(val), world_size)
-        check_fits(args, model.cfg, tokenizer.n_vocab, {"train": train}, None, args.context_length,
-                   world_size, OWN_FILES)
+        check_windows(args, model.cfg, tokenizer.n_vocab, len(train), len(val), world_size,
+                      OWN_FILES)
         bf16, why = use_bf16(args.dtype, device)
         log(f"model: {args.model} ({model.source}) on {device} in "
             f"{'bfloat16' if bf16 else 'float32'} ({why}), context {model.cfg['context_length']}"
@@ -187,7 +191,8 @@ def main(argv=None):
             return model
         log.mark("epochs")
         with torch.no_grad():
-            val_loss = calc_loss_loader(val_loader, net.eval(), device)  # the whole of it
+            val_loss = calc_loss_loader(tracked(val_loader, "final validation", "batches"),
+                                        net.eval(), device)  # the whole of it
         final = {"final": True, "validation_loss": val_loss,
                  "validation_perplexity": perplexity(val_loss)}
         log(f"final | validation loss {val_loss:.3f}, perplexity {perplexity(val_loss):.1f}")
@@ -201,7 +206,7 @@ def main(argv=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Plumbing: the model, checks, flags.
+# Plumbing: the model, the flags.
 
 OWN_FILES = ("model.safetensors", "config.json", "tokenizer_config.json", "vocab.json",
              "merges.txt", "metrics.jsonl", "metrics.png")  # --out's: the only ones replaced
@@ -221,17 +226,6 @@ def the_model(args):
         if isinstance(module, torch.nn.Dropout):
             module.p = args.drop_rate
     return model
-
-
-def check_windows(args, cfg, n_train, n_val, world_size):
-    """Before training: a window fits the model, each part of the text holds what it needs."""
-    if args.context_length > cfg["context_length"]:
-        raise InputError(f"--context-length {args.context_length} exceeds the model's context "
-                         f"length {cfg['context_length']}")
-    if n_train < args.batch_size * world_size * args.accumulation_steps or not n_val:
-        raise InputError(f"too short a text: {n_train} training window(s) of {args.context_length} "
-                         f"tokens (a step takes --batch-size x --accumulation-steps), {n_val} for "
-                         "validation; give more text or a smaller --context-length")
 
 
 def parse_args(argv=None):

@@ -11,7 +11,6 @@ skips what sits below main (the speed layer switched on, --predict, the flags) a
 import argparse
 import functools
 import itertools
-import os
 import sys
 from pathlib import Path
 
@@ -412,10 +411,8 @@ def does_nothing(args, name):
             **dict.fromkeys(("lora_rank", "lora_alpha"), args.trainable != "lora" and
                             "without --trainable lora"),
             **dict.fromkeys(("compile", "cache"), not args.fast and "with --no-fast"),
-            "cache_mb": (not args.fast and "with --no-fast" or args.cache != "auto" and
-                         f"with --cache {args.cache}: it is --cache auto's budget"),
-            **dict.fromkeys(("backend", "dist_timeout"), "RANK" not in os.environ and
-                            "outside torchrun")}.get(name) or None
+            "cache_mb": not args.fast and "with --no-fast" or args.cache != "auto" and
+            f"with --cache {args.cache}: it is --cache auto's budget"}.get(name) or None
 
 
 def predict(args):

@@ -33,10 +33,13 @@ def read_texts(source, limit):
     """The texts of source: a UTF-8 file, each .txt file of a folder (in name order), or standard
     input ("-"); at most limit bytes in all, each read with what is left of that bound. What is
     not text (missing, binary, too large, a folder without .txt files) is one InputError."""
+    if not str(source).strip():  # Path("") is the working folder: never read by accident
+        raise InputError("the text's name is empty; give a text file, a folder of .txt files or -")
     folder = source != "-" and Path(source).is_dir()
     paths = sorted(Path(source).glob("*.txt")) if folder else [source]
     if not paths:
-        raise InputError(f"{source} holds no .txt files; give a text file or a folder of them")
+        raise InputError(f"{source} holds no .txt files (its subfolders are not read); give a "
+                         "text file or a folder of them")
     texts, left = [], limit
     for path in paths:
         name = "standard input" if path == "-" else path
@@ -49,8 +52,9 @@ def read_texts(source, limit):
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             text = "\x00"
-        except ValueError as e:
-            raise InputError(f"{e}; at most {limit:,} bytes of text in all") from None
+        except ValueError as e:  # what is left of the bound, when other files came first
+            raise InputError(f"{e}" + (f", what is left of {limit:,} bytes in all" if left < limit
+                                       else "")) from None
         if len(raw) > left:
             raise InputError(f"{name} holds over {left:,} bytes; at most {limit:,} in all")
         if "\x00" in text:  # UTF-8 can hold NUL bytes, but no text does

@@ -1,7 +1,9 @@
 """The command-line flags the scripts share, each checked as it is read; parse's rule that none
-is silently ignored; check_fits, which stops a run whose flags do not fit its data and model."""
+is silently ignored; check_fits and check_windows, which stop a run whose flags do not fit its
+data and model before it trains."""
 import argparse
 import math
+import os
 from pathlib import Path
 
 from plumbing import cli
@@ -78,6 +80,9 @@ def training_flags(p, epochs, batch_size, lr, eval_freq):
       help="seconds torchrun processes wait for each other before giving up")
 
 
+TORCHRUN_FLAGS = ("backend", "dist_timeout")  # every script refuses them outside torchrun
+
+
 def parse(p, argv=None, unused=lambda args, name: None):
     """The flags of parser p from argv (sys.argv if None), --verbose switched on; none is silently
     ignored: a flag set away from its default where unused(args, name) gives a reason why it
@@ -85,7 +90,8 @@ def parse(p, argv=None, unused=lambda args, name: None):
     args = p.parse_args(argv)
     cli.VERBOSE = getattr(args, "verbose", False)
     for name, value in vars(args).items():
-        reason = unused(args, name)
+        reason = unused(args, name) or name in TORCHRUN_FLAGS and "RANK" not in os.environ \
+            and "outside torchrun"
         if reason and value != p.get_default(name):
             p.error(f"--{name.replace('_', '-')} does nothing {reason}; leave it out")
     return args
@@ -102,9 +108,6 @@ def check_fits(args, cfg, vocab_size, sets, labels, max_length, world_size, own=
         raise InputError(f"--max-length {max_length} (by default the model's context length) is "
                          f"over {LONGEST_CONTEXT:,}, the longest text a classifier here may read; "
                          f"give --max-length {LONGEST_CONTEXT} or less")
-    if cfg["vocab_size"] < vocab_size:
-        raise InputError(f"the model's vocabulary of {cfg['vocab_size']} tokens lacks "
-                         "GPT-2's (50,257, <|endoftext|> pads the batches); use a GPT-2 checkpoint")
     n_train = len(sets["train"])
     if n_train < args.batch_size * world_size * args.accumulation_steps:
         raise InputError(f"--batch-size {args.batch_size} x {world_size} process(es) x "
@@ -121,6 +124,29 @@ def check_fits(args, cfg, vocab_size, sets, labels, max_length, world_size, own=
                              "texts; this one lacks one kind; give a larger one")
     if getattr(args, "patience", None) and world_size > 1:
         raise InputError("--patience needs one process: under torchrun only rank 0 evaluates")
+    check_run(args, cfg, vocab_size, own)
+
+
+def check_windows(args, cfg, vocab_size, n_train, n_val, world_size, own):
+    """check_fits for pretrain.py: a window fits the model, each part of the text (n_train and
+    n_val windows) holds what it needs, and check_run."""
+    if args.context_length > cfg["context_length"]:
+        raise InputError(f"--context-length {args.context_length} exceeds the model's context "
+                         f"length {cfg['context_length']}")
+    if n_train < args.batch_size * world_size * args.accumulation_steps or not n_val:
+        raise InputError(f"too short a text: {n_train} training window(s) of {args.context_length} "
+                         f"tokens, {n_val} for validation, and a step takes --batch-size x "
+                         f"--accumulation-steps x {world_size} process(es); give more text, or "
+                         "a smaller --context-length or --batch-size")
+    check_run(args, cfg, vocab_size, own)
+
+
+def check_run(args, cfg, vocab_size, own):
+    """What every training run checks before it starts: the model's vocabulary holds the
+    tokenizer's, --min-lr is below --lr, --out can take the files own names."""
+    if cfg["vocab_size"] < vocab_size:
+        raise InputError(f"the model's vocabulary of {cfg['vocab_size']} tokens lacks "
+                         f"GPT-2's ({vocab_size:,}); use a GPT-2 checkpoint")
     if (args.min_lr or 0) > args.lr:
         raise InputError(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}: it is the floor")
     check_out(args.out, own)

@@ -462,7 +462,8 @@ class TrainingLog:
 def main(argv=None):
     p = argparse.ArgumentParser(description="python -m plumbing.report out/metrics.jsonl: "
                                 "metrics.png beside it, from a finished run (needs matplotlib)")
-    p.add_argument("metrics", type=Path, help="a metrics.jsonl that train_classifier.py wrote")
+    p.add_argument("metrics", type=Path,
+                   help="a metrics.jsonl that train_classifier.py or pretrain.py wrote")
     path = p.parse_args(argv).metrics
     try:
         history = read_records(path)
@@ -472,7 +473,8 @@ def main(argv=None):
                              "pretrain.py's, its perplexity)")
         drawn = plot_metrics(history, path.with_name("metrics.png"))
     except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise InputError(f"{path} is not a metrics.jsonl of train_classifier.py ({e})") from None
+        raise InputError(f"{path} is not a metrics.jsonl of train_classifier.py or pretrain.py "
+                         f"({e})") from None
     if not drawn:
         raise InputError("metrics.png needs matplotlib: pip install matplotlib, then run again")
     print(f"drew {path.with_name('metrics.png')}")

@@ -307,6 +307,14 @@ class Trains(TestCase):
         self.common = ["--model", self.model_dir, "--data", self.data, "--batch-size", "4",
                        "--epochs", "1"]
 
+    @classmethod
+    def shared(cls, test_class):
+        """One fixture for a whole test class (in its setUpClass), cleaned up after it."""
+        fixture = cls()
+        fixture.setUp()
+        test_class.addClassCleanup(fixture.doCleanups)
+        return fixture
+
     def train(self, *extra, out="out"):
         args = ["--model", self.model_dir, "--data", self.data, "--out", self.dir / out,
                 "--batch-size", "4"]

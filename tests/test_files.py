@@ -90,18 +90,19 @@ class TestReadTexts(TestCase):
         (folder / "binary").write_bytes(bytes(range(256)))
         (folder / "nul").write_bytes(b"plain ascii\x00with a NUL")
         (folder / "big").write_text("x" * 11, encoding="utf-8")
-        cases = [(folder / "empty", 10, "holds no .txt files; give a text file or a folder"),
+        cases = [(folder / "empty", 10, "holds no .txt files (its subfolders are not read); give"),
                  (folder / "nope.txt", 10, "no text at"),
                  (folder / "binary", 1000, "binary is not UTF-8 text (a binary file?)"),
                  (folder / "nul", 1000, "nul is not UTF-8 text"),
-                 (folder / "big", 10, "is not a regular file of at most 10 bytes; at most 10 "
-                                      "bytes of text in all")]
+                 (folder / "big", 10, "big is not a regular file of at most 10 bytes"),
+                 ("", 10, "the text's name is empty; give a text file")]
         for source, limit, message in cases:
             with self.subTest(message), self.assertRaisesRegex(InputError, re.escape(message)):
                 files.read_texts(source, limit)
         (folder / "empty" / "a.txt").write_text("12345678", encoding="utf-8")
         (folder / "empty" / "b.txt").write_text("123", encoding="utf-8")  # 11 bytes in all
-        with self.assertRaisesRegex(InputError, "of at most 2 bytes; at most 10 bytes"):
+        with self.assertRaisesRegex(InputError, "b.txt is not a regular file of at most 2 bytes, "
+                                                "what is left of 10 bytes in all"):
             files.read_texts(folder / "empty", 10)
         for stdin, message in ((None, "standard input is closed"),
                                (io.TextIOWrapper(io.BytesIO(b"x" * 11)), "standard input holds "

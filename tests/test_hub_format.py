@@ -224,9 +224,7 @@ class TestExport(TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        fixture = Trains()
-        fixture.setUp()
-        cls.addClassCleanup(fixture.doCleanups)
+        fixture = Trains.shared(cls)
         fixture.train("--epochs", "1", "--max-length", "24", "--trainable", "lora")
         cls.fixture, cls.dir, cls.out = fixture, fixture.dir, fixture.dir / "out"
         # A head bias that moves the probabilities (one epoch barely moves it): folding it counts

@@ -127,7 +127,7 @@ class TestReport(TestCase):
                 code, _, err = run_cli(report.main, path)
                 self.assertEqual(code, 1)
                 self.assertRegex(err, r"^error: .* is not a metrics.jsonl of train_classifier.py "
-                                      r"\([^\n\x1b]*\)\n$")
+                                      r"or pretrain.py \([^\n\x1b]*\)\n$")
                 self.assertLess(time.time() - start, 10)
         path = tmpdir(self) / "metrics.jsonl"
         path.write_text(json.dumps(good) + "\n", "utf-8")

@@ -38,9 +38,7 @@ class TestServe(TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        fixture = Trains()
-        fixture.setUp()
-        cls.addClassCleanup(fixture.doCleanups)
+        fixture = Trains.shared(cls)
         rows = [f"{HTML_LABEL if i % 2 else 'ham'}\tmessage number {i} says "
                 f"{'apple' if i % 2 else 'zebra'}" for i in range(24)]
         fixture.data.write_text("\n".join(rows) + "\n", encoding="utf-8")
