@@ -49,6 +49,7 @@ NO_SMS = "the SMS Spam Collection file is not there; set SMS_SPAM_COLLECTION to 
 VOCABULARY = ROOT / "tests" / "fixtures" / "gpt2-encoder.json.gz"
 TIKTOKEN_NAME = hashlib.sha1(b"https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
                              b"encoder.json").hexdigest()
+FIGURE = "matplotlib.figure"  # what report.py draws with
 NATIVE_BF16_CPU = hardware.native_bf16_cpu  # the real one: TestCase patches it
 # Variables that would reach outside: the tests' servers are on 127.0.0.1; each sets what it tests.
 HIDDEN = ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_TOKEN",
@@ -60,7 +61,9 @@ class TestCase(unittest.TestCase):
     how), everything undone when they end. --dtype auto picks bfloat16 on processors that multiply
     it natively: here every test computes in float32 unless it asks for bfloat16, so that no
     outcome depends on the processor (the subprocesses that compare numbers pass --dtype
-    float32)."""
+    float32). Drawing metrics.png is most of a tiny run's time: a class draws it if it says so
+    (draws), else its runs go as without matplotlib, which is optional (a case tested too)."""
+    draws = False
 
     @classmethod
     def setUpClass(cls):
@@ -81,6 +84,16 @@ class TestCase(unittest.TestCase):
             cls.addClassCleanup(patch.stop)
         for name in HIDDEN:
             os.environ.pop(name, None)
+        if not cls.draws:  # a module that is None in sys.modules cannot be imported
+            cls.addClassCleanup(put_back, FIGURE, sys.modules.get(FIGURE))
+            sys.modules[FIGURE] = None
+
+
+def put_back(name, module):
+    """sys.modules[name] as it was: module, or none if None."""
+    sys.modules.pop(name, None)
+    if module is not None:
+        sys.modules[name] = module
 
 
 @functools.lru_cache(maxsize=None)

@@ -65,6 +65,8 @@ class TestBooksWindows(TestCase):
 
 
 class TestPretrain(Trains):
+    draws = True  # metrics.png
+
     def setUp(self):
         super().setUp()
         self.text = self.dir / "text.txt"

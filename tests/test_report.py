@@ -25,6 +25,8 @@ def pairs(counts):
 
 
 class TestReport(TestCase):
+    draws = True  # metrics.png
+
     @unittest.skipIf(importlib.util.find_spec("matplotlib") is None, "matplotlib not installed")
     def test_a_language_models_run_draws_its_losses_against_the_tokens_seen(self):
         history = [{"epoch": 1, "step": s, "tokens_seen": 64 * (s + 1), "train_loss": 9.0 - s,
@@ -139,6 +141,8 @@ class TestReport(TestCase):
 
 
 class TestReportOfARun(Trains):
+    draws = True  # metrics.png
+
     def test_balanced_data_reports_per_class_metrics_and_the_unused_split(self):
         skewed = [("ham", f"message number {i} says zebra") for i in range(36)]
         skewed += [("spam", f"message number {i} says apple") for i in range(12)]
