@@ -1,4 +1,4 @@
-"""Every test, offline:  python test_all.py  (about a minute and a half on 2 CPU cores)
+"""Every test, offline:  python test_all.py  (about a minute on 2 CPU cores)
 
 The tests live in tests/, a file for each script and each plumbing module (tests/test_data.py
 for data.py, tests/test_speed.py for plumbing/speed.py), their shared fixtures in tests/helpers.py.
