@@ -60,7 +60,7 @@ def main(argv):
     files = sorted(TESTS.glob("test_*.py"))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     n = min((cores or 1) + 1, 4)  # one more: a test waiting on a child process frees its core
-    passed, failed, skipped = run(argv) if argv or n == 1 else in_parallel(files, n)
+    passed, failed, skipped = run(argv) if argv else in_parallel(files, n)
     for reason, count in collections.Counter(skipped).most_common():
         print(f"{count} skipped: {reason}")
     print(f"{passed} passed, {failed} failed, {len(skipped)} skipped")
