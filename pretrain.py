@@ -25,7 +25,7 @@ from load_gpt2 import get_tokenizer, load_gpt2
 from model import GPTModel
 from plumbing.cli import (InputError, Progress, every_one_or_what_failed, printable, run_main,
                           tracked)
-from plumbing.ddp import distributed, first_on_each_machine, gradient_sync
+from plumbing.ddp import distributed, first_on_each_machine, gradient_sync, processes
 from plumbing.extras import appendix_d_lr, optimizer_steps, stop_if_diverged
 from plumbing.files import read_texts
 from plumbing.flags import HelpFormatter, check_windows, number, parse, training_flags
@@ -122,7 +122,7 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                     stop_if_diverged(loss, global_step, "before any update (in bfloat16, try "
                                      "--dtype float32)")
                     (loss / accumulation_steps).backward()  # the mean over the step's batches
-                tokens_seen += input_batch.numel()
+                tokens_seen += input_batch.numel() * processes()  # under torchrun: all
             if lr_at:  # appendix D: a linear warmup, then a cosine decay
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = lr_at(global_step)
